@@ -116,3 +116,29 @@ def check_dtype(dtype):
     if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise ValueError(f"dtype must be float32 or float64, got {dtype}")
     return dtype
+
+
+class RandomSource:
+    """A seeded source of random numbers for dropout, one generator per array module.
+
+    The model owns one and hands it to every dropout layer, so a seed reproduces every mask.
+    ``get_state`` / ``set_state`` save and restore the NumPy generator (plain JSON-able data)
+    so a resumed training run draws the same masks as an uninterrupted one.
+    """
+
+    def __init__(self, seed: int = 0):
+        self.seed = int(seed)
+        self._generators = {}
+
+    def generator(self, xp):
+        if xp not in self._generators:
+            self._generators[xp] = xp.random.default_rng(self.seed)
+        return self._generators[xp]
+
+    def get_state(self) -> dict:
+        return {"seed": self.seed, "numpy": self.generator(np).bit_generator.state}
+
+    def set_state(self, state: dict) -> None:
+        self.seed = int(state["seed"])
+        self._generators = {}
+        self.generator(np).bit_generator.state = state["numpy"]

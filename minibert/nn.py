@@ -68,6 +68,27 @@ class Module:
     """
 
     training: bool = True
+    _cache = None
+
+    # ----------------------------------------------------------------- caches
+    def _save_cache(self, cache) -> None:
+        """Keep what backward needs, unless running under :func:`no_grad`."""
+        self._cache = cache if _grad_enabled else None
+
+    def _pop_cache(self):
+        """Hand the cache to backward and forget it (its memory is freed after the step)."""
+        cache, self._cache = self._cache, None
+        if cache is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward() was called without a forward pass that kept "
+                "its cache: run forward first (not under no_grad()), and call backward once per forward"
+            )
+        return cache
+
+    def clear_caches(self) -> None:
+        """Forget the caches of this module and its sub-modules (a branch that gets no gradient)."""
+        for _, module in self.named_modules():
+            module._cache = None
 
     # ----------------------------------------------------------------- traversal
     def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
@@ -178,8 +199,25 @@ class Module:
         return missing, unexpected
 
     def state_dict_aliases(self) -> dict:
-        """Other names a checkpoint may use for a parameter: {alias: name}. Overridden by models."""
-        return {}
+        """Other names a checkpoint may use for a parameter: {alias: name}.
+
+        A parameter reachable under two names (the MLM decoder weight is the word-embedding
+        matrix) is listed by its first name; the others are aliases. The old LayerNorm names
+        ``gamma`` / ``beta`` are aliases of ``weight`` / ``bias``.
+        """
+        first = {}
+        aliases = {}
+        for name, param in self._all_named_parameters(""):
+            if id(param) in first:
+                aliases[name] = first[id(param)]
+            else:
+                first[id(param)] = name
+        for name in list(first.values()):
+            if name.endswith("LayerNorm.weight"):
+                aliases[name[: -len("weight")] + "gamma"] = name
+            elif name.endswith("LayerNorm.bias"):
+                aliases[name[: -len("bias")] + "beta"] = name
+        return aliases
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)

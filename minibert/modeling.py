@@ -1,0 +1,589 @@
+"""BERT: the configuration, the encoder and the pretraining heads.
+
+Shapes (one legend for the whole file):
+    B batch   T sequence length   H hidden size   N attention heads   D = H / N head size
+    I intermediate (feed-forward) size   V vocabulary size   M labelled (masked) positions
+
+Data flows top to bottom through ``forward`` and bottom to top through ``backward``:
+
+    ids --BertEmbeddings--> (B,T,H) --BertLayer x L--> (B,T,H) --BertPooler--> (B,H)
+    BertLayer:  h -> self-attention -> dense -> dropout -> +h -> LayerNorm -> a      (post-LN)
+                a -> dense (H->I) -> gelu -> dense (I->H) -> dropout -> +a -> LayerNorm
+
+Every module keeps the caches of the step it is in and frees them in ``backward``.
+Parameter names are the Hugging Face state-dict keys.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+
+from . import ops
+from .backend import RandomSource, check_device, check_dtype, get_array_module, to_device, xp_for_device
+from .layers import Activation, Dropout, Embedding, LayerNorm, Linear
+from .nn import Module, ModuleList, Parameter
+
+ATTENTION_IMPLEMENTATIONS = {"naive": (ops.attention_forward, ops.attention_backward)}
+try:  # the tiled op lives in its own file; the naive one is the reference
+    from .ops.flash_attention import flash_attention_backward, flash_attention_forward
+
+    ATTENTION_IMPLEMENTATIONS["flash"] = (flash_attention_forward, flash_attention_backward)
+except ImportError:  # pragma: no cover
+    pass
+
+
+# ============================================================================ configuration
+@dataclass
+class BertConfig:
+    """The hyperparameters of a BERT model, with the field names of Hugging Face's config.json."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    attn_implementation: str = "naive"
+    extra: dict = field(default_factory=dict)   # other config.json fields, kept for round trips
+
+    def __post_init__(self):
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "intermediate_size", "max_position_embeddings", "type_vocab_size"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"BertConfig.{name} must be a positive integer, got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"BertConfig.hidden_size ({self.hidden_size}) must be divisible by "
+                f"num_attention_heads ({self.num_attention_heads})"
+            )
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"BertConfig.{name} must be in [0, 1), got {value!r}")
+        if self.hidden_act not in Activation.FUNCTIONS:
+            raise ValueError(f"BertConfig.hidden_act {self.hidden_act!r} is not supported; "
+                             f"expected one of {sorted(Activation.FUNCTIONS)}")
+        if self.attn_implementation not in ("naive", "flash"):
+            raise ValueError(f"BertConfig.attn_implementation must be 'naive' or 'flash', "
+                             f"got {self.attn_implementation!r}")
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(f"BertConfig.pad_token_id ({self.pad_token_id}) must be in [0, vocab_size)")
+        position_type = self.extra.get("position_embedding_type", "absolute")
+        if position_type != "absolute":
+            raise ValueError(f"position_embedding_type {position_type!r} is not supported (only 'absolute')")
+
+    @property
+    def head_size(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "BertConfig":
+        known = {f.name for f in fields(cls)} - {"extra"}
+        values = dict(values)
+        if values.get("model_type", "bert") != "bert":
+            raise ValueError(f"config is for model_type {values['model_type']!r}, not 'bert'")
+        extra = {k: v for k, v in values.items() if k not in known and k != "extra"}
+        extra.update(values.get("extra", {}))
+        return cls(**{k: v for k, v in values.items() if k in known}, extra=extra)
+
+    def to_dict(self) -> dict:
+        values = asdict(self)
+        extra = values.pop("extra")
+        return {"model_type": "bert", **extra, **values}
+
+    @classmethod
+    def from_json_file(cls, path) -> "BertConfig":
+        with open(path, encoding="utf-8") as f:
+            try:
+                values = json.load(f)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+        return cls.from_dict(values)
+
+    def to_json_file(self, path) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+            f.write("\n")
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "BertConfig":
+        """A named size: tiny, mini, small, medium, base or large (``overrides`` replace fields)."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+        layers, hidden, heads = PRESETS[name]
+        values = dict(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
+                      intermediate_size=4 * hidden)
+        values.update(overrides)
+        return cls(**values)
+
+
+# name: (layers L, hidden H, heads A); intermediate size is 4 H, as in the BERT papers
+PRESETS = {
+    "tiny": (2, 128, 2),
+    "mini": (4, 256, 4),
+    "small": (4, 512, 8),
+    "medium": (8, 512, 8),
+    "base": (12, 768, 12),
+    "large": (24, 1024, 16),
+}
+
+
+# ============================================================================ encoder
+class BertEmbeddings(Module):
+    """word + position + token-type embeddings -> LayerNorm -> dropout.  ids (B,T) -> (B,T,H)"""
+
+    def __init__(self, config: BertConfig, rng, random_source, dtype):
+        std, h = config.initializer_range, config.hidden_size
+        self.word_embeddings = Embedding(config.vocab_size, h, std, rng, dtype, padding_idx=config.pad_token_id)
+        self.position_embeddings = Embedding(config.max_position_embeddings, h, std, rng, dtype)
+        self.token_type_embeddings = Embedding(config.type_vocab_size, h, std, rng, dtype)
+        self.LayerNorm = LayerNorm(h, config.layer_norm_eps, dtype)
+        self.dropout = Dropout(config.hidden_dropout_prob, random_source)
+
+    def forward(self, input_ids, token_type_ids):
+        xp = get_array_module(input_ids)
+        position_ids = xp.arange(input_ids.shape[1])[None, :]           # (1, T)
+        x = self.word_embeddings.forward(input_ids)                      # (B, T, H)
+        x += self.position_embeddings.forward(position_ids)              # (1, T, H) broadcast
+        x += self.token_type_embeddings.forward(token_type_ids)          # (B, T, H)
+        return self.dropout.forward(self.LayerNorm.forward(x))
+
+    def backward(self, dy):
+        dx = self.LayerNorm.backward(self.dropout.backward(dy))         # (B, T, H)
+        self.word_embeddings.backward(dx)
+        self.position_embeddings.backward(dx.sum(axis=0, keepdims=True))  # (1, T, H)
+        self.token_type_embeddings.backward(dx)
+
+
+class BertSelfAttention(Module):
+    """Multi-head self-attention: (B,T,H) -> (B,T,H), heads split as (B,N,T,D)."""
+
+    def __init__(self, config: BertConfig, rng, random_source, dtype):
+        std, h = config.initializer_range, config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.head_size = config.head_size
+        self.query = Linear(h, h, std, rng, dtype)
+        self.key = Linear(h, h, std, rng, dtype)
+        self.value = Linear(h, h, std, rng, dtype)
+        self.dropout_p = config.attention_probs_dropout_prob
+        self.random = random_source
+        self.implementation = config.attn_implementation
+
+    def _split_heads(self, x):                     # (B, T, H) -> (B, N, T, D)
+        b, t, _ = x.shape
+        return x.reshape(b, t, self.num_heads, self.head_size).transpose(0, 2, 1, 3)
+
+    def _merge_heads(self, x):                     # (B, N, T, D) -> (B, T, H)
+        b, _, t, _ = x.shape
+        return x.transpose(0, 2, 1, 3).reshape(b, t, self.num_heads * self.head_size)
+
+    def forward(self, h, mask):
+        q = self._split_heads(self.query.forward(h))                    # (B, N, T, D)
+        k = self._split_heads(self.key.forward(h))
+        v = self._split_heads(self.value.forward(h))
+        attention_forward, _ = ATTENTION_IMPLEMENTATIONS[self.implementation]
+        active = self.training and self.dropout_p > 0.0
+        rng = self.random.generator(get_array_module(h)) if active else None
+        context, cache = attention_forward(q, k, v, mask, self.dropout_p, rng, active)  # (B, N, T, D)
+        self._save_cache(cache)
+        return self._merge_heads(context)                               # (B, T, H)
+
+    def backward(self, dcontext):
+        _, attention_backward = ATTENTION_IMPLEMENTATIONS[self.implementation]
+        dq, dk, dv = attention_backward(self._split_heads(dcontext), self._pop_cache())  # (B, N, T, D)
+        dh = self.query.backward(self._merge_heads(dq))                 # (B, T, H)
+        dh += self.key.backward(self._merge_heads(dk))
+        dh += self.value.backward(self._merge_heads(dv))
+        return dh
+
+
+class BertAddNorm(Module):
+    """dense -> dropout -> + residual -> LayerNorm (Hugging Face's BertSelfOutput and BertOutput)."""
+
+    def __init__(self, in_size: int, config: BertConfig, rng, random_source, dtype):
+        self.dense = Linear(in_size, config.hidden_size, config.initializer_range, rng, dtype)
+        self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps, dtype)
+        self.dropout = Dropout(config.hidden_dropout_prob, random_source)
+
+    def forward(self, x, residual):
+        y = self.dropout.forward(self.dense.forward(x))                 # (B, T, H)
+        y += residual
+        return self.LayerNorm.forward(y)
+
+    def backward(self, dy):
+        dsum = self.LayerNorm.backward(dy)                               # d(dense branch + residual)
+        dx = self.dense.backward(self.dropout.backward(dsum))
+        return dx, dsum                                                  # (d input, d residual)
+
+
+class BertAttention(Module):
+    """Self-attention followed by its output projection, residual and LayerNorm."""
+
+    def __init__(self, config: BertConfig, rng, random_source, dtype):
+        self.self = BertSelfAttention(config, rng, random_source, dtype)
+        self.output = BertAddNorm(config.hidden_size, config, rng, random_source, dtype)
+
+    def forward(self, h, mask):
+        return self.output.forward(self.self.forward(h, mask), h)
+
+    def backward(self, dy):
+        dcontext, dresidual = self.output.backward(dy)
+        dh = self.self.backward(dcontext)
+        dh += dresidual
+        return dh
+
+
+class BertIntermediate(Module):
+    """The feed-forward expansion: dense (H -> I) then the activation."""
+
+    def __init__(self, config: BertConfig, rng, dtype):
+        self.dense = Linear(config.hidden_size, config.intermediate_size, config.initializer_range, rng, dtype)
+        self.intermediate_act_fn = Activation(config.hidden_act)
+
+    def forward(self, x):
+        return self.intermediate_act_fn.forward(self.dense.forward(x))  # (B, T, I)
+
+    def backward(self, dy):
+        return self.dense.backward(self.intermediate_act_fn.backward(dy))
+
+
+class BertLayer(Module):
+    """One encoder block: attention sub-block, then feed-forward sub-block, each post-LN."""
+
+    def __init__(self, config: BertConfig, rng, random_source, dtype):
+        self.attention = BertAttention(config, rng, random_source, dtype)
+        self.intermediate = BertIntermediate(config, rng, dtype)
+        self.output = BertAddNorm(config.intermediate_size, config, rng, random_source, dtype)
+
+    def forward(self, h, mask):
+        a = self.attention.forward(h, mask)                              # (B, T, H)
+        return self.output.forward(self.intermediate.forward(a), a)      # (B, T, H)
+
+    def backward(self, dy):
+        dintermediate, da = self.output.backward(dy)
+        da += self.intermediate.backward(dintermediate)
+        return self.attention.backward(da)
+
+
+class BertEncoder(Module):
+    def __init__(self, config: BertConfig, rng, random_source, dtype):
+        self.layer = ModuleList([BertLayer(config, rng, random_source, dtype)
+                                 for _ in range(config.num_hidden_layers)])
+
+    def forward(self, h, mask):
+        for layer in self.layer:
+            h = layer.forward(h, mask)
+        return h
+
+    def backward(self, dy):
+        for layer in reversed(list(self.layer)):
+            dy = layer.backward(dy)
+        return dy
+
+
+class BertPooler(Module):
+    """pooled = tanh(dense(h[:, 0])): the [CLS] position summarises the sequence.  (B,T,H) -> (B,H)"""
+
+    def __init__(self, config: BertConfig, rng, dtype):
+        self.dense = Linear(config.hidden_size, config.hidden_size, config.initializer_range, rng, dtype)
+        self.activation = Activation("tanh")
+
+    def forward(self, h):
+        self._save_cache(h.shape)
+        return self.activation.forward(self.dense.forward(h[:, 0]))
+
+    def backward(self, dpooled):
+        shape = self._pop_cache()
+        dh = get_array_module(dpooled).zeros(shape, dtype=dpooled.dtype)   # (B, T, H)
+        dh[:, 0] = self.dense.backward(self.activation.backward(dpooled))
+        return dh
+
+
+# ============================================================================ models
+class BertPreTrainedModel(Module):
+    """What every BERT model shares: construction on a device, input checks, checkpoints."""
+
+    base_model_prefix = "bert"
+
+    def _setup(self, config: BertConfig, seed: int, device: str, dtype):
+        if not isinstance(config, BertConfig):
+            raise TypeError(f"config must be a BertConfig, got {type(config).__name__}")
+        self.config = config
+        self.random = RandomSource(seed + 1)               # dropout masks
+        return np.random.default_rng(seed), check_dtype(dtype), check_device(device)
+
+    def _finish_setup(self, device: str):
+        if device != "cpu":
+            xp_for_device(device)                         # clear error when CuPy/GPU is missing
+            self.to(device)
+
+    @classmethod
+    def from_pretrained(cls, directory, **kwargs):
+        """Load ``config.json`` + ``model.safetensors`` from a folder (see minibert.checkpoint)."""
+        from .checkpoint import load_pretrained
+
+        return load_pretrained(cls, directory, **kwargs)
+
+    def save_pretrained(self, directory, tokenizer=None):
+        """Write ``config.json`` + ``model.safetensors`` (+ the vocabulary when a tokenizer is given)."""
+        from .checkpoint import save_pretrained
+
+        return save_pretrained(self, directory, tokenizer=tokenizer)
+
+    def check_inputs(self, input_ids, token_type_ids=None, attention_mask=None):
+        """Validate the inputs at the public boundary and put them on the model's device.
+
+        Returns (input_ids, token_type_ids, additive_mask) with the mask as (B, 1, 1, T):
+        0 where a key may be attended to, the dtype's most negative value where it is padding.
+        """
+        config = self.config
+        xp = xp_for_device(self.device)
+        ids = _as_int_array(input_ids, "input_ids", xp)
+        if ids.ndim != 2:
+            raise ValueError(f"input_ids must have shape (batch, sequence), got shape {tuple(ids.shape)}"
+                             + (" (use ids[None] for a single sequence)" if ids.ndim == 1 else ""))
+        batch, length = ids.shape
+        if length == 0 or batch == 0:
+            raise ValueError(f"input_ids is empty: shape {tuple(ids.shape)}")
+        if length > config.max_position_embeddings:
+            raise ValueError(f"sequence length {length} exceeds max_position_embeddings "
+                             f"({config.max_position_embeddings}); truncate the input")
+        _check_range(ids, 0, config.vocab_size, "input_ids", "vocab_size")
+        if token_type_ids is None:
+            token_type_ids = xp.zeros_like(ids)
+        else:
+            token_type_ids = _as_int_array(token_type_ids, "token_type_ids", xp)
+            _check_shape(token_type_ids, ids.shape, "token_type_ids")
+            _check_range(token_type_ids, 0, config.type_vocab_size, "token_type_ids", "type_vocab_size")
+        dtype = self.dtype
+        if attention_mask is None:
+            additive_mask = None
+        else:
+            attention_mask = xp.asarray(to_device(attention_mask, self.device))
+            _check_shape(attention_mask, ids.shape, "attention_mask")
+            additive_mask = (1.0 - attention_mask.astype(dtype)) * np.finfo(dtype).min
+            additive_mask = additive_mask[:, None, None, :]                  # (B, 1, 1, T)
+        return ids, token_type_ids, additive_mask
+
+
+def _as_int_array(values, name, xp):
+    array = xp.asarray(to_device(values, "cpu" if xp is np else "cuda"))
+    if array.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integers, got dtype {array.dtype}")
+    return array
+
+
+def _check_shape(array, expected, name):
+    if tuple(array.shape) != tuple(expected):
+        raise ValueError(f"{name} must have shape {tuple(expected)} like input_ids, got {tuple(array.shape)}")
+
+
+def _check_range(array, low, high, name, limit_name):
+    lowest, highest = int(array.min()), int(array.max())
+    if lowest < low or highest >= high:
+        bad = lowest if lowest < low else highest
+        raise ValueError(f"{name} contains {bad}, outside [{low}, {high}) (config.{limit_name} = {high})")
+
+
+class BertModel(BertPreTrainedModel):
+    """The BERT encoder with its pooler.
+
+    >>> seq, pooled = BertModel(config).forward(input_ids, token_type_ids, attention_mask)
+    >>> model.backward(dseq, dpooled)       # gradients into every parameter's .grad
+    """
+
+    def __init__(self, config: BertConfig, seed: int = 0, device: str = "cpu", dtype=np.float32,
+                 add_pooling_layer: bool = True, _random_source=None, _rng=None):
+        rng, dtype, device = self._setup(config, seed, device, dtype)
+        if _random_source is not None:                # built inside a model with heads
+            self.random, rng = _random_source, _rng
+        self.embeddings = BertEmbeddings(config, rng, self.random, dtype)
+        self.encoder = BertEncoder(config, rng, self.random, dtype)
+        self.pooler = BertPooler(config, rng, dtype) if add_pooling_layer else None
+        if _random_source is None:
+            self._finish_setup(device)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None):
+        """ids (B,T) -> (sequence output (B,T,H), pooled output (B,H) or None without a pooler)."""
+        ids, token_type_ids, mask = self.check_inputs(input_ids, token_type_ids, attention_mask)
+        h = self.embeddings.forward(ids, token_type_ids)                 # (B, T, H)
+        h = self.encoder.forward(h, mask)                                # (B, T, H)
+        pooled = self.pooler.forward(h) if self.pooler is not None else None   # (B, H)
+        self._save_cache(h.shape)
+        return h, pooled
+
+    def backward(self, dsequence=None, dpooled=None):
+        """Backpropagate d(loss)/d(sequence output) and/or d(loss)/d(pooled output)."""
+        shape = self._pop_cache()
+        if dsequence is None and dpooled is None:
+            raise ValueError("BertModel.backward needs dsequence and/or dpooled")
+        xp = xp_for_device(self.device)
+        dh = xp.zeros(shape, dtype=self.dtype) if dsequence is None else _check_grad(dsequence, shape, "dsequence")
+        if dpooled is not None:
+            dh = dh + self.pooler.backward(_check_grad(dpooled, (shape[0], shape[2]), "dpooled"))
+        elif self.pooler is not None:
+            self.pooler.clear_caches()                                   # unused this step
+        self.embeddings.backward(self.encoder.backward(dh))
+
+
+def _check_grad(grad, shape, name):
+    if tuple(grad.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(grad.shape)}")
+    return grad
+
+
+# ---------------------------------------------------------------------------- heads
+class BertPredictionHeadTransform(Module):
+    """dense (H -> H) -> activation -> LayerNorm, applied before the vocabulary projection."""
+
+    def __init__(self, config: BertConfig, rng, dtype):
+        self.dense = Linear(config.hidden_size, config.hidden_size, config.initializer_range, rng, dtype)
+        self.transform_act_fn = Activation(config.hidden_act)
+        self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps, dtype)
+
+    def forward(self, h):
+        return self.LayerNorm.forward(self.transform_act_fn.forward(self.dense.forward(h)))
+
+    def backward(self, dy):
+        return self.dense.backward(self.transform_act_fn.backward(self.LayerNorm.backward(dy)))
+
+
+class BertLMPredictionHead(Module):
+    """Masked-LM scores: transform, then the decoder tied to the word embeddings, plus a bias.
+
+    logits = transform(h) @ E.T + bias,  E the (V, H) word-embedding matrix (shared, so the
+    decoder's gradient is added to the embedding's: ``+=`` in Linear.backward).
+    """
+
+    def __init__(self, config: BertConfig, word_embeddings: Embedding, rng, dtype):
+        self.bias = Parameter(np.zeros(config.vocab_size, dtype=dtype))
+        self.transform = BertPredictionHeadTransform(config, rng, dtype)
+        self.decoder = Linear.from_parameters(word_embeddings.weight, self.bias)   # tied weight
+
+    def forward(self, h):                                # (..., H) -> (..., V)
+        return self.decoder.forward(self.transform.forward(h))
+
+    def backward(self, dlogits):
+        return self.transform.backward(self.decoder.backward(dlogits))
+
+
+class BertPreTrainingHeads(Module):
+    def __init__(self, config: BertConfig, word_embeddings: Embedding, rng, dtype):
+        self.predictions = BertLMPredictionHead(config, word_embeddings, rng, dtype)
+        self.seq_relationship = Linear(config.hidden_size, 2, config.initializer_range, rng, dtype)
+
+
+@dataclass
+class PreTrainingOutput:
+    """What ``BertForPreTraining.forward`` returns.
+
+    prediction_logits: (B, T, V) when no labels are given; with labels, only the labelled
+        positions are scored: (M, V), rows in the order of ``masked_positions`` (flat indices
+        into the B*T positions).
+    seq_relationship_logits: (B, 2), class 0 = "sentence B follows A".
+    loss = mlm_loss + nsp_loss over whichever labels were given (None without labels).
+    """
+
+    prediction_logits: object
+    seq_relationship_logits: object
+    loss: float | None = None
+    mlm_loss: float | None = None
+    nsp_loss: float | None = None
+    masked_positions: object = None
+
+
+class BertForPreTraining(BertPreTrainedModel):
+    """BERT with its two pretraining heads: masked language modelling and next-sentence prediction.
+
+    >>> model = BertForPreTraining(config, seed=0)
+    >>> out = model.forward(ids, token_type_ids, attention_mask, labels=mlm_labels, next_sentence_label=nsp)
+    >>> model.backward()                 # d(out.loss) into every parameter's .grad
+    """
+
+    def __init__(self, config: BertConfig, seed: int = 0, device: str = "cpu", dtype=np.float32):
+        rng, dtype, device = self._setup(config, seed, device, dtype)
+        self.bert = BertModel(config, _random_source=self.random, _rng=rng, dtype=dtype)
+        self.cls = BertPreTrainingHeads(config, self.bert.embeddings.word_embeddings, rng, dtype)
+        self._finish_setup(device)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None,
+                next_sentence_label=None) -> PreTrainingOutput:
+        seq, pooled = self.bert.forward(input_ids, token_type_ids, attention_mask)   # (B,T,H), (B,H)
+        batch, length, hidden = seq.shape
+        xp = get_array_module(seq)
+        out = PreTrainingOutput(None, None)
+        losses = {}
+
+        if labels is None:                               # score every position
+            out.prediction_logits = self.cls.predictions.forward(seq)               # (B, T, V)
+        else:                                            # score only the labelled positions
+            labels = _as_int_array(labels, "labels", xp)
+            _check_shape(labels, (batch, length), "labels")
+            flat_labels = labels.reshape(-1)
+            positions = xp.flatnonzero(flat_labels != ops.IGNORE_INDEX)             # (M,)
+            targets = flat_labels[positions]
+            if targets.size:
+                _check_range(targets, 0, self.config.vocab_size, "labels", "vocab_size")
+            out.masked_positions = positions
+            out.prediction_logits = self.cls.predictions.forward(seq.reshape(-1, hidden)[positions])  # (M, V)
+            out.mlm_loss, losses["mlm"] = ops.cross_entropy_forward(out.prediction_logits, targets)
+
+        out.seq_relationship_logits = self.cls.seq_relationship.forward(pooled)     # (B, 2)
+        if next_sentence_label is not None:
+            nsp = _as_int_array(next_sentence_label, "next_sentence_label", xp).reshape(-1)
+            _check_shape(nsp, (batch,), "next_sentence_label")
+            valid = nsp[nsp != ops.IGNORE_INDEX]
+            if valid.size:
+                _check_range(valid, 0, 2, "next_sentence_label", "the 2 NSP classes")
+            out.nsp_loss, losses["nsp"] = ops.cross_entropy_forward(out.seq_relationship_logits, nsp)
+
+        if losses:
+            out.loss = (out.mlm_loss or 0.0) + (out.nsp_loss or 0.0)
+        self._save_cache((seq.shape, out.masked_positions, losses))
+        return out
+
+    def backward(self, dprediction_logits=None, dseq_relationship_logits=None):
+        """Backpropagate ``out.loss`` (no arguments) or your own gradients of the two logits."""
+        shape, positions, losses = self._pop_cache()
+        if dprediction_logits is None and dseq_relationship_logits is None:
+            if not losses:
+                raise RuntimeError("backward() without arguments needs a forward pass with labels "
+                                   "and/or next_sentence_label (there is no loss to differentiate)")
+            if "mlm" in losses:
+                dprediction_logits = ops.cross_entropy_backward(1.0, losses["mlm"])      # (M, V)
+            if "nsp" in losses:
+                dseq_relationship_logits = ops.cross_entropy_backward(1.0, losses["nsp"])  # (B, 2)
+
+        batch, length, hidden = shape
+        dseq = None
+        if dprediction_logits is not None:
+            expected = (batch, length, self.config.vocab_size) if positions is None else \
+                (positions.shape[0], self.config.vocab_size)
+            dh = self.cls.predictions.backward(_check_grad(dprediction_logits, expected, "dprediction_logits"))
+            if positions is None:
+                dseq = dh                                                         # (B, T, H)
+            else:                                       # scatter the M rows back to their positions
+                dseq = get_array_module(dh).zeros((batch * length, hidden), dtype=dh.dtype)
+                dseq[positions] = dh
+                dseq = dseq.reshape(batch, length, hidden)
+        else:
+            self.cls.predictions.clear_caches()          # the MLM head gets no gradient this step
+        dpooled = None
+        if dseq_relationship_logits is not None:
+            dpooled = self.cls.seq_relationship.backward(
+                _check_grad(dseq_relationship_logits, (batch, 2), "dseq_relationship_logits"))
+        else:
+            self.cls.seq_relationship.clear_caches()
+        self.bert.backward(dseq, dpooled)

@@ -94,7 +94,7 @@ class BertConfig:
         values = dict(values)
         if values.get("model_type", "bert") != "bert":
             raise ValueError(f"config is for model_type {values['model_type']!r}, not 'bert'")
-        extra = {k: v for k, v in values.items() if k not in known and k != "extra"}
+        extra = {k: v for k, v in values.items() if k not in known and k not in ("extra", "model_type")}
         extra.update(values.get("extra", {}))
         return cls(**{k: v for k, v in values.items() if k in known}, extra=extra)
 

@@ -1,0 +1,56 @@
+"""The checker itself: it must fail when a backward pass is wrong, and say where."""
+
+import numpy as np
+import pytest
+
+from minibert import ops
+from minibert.gradcheck import check_op, gradcheck
+
+
+def test_a_wrong_backward_is_caught_and_reported(rng):
+    def transposed_weight_backward(dy, cache):        # a classic bug: dW from the wrong side
+        dx, dw, db = ops.linear_backward(dy, cache)
+        return dx, dw * 1.01, db
+
+    x, w, b = rng.standard_normal((4, 3)), rng.standard_normal((3, 3)), rng.standard_normal(3)
+    report = check_op(ops.linear_forward, transposed_weight_backward, [x, w, b], names=["x", "weight", "bias"])
+    assert not report.ok
+    assert [c.name for c in report.failures] == ["weight"]
+    text = str(report)
+    assert "FAIL weight" in text and "analytic" in text and "numeric" in text
+    with pytest.raises(AssertionError, match="weight"):
+        report.raise_if_failed()
+
+
+def test_layer_norm_backward_missing_a_term_is_caught(rng):
+    def incomplete_backward(dy, cache):               # forgets the mean(gx * xhat) term
+        xhat, rstd, gamma = cache
+        gx = dy * gamma
+        dx = rstd * (gx - gx.mean(-1, keepdims=True))
+        return dx, (dy * xhat).sum(0), dy.sum(0)
+
+    x = rng.standard_normal((3, 6))
+    report = check_op(lambda x, g, b: ops.layer_norm_forward(x, g, b), incomplete_backward,
+                      [x, np.ones(6), np.zeros(6)], names=["x", "gamma", "beta"])
+    assert [c.name for c in report.failures] == ["x"]
+
+
+def test_an_all_ones_upstream_gradient_would_hide_this_bug_but_ours_does_not(rng):
+    # softmax's gradient with g = ones is exactly zero, so "return zeros" would pass with ones
+    def zero_backward(dp, cache):
+        return np.zeros_like(cache)
+
+    report = check_op(ops.softmax_forward, zero_backward, [rng.standard_normal((2, 5))])
+    assert not report.ok
+
+
+def test_gradcheck_needs_float64(rng):
+    x = rng.standard_normal(3).astype(np.float32)
+    with pytest.raises(TypeError, match="float64"):
+        gradcheck(lambda: float(x.sum()), {"x": x}, {"x": np.ones(3)})
+
+
+def test_samples_limit_the_coordinates(rng):
+    x = rng.standard_normal((50, 40))
+    report = gradcheck(lambda: float((x ** 2).sum()), {"x": x}, {"x": 2 * x}, samples=25)
+    assert report.ok and len(report.checks[0].indices) == 25

@@ -1,0 +1,142 @@
+"""Finite-difference checks of every op's backward (float64, random upstream gradient)."""
+
+import numpy as np
+import pytest
+
+from minibert import ops
+from minibert.gradcheck import check_op, gradcheck
+
+
+def test_linear(rng):
+    x, w, b = rng.standard_normal((2, 5, 7)), rng.standard_normal((4, 7)), rng.standard_normal(4)
+    check_op(ops.linear_forward, ops.linear_backward, [x, w, b], names=["x", "weight", "bias"]).raise_if_failed()
+
+
+def test_linear_without_bias(rng):
+    x, w = rng.standard_normal((6, 3)), rng.standard_normal((5, 3))
+    report = check_op(lambda x, w: ops.linear_forward(x, w, None), ops.linear_backward, [x, w])
+    report.raise_if_failed()
+
+
+def test_embedding_sums_repeated_ids(rng):
+    table = rng.standard_normal((9, 4))
+    ids = np.array([[1, 3, 1], [8, 1, 0]])                    # id 1 appears three times
+    y, cache = ops.embedding_forward(ids, table)
+    g = rng.standard_normal(y.shape)
+    rows, drows = ops.embedding_backward(g, cache)
+    dense = np.zeros_like(table)
+    dense[rows] = drows
+
+    def loss():
+        return float((ops.embedding_forward(ids, table)[0] * g).sum())
+
+    gradcheck(loss, {"table": table}, {"table": dense}, samples=None).raise_if_failed()
+    np.testing.assert_array_equal(rows, [0, 1, 3, 8])
+
+
+def test_layer_norm(rng):
+    x = rng.standard_normal((3, 4, 6)) * 3 + 1
+    gamma, beta = rng.standard_normal(6), rng.standard_normal(6)
+    check_op(lambda x, g, b: ops.layer_norm_forward(x, g, b, 1e-12), ops.layer_norm_backward,
+             [x, gamma, beta], names=["x", "gamma", "beta"]).raise_if_failed()
+
+
+def test_layer_norm_output_is_normalised(rng):
+    x = rng.standard_normal((5, 32)) * 4 - 2
+    y, _ = ops.layer_norm_forward(x, np.ones(32), np.zeros(32), 1e-12)
+    np.testing.assert_allclose(y.mean(-1), 0, atol=1e-12)
+    np.testing.assert_allclose(y.var(-1), 1, rtol=1e-9)          # biased variance, as BERT
+
+
+@pytest.mark.parametrize("name", ["gelu", "gelu_new"])
+def test_gelu(rng, name):
+    forward, backward = ops.ACTIVATIONS[name]
+    x = rng.standard_normal((4, 9)) * 3
+    check_op(forward, backward, [x], samples=None).raise_if_failed()
+
+
+def test_exact_gelu_values():
+    from scipy.stats import norm
+
+    x = np.linspace(-6, 6, 101)
+    np.testing.assert_allclose(ops.gelu_forward(x)[0], x * norm.cdf(x), rtol=1e-13, atol=1e-15)
+
+
+def test_tanh(rng):
+    check_op(ops.tanh_forward, ops.tanh_backward, [rng.standard_normal((3, 5))], samples=None).raise_if_failed()
+
+
+def test_softmax(rng):
+    check_op(ops.softmax_forward, ops.softmax_backward, [rng.standard_normal((2, 3, 7)) * 4]).raise_if_failed()
+
+
+def test_dropout_backward_uses_the_cached_mask(rng):
+    x = rng.standard_normal((6, 8))
+    seed = 7
+
+    def forward(x):
+        return ops.dropout_forward(x, 0.3, np.random.default_rng(seed))   # the same mask every call
+
+    check_op(forward, ops.dropout_backward, [x], samples=None).raise_if_failed()
+
+
+def test_dropout_scales_kept_values_and_is_off_in_eval(rng):
+    x = np.ones((200, 200))
+    y, (keep, _) = ops.dropout_forward(x, 0.25, np.random.default_rng(0))
+    assert set(np.unique(y)) == {0.0, 1 / 0.75}
+    assert abs(keep.mean() - 0.75) < 0.01
+    y_eval, cache = ops.dropout_forward(x, 0.25, None, training=False)
+    assert y_eval is x and cache is None
+
+
+def test_attention_with_padding_mask(rng):
+    q, k, v = (rng.standard_normal((2, 3, 5, 4)) for _ in range(3))
+    mask = np.zeros((2, 1, 1, 5))
+    mask[1, ..., 3:] = np.finfo(np.float64).min
+    check_op(lambda q, k, v: ops.attention_forward(q, k, v, mask), ops.attention_backward,
+             [q, k, v], names=["q", "k", "v"]).raise_if_failed()
+
+
+def test_attention_with_dropout(rng):
+    q, k, v = (rng.standard_normal((1, 2, 6, 3)) for _ in range(3))
+
+    def forward(q, k, v):
+        return ops.attention_forward(q, k, v, None, 0.2, np.random.default_rng(3))
+
+    check_op(forward, ops.attention_backward, [q, k, v], names=["q", "k", "v"]).raise_if_failed()
+
+
+def test_cross_entropy_with_ignored_rows(rng):
+    logits = rng.standard_normal((6, 5)) * 2
+    labels = np.array([1, -100, 4, 0, -100, 2])
+
+    def forward(z):
+        loss, cache = ops.cross_entropy_forward(z, labels)
+        return np.array(loss), cache
+
+    report = check_op(forward, lambda g, cache: ops.cross_entropy_backward(float(g), cache), [logits],
+                      samples=None)
+    report.raise_if_failed()
+    # ignored rows get exactly zero gradient, and the loss is the mean over counted rows
+    dz = ops.cross_entropy_backward(1.0, ops.cross_entropy_forward(logits, labels)[1])
+    assert not dz[[1, 4]].any()
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    expected = -np.mean([logp[i, labels[i]] for i in (0, 2, 3, 5)])
+    assert ops.cross_entropy_forward(logits, labels)[0] == pytest.approx(expected, rel=1e-12)
+
+
+def test_cross_entropy_all_ignored_is_zero_not_nan(rng):
+    loss, cache = ops.cross_entropy_forward(rng.standard_normal((3, 4)), np.full(3, -100))
+    assert loss == 0.0
+    assert not ops.cross_entropy_backward(1.0, cache).any()
+
+
+def test_ops_keep_float32(rng):
+    x = rng.standard_normal((2, 3, 8)).astype(np.float32)
+    w = rng.standard_normal((8, 8)).astype(np.float32)
+    gamma, beta = np.ones(8, np.float32), np.zeros(8, np.float32)
+    assert ops.linear_forward(x, w, None)[0].dtype == np.float32
+    assert ops.layer_norm_forward(x, gamma, beta)[0].dtype == np.float32
+    assert ops.gelu_forward(x)[0].dtype == np.float32
+    assert ops.gelu_backward(x, ops.gelu_forward(x)[1]).dtype == np.float32
+    assert ops.softmax_forward(x)[0].dtype == np.float32

@@ -1,0 +1,163 @@
+"""Time one full pretraining step: forward, backward and an SGD update.
+
+    python benchmarks/train_step.py                       # tiny, mini, small, base
+    python benchmarks/train_step.py --presets small --steps 5
+
+Batch 8 x sequence 128 with 15% of positions labelled for MLM, NSP labels, dropout 0.1,
+float32. Each (framework, preset) runs in a fresh subprocess so its peak memory (max RSS)
+is its own. When torch and transformers are installed, transformers' BertForPreTraining
+is timed the same way (same threads) and the ratio is printed.
+
+FLOPs count the work each implementation actually does: 6 x parameters-used x tokens for
+the matrix products (2 forward, 4 backward), plus attention's two T x T products, plus the
+vocabulary projection: minibert scores only the labelled positions (as original BERT),
+transformers scores every position.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+PRESETS = ["tiny", "mini", "small", "base"]
+
+
+def matmul_flops(config, batch, length, scored_positions):
+    """Multiply-add FLOPs of one training step (forward + backward = 3 x forward)."""
+    h, i, n_layers, v = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
+    tokens = batch * length
+    per_layer = 2 * tokens * (4 * h * h + 2 * h * i)              # Q, K, V, output; two FFN matrices
+    per_layer += 2 * 2 * batch * length * length * h              # scores and context
+    forward = n_layers * per_layer
+    forward += 2 * scored_positions * (h * h + h * v)             # MLM transform + decoder
+    forward += 2 * batch * (h * h + 2 * h)                        # pooler + NSP
+    return 3 * forward
+
+
+def make_batch(config, batch, length, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(5, config.vocab_size, (batch, length))
+    types = np.zeros_like(ids)
+    types[:, length // 2:] = 1
+    mask = np.ones_like(ids)
+    labels = np.full_like(ids, -100)
+    chosen = rng.random(ids.shape) < 0.15
+    labels[chosen] = rng.integers(5, config.vocab_size, int(chosen.sum()))
+    nsp = rng.integers(0, 2, batch)
+    return ids, types, mask, labels, nsp
+
+
+def run_one(framework, preset, batch, length, steps, threads):
+    """Runs in a subprocess: returns a dict of timings for one framework and preset."""
+    import resource
+
+    import numpy as np
+
+    from minibert.modeling import BertConfig
+
+    config = BertConfig.preset(preset)
+    ids, types, mask, labels, nsp = make_batch(config, batch, length)
+    scored = int((labels != -100).sum())
+    times = []
+    if framework == "minibert":
+        from minibert.modeling import BertForPreTraining
+
+        model = BertForPreTraining(config, seed=0)
+        params = [p for _, p in model.named_parameters()]
+        for step in range(steps + 1):
+            start = time.perf_counter()
+            out = model.forward(ids, types, mask, labels=labels, next_sentence_label=nsp)
+            model.zero_grad()
+            model.backward()
+            for p in params:
+                p.data -= 1e-4 * p.grad
+            times.append(time.perf_counter() - start)
+        loss = out.loss
+        flops = matmul_flops(config, batch, length, scored)
+    else:
+        import torch
+        import transformers
+
+        torch.set_num_threads(threads)
+        hf = transformers.BertConfig(**{k: v for k, v in config.to_dict().items()
+                                        if k not in ("model_type", "attn_implementation")},
+                                     attn_implementation="eager")
+        torch.manual_seed(0)
+        model = transformers.BertForPreTraining(hf).train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
+        tensors = [torch.from_numpy(a) for a in (ids, types, mask, labels, nsp)]
+        for step in range(steps + 1):
+            start = time.perf_counter()
+            out = model(input_ids=tensors[0], token_type_ids=tensors[1], attention_mask=tensors[2],
+                        labels=tensors[3], next_sentence_label=tensors[4])
+            optimizer.zero_grad()
+            out.loss.backward()
+            optimizer.step()
+            times.append(time.perf_counter() - start)
+        loss = out.loss.item()
+        flops = matmul_flops(config, batch, length, batch * length)
+    step_time = float(np.median(times[1:]))                     # the first step warms caches up
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"framework": framework, "preset": preset, "step_s": step_time,
+            "tokens_per_s": batch * length / step_time, "gflops": flops / step_time / 1e9,
+            "peak_mb": peak_mb, "loss": float(loss)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", nargs="+", default=PRESETS)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per run (median reported)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for PyTorch")
+    parser.add_argument("--no-torch", action="store_true", help="skip the transformers reference")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        framework, preset = args.worker.split(":")
+        print(json.dumps(run_one(framework, preset, args.batch, args.length, args.steps, args.threads)))
+        return
+
+    frameworks = ["minibert"]
+    if not args.no_torch:
+        try:
+            import torch  # noqa: F401
+            import transformers  # noqa: F401
+
+            frameworks.append("transformers")
+        except ImportError:
+            print("torch/transformers not installed: timing minibert only "
+                  "(pip install 'minibert[reference]' for the side-by-side figures)")
+    print(f"training step, batch {args.batch} x sequence {args.length}, float32, 15% MLM positions, "
+          f"{os.cpu_count()} cores, median of {args.steps} steps")
+    header = f"{'preset':<7}{'framework':<14}{'s/step':>8}{'tokens/s':>10}{'GFLOP/s':>9}{'peak MB':>9}"
+    print(header + f"{'speed-up':>10}")
+    for preset in args.presets:
+        results = {}
+        for framework in frameworks:
+            cmd = [sys.executable, __file__, "--worker", f"{framework}:{preset}", "--batch", str(args.batch),
+                   "--length", str(args.length), "--steps", str(args.steps), "--threads", str(args.threads)]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                print(f"{preset:<7}{framework:<14} failed:\n{done.stderr[-2000:]}")
+                continue
+            r = results[framework] = json.loads(done.stdout.strip().splitlines()[-1])
+            ratio = ""
+            if framework == "transformers" and "minibert" in results:
+                ratio = f"{results['minibert']['tokens_per_s'] / r['tokens_per_s']:>9.2f}x"
+            print(f"{preset:<7}{framework:<14}{r['step_s']:>8.3f}{r['tokens_per_s']:>10.0f}"
+                  f"{r['gflops']:>9.1f}{r['peak_mb']:>9.0f}{ratio:>10}", flush=True)
+    if "transformers" in frameworks:
+        print("speed-up = minibert tokens/s / transformers tokens/s (transformers scores every position "
+              "in the MLM head, so its GFLOP/s counts more work per token)")
+
+
+if __name__ == "__main__":
+    main()

@@ -554,17 +554,24 @@ class BertForPreTraining(BertPreTrainedModel):
         self._save_cache((seq.shape, out.masked_positions, losses))
         return out
 
-    def backward(self, dprediction_logits=None, dseq_relationship_logits=None):
-        """Backpropagate ``out.loss`` (no arguments) or your own gradients of the two logits."""
+    def backward(self, dprediction_logits=None, dseq_relationship_logits=None, *,
+                 mlm_weight: float = 1.0, nsp_weight: float = 1.0):
+        """Backpropagate the loss, or your own gradients of the two logits.
+
+        Without logits gradients this differentiates ``mlm_weight * mlm_loss +
+        nsp_weight * nsp_loss`` (weights 1: ``out.loss``). The weights let gradient
+        accumulation reproduce one large batch exactly: each micro-batch's mean loss is
+        weighted by its share of the labelled positions (MLM) and of the sequences (NSP).
+        """
         shape, positions, losses = self._pop_cache()
         if dprediction_logits is None and dseq_relationship_logits is None:
             if not losses:
                 raise RuntimeError("backward() without arguments needs a forward pass with labels "
                                    "and/or next_sentence_label (there is no loss to differentiate)")
             if "mlm" in losses:
-                dprediction_logits = ops.cross_entropy_backward(1.0, losses["mlm"])      # (M, V)
+                dprediction_logits = ops.cross_entropy_backward(mlm_weight, losses["mlm"])      # (M, V)
             if "nsp" in losses:
-                dseq_relationship_logits = ops.cross_entropy_backward(1.0, losses["nsp"])  # (B, 2)
+                dseq_relationship_logits = ops.cross_entropy_backward(nsp_weight, losses["nsp"])  # (B, 2)
 
         batch, length, hidden = shape
         dseq = None

@@ -11,6 +11,9 @@ the only places that know about devices are this file and the kernel loader.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 _cupy = None          # the cupy module once imported successfully
@@ -100,13 +103,39 @@ def to_numpy(array) -> np.ndarray:
     return np.asarray(array)
 
 
+# Large elementwise transcendental functions are split over the CPU cores: NumPy runs a ufunc
+# on one core, but releases the GIL while it runs, so threads give a real speed-up (the matrix
+# products already use every core through BLAS).
+_PARALLEL_MIN_SIZE = 1 << 18
+_thread_pool = None
+
+
+def _parallel_unary(function, x):
+    """``function(x)`` computed in row blocks on all cores; identical to one call."""
+    global _thread_pool
+    workers = os.cpu_count() or 1
+    if workers == 1 or x.size < _PARALLEL_MIN_SIZE or not x.flags.c_contiguous:
+        return function(x)
+    if _thread_pool is None:
+        _thread_pool = ThreadPoolExecutor(workers, thread_name_prefix="minibert-elementwise")
+    flat_in = x.reshape(-1)
+    out = np.empty_like(x)
+    flat_out = out.reshape(-1)
+    bounds = np.linspace(0, x.size, workers + 1).astype(int)
+    blocks = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+    list(_thread_pool.map(lambda s: function(flat_in[s], out=flat_out[s]), blocks))
+    return out
+
+
 def erf(x):
     """The error function, elementwise, on either device (scipy / cupyx.scipy)."""
     xp = get_array_module(x)
     if xp is np:
         from scipy.special import erf as _erf
-    else:  # pragma: no cover - GPU only
-        from cupyx.scipy.special import erf as _erf
+
+        return _parallel_unary(_erf, x)
+    from cupyx.scipy.special import erf as _erf  # pragma: no cover - GPU only
+
     return _erf(x)
 
 

@@ -14,12 +14,13 @@ JSON-lines metrics log, a loss-curve plot, NaN/inf detection, and atomic checkpo
 hold everything needed to continue bit for bit: the model, the optimizer's buffers, the step,
 the position in the data and the dropout generator's state.
 
-The data sets are random-access: ``len(dataset)`` examples and
-``dataset.get_batch(indices, rng) -> dict`` of NumPy arrays (``input_ids``,
-``token_type_ids``, ``attention_mask``, ``labels``, ``next_sentence_label``); ``rng`` is
-the generator a dynamically masked data set draws its masks from. The trainer owns the
-order: epoch ``e`` visits the examples in ``permutation(seed, e)``, so the position in the
-data is just (epoch, batch index) and the masks of batch ``i`` come from ``(seed, e, i)``.
+The data sets are streams of batches (``minibert.data.pretraining.ArrayDataset`` or
+``ShardDataset``): iterating gives one epoch of batches, dicts of NumPy arrays
+(``input_ids``, ``token_type_ids``, ``attention_mask``, ``labels``,
+``next_sentence_label``), and ``dataset.position`` says where the stream is. With dynamic
+masking the examples come unmasked and ``masking`` (a ``DynamicMasking``) corrupts each batch
+and adds its labels. A checkpoint saves the position and the masking generator's state, so a
+resumed run sees the same batches with the same masks.
 """
 
 from __future__ import annotations
@@ -51,7 +52,6 @@ class TrainingArguments:
     """Hyperparameters of a pretraining run (defaults follow the original recipe, scaled down)."""
 
     output_dir: str = "runs/pretrain"
-    batch_size: int = 32                    # sequences per micro-batch
     gradient_accumulation_steps: int = 1    # micro-batches per optimizer step
     max_steps: int = 1000                   # optimizer steps
     learning_rate: float = 1e-4
@@ -63,14 +63,14 @@ class TrainingArguments:
     bias_correction: bool = True
     max_grad_norm: float | None = 1.0
     eval_every: int = 100                   # steps between evaluations (and checkpoints)
-    eval_batches: int | None = None         # None: the whole validation set
+    eval_batches: int | None = None         # None: the whole validation set (statically masked)
     patience: int | None = None             # evaluations without improvement before stopping
     log_every: int = 10
     seed: int = 0
     progress: bool = True                   # show a tqdm progress bar
 
     def __post_init__(self):
-        positive = ("batch_size", "gradient_accumulation_steps", "max_steps", "eval_every", "log_every")
+        positive = ("gradient_accumulation_steps", "max_steps", "eval_every", "log_every")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
@@ -89,58 +89,42 @@ class TrainingArguments:
         self.adam_betas = tuple(self.adam_betas)
 
 
-EVAL_STREAM = 2**31 - 1   # batch_rng's "epoch" for validation masks, apart from every training epoch
-
-
-def batch_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
-    """The generator for batch ``index`` of ``epoch``: dynamic masks depend on nothing else."""
-    return np.random.default_rng([seed, epoch, index])
-
-
-def epoch_order(seed: int, epoch: int, size: int) -> np.ndarray:
-    """The order in which epoch ``epoch`` visits the ``size`` examples."""
-    return np.random.default_rng([seed, epoch, 0xE90C]).permutation(size)
-
-
 class Trainer:
     """Pretrains a :class:`minibert.modeling.BertForPreTraining` (see the module docstring)."""
 
     def __init__(self, model, args: TrainingArguments, train_dataset, eval_dataset=None, tokenizer=None,
-                 optimizer=None):
-        if len(train_dataset) < args.batch_size:
-            raise ValueError(f"the training set has {len(train_dataset)} examples, fewer than one batch "
-                             f"(batch_size={args.batch_size}); use a larger corpus or a smaller batch")
+                 optimizer=None, masking=None):
+        if len(train_dataset) == 0:
+            raise ValueError("the training set holds no batch: use a larger corpus or a smaller batch")
         self.model = model
         self.args = args
         self.train_dataset = train_dataset
         self.eval_dataset = eval_dataset
         self.tokenizer = tokenizer
+        self.masking = masking                    # None: the examples carry their labels (static masks)
         self.optimizer = optimizer or AdamW(model.named_parameters(), lr=args.learning_rate,
                                             betas=args.adam_betas, eps=args.adam_eps,
                                             weight_decay=args.weight_decay,
                                             bias_correction=args.bias_correction)
         self.schedule = get_schedule(args.schedule, args.learning_rate, args.warmup_steps, args.max_steps)
-        self.batches_per_epoch = len(train_dataset) // args.batch_size   # the last partial batch is dropped
-        # the state that a checkpoint saves and a resume restores
+        # the state that a checkpoint saves and a resume restores (with the data position)
         self.step = 0                      # optimizer steps done
-        self.epoch = 0
-        self.batch_index = 0               # next micro-batch within the epoch
         self.best_eval_loss = math.inf
         self.evals_without_improvement = 0
         self.history = []                  # metrics records, also written to metrics.jsonl
-        self._order = epoch_order(args.seed, 0, len(train_dataset))
+        self._batches = None               # the iterator over the current epoch
 
     # ------------------------------------------------------------------ data
     def _next_batch(self) -> dict:
-        if self.batch_index >= self.batches_per_epoch:
-            self.epoch += 1
-            self.batch_index = 0
-            self._order = epoch_order(self.args.seed, self.epoch, len(self.train_dataset))
-        size = self.args.batch_size
-        indices = self._order[self.batch_index * size:(self.batch_index + 1) * size]
-        batch = self.train_dataset.get_batch(indices, batch_rng(self.args.seed, self.epoch, self.batch_index))
-        self.batch_index += 1
-        return batch
+        """The next training batch, starting a new epoch when one ends."""
+        for _ in range(2):
+            if self._batches is None:
+                self._batches = iter(self.train_dataset)
+            batch = next(self._batches, None)
+            if batch is not None:
+                return self.masking(batch) if self.masking is not None else batch
+            self._batches = None               # the epoch is over; the dataset moved to the next
+        raise RuntimeError("the training set yielded no batch in a whole epoch")
 
     # ------------------------------------------------------------------ one step
     def _train_step(self) -> dict:
@@ -181,8 +165,7 @@ class Trainer:
         """MLM loss and accuracy over the masked tokens, NSP accuracy, on the validation set."""
         if self.eval_dataset is None or len(self.eval_dataset) == 0:
             return {}
-        return evaluate_pretraining(self.model, self.eval_dataset, self.args.batch_size,
-                                    self.args.eval_batches, seed=self.args.seed)
+        return evaluate_pretraining(self.model, self.eval_dataset, self.args.eval_batches)
 
     # ------------------------------------------------------------------ the loop
     def train(self, resume_from: str | None = None) -> dict:
@@ -206,7 +189,8 @@ class Trainer:
                 bar.update(1)
                 if self.step % args.log_every == 0 or self.step == args.max_steps:
                     elapsed = time.perf_counter() - window_start
-                    train_record = {"step": self.step, "split": "train", "epoch": self.epoch,
+                    train_record = {"step": self.step, "split": "train",
+                                    "epoch": self.train_dataset.position["epoch"],
                                     "loss": float(np.mean(window_loss)), "mlm_loss": record["mlm_loss"],
                                     "nsp_loss": record["nsp_loss"], "lr": record["lr"],
                                     "grad_norm": record["grad_norm"], "tokens_per_s": window_tokens / elapsed}
@@ -279,7 +263,8 @@ class Trainer:
         arrays = {k: v for k, v in opt_state.items() if isinstance(v, np.ndarray)}
         scalars = {k: v for k, v in opt_state.items() if not isinstance(v, np.ndarray)}
         st.save_file(arrays, os.path.join(tmp, "optimizer.safetensors"))
-        state = {"step": self.step, "epoch": self.epoch, "batch_index": self.batch_index,
+        state = {"step": self.step, "data_position": self.train_dataset.position,
+                 "masking": self.masking.state_dict() if self.masking is not None else None,
                  "best_eval_loss": self.best_eval_loss if math.isfinite(self.best_eval_loss) else None,
                  "evals_without_improvement": self.evals_without_improvement,
                  "optimizer": scalars, "dropout_rng": self.model.random.get_state(),
@@ -319,31 +304,34 @@ class Trainer:
         opt.update(st.load_file(os.path.join(path, "optimizer.safetensors")))
         self.optimizer.load_state_dict(opt)
         self.model.random.set_state(state["dropout_rng"])
-        self.step, self.epoch, self.batch_index = state["step"], state["epoch"], state["batch_index"]
+        self.step = state["step"]
+        self.train_dataset.position = state["data_position"]
+        self._batches = None
+        if self.masking is not None:
+            if state.get("masking") is None:
+                raise ValueError(f"checkpoint {path} was saved without dynamic masking; resume it the same way")
+            self.masking.load_state_dict(state["masking"])
         best = state["best_eval_loss"]
         self.best_eval_loss = math.inf if best is None else best
         self.evals_without_improvement = state["evals_without_improvement"]
         self.history = state.get("history", [])
-        self._order = epoch_order(self.args.seed, self.epoch, len(self.train_dataset))
 
 
 # ---------------------------------------------------------------------------- helpers
-def evaluate_pretraining(model, dataset, batch_size: int, max_batches: int | None = None, seed: int = 0) -> dict:
+def evaluate_pretraining(model, dataset, max_batches: int | None = None) -> dict:
     """MLM loss (mean over masked tokens), MLM accuracy, NSP loss and accuracy, without caches.
 
-    The validation masks are drawn from a fixed generator, so every evaluation of a run
-    (and of a resumed run) scores the same predictions.
+    ``dataset`` holds statically masked examples (labels included) and is read from its start
+    each time, so every evaluation of a run (and of a resumed run) scores the same predictions.
     """
     model.eval()
-    n_batches = math.ceil(len(dataset) / batch_size)
-    if max_batches is not None:
-        n_batches = min(n_batches, max_batches)
+    dataset.position = {"epoch": 0, "example": 0}
     mlm_loss_sum = nsp_loss_sum = 0.0
     masked = correct = nsp_correct = sequences = 0
     with no_grad():
-        for i in range(n_batches):
-            indices = np.arange(i * batch_size, min((i + 1) * batch_size, len(dataset)))
-            batch = dataset.get_batch(indices, batch_rng(seed, EVAL_STREAM, i))
+        for i, batch in enumerate(dataset):
+            if max_batches is not None and i >= max_batches:
+                break
             out = model.forward(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
                                 labels=batch["labels"], next_sentence_label=batch["next_sentence_label"])
             targets = batch["labels"].reshape(-1)[to_numpy(out.masked_positions)]

@@ -6,56 +6,47 @@ import os
 import numpy as np
 import pytest
 
+from minibert.data.pretraining import ArrayDataset, DynamicMasking, Masker, VocabularyInfo
 from minibert.modeling import BertForPreTraining
 from minibert.training import Trainer, TrainingArguments, TrainingDiverged, latest_checkpoint
 
 from conftest import tiny_config
 
 
-class RandomPairs:
-    """A random-access data set of synthetic pretraining examples (masks drawn from ``rng``).
+VOCAB = VocabularyInfo(vocab_size=31, pad_id=0, cls_id=2, sep_id=3, mask_id=4,
+                       never_selected=np.array([0, 2, 3, 4]), replacement_ids=np.arange(5, 31),
+                       is_continuation=np.zeros(31, bool))
 
-    Each sequence counts upwards from a random start, so a masked token is predictable from
-    its neighbours: there is something to learn.
-    """
 
-    def __init__(self, n, length=10, vocab=31, seed=0, static=False):
-        self.static = static                               # masks fixed per example, not per batch
-        rng = np.random.default_rng(seed)
-        starts = rng.integers(0, vocab - 5, (n, 1))
-        self.ids = 5 + (starts + np.arange(length)) % (vocab - 5)
-        self.ids[:, 0] = 2
-        self.mask = np.ones_like(self.ids)
-        self.mask[::3, -3:] = 0
-        self.types = np.zeros_like(self.ids)
-        self.types[:, length // 2:] = 1
-        self.nsp = rng.integers(0, 2, n)
+def counting_examples(n, length=10, seed=0, masked=False):
+    """Synthetic examples: each sequence counts upwards from a random start, so a masked token
+    is predictable from its neighbours (there is something to learn)."""
+    rng = np.random.default_rng(seed)
+    ids = 5 + (rng.integers(0, 26, (n, 1)) + np.arange(length)) % 26
+    ids[:, 0], ids[:, length // 2] = VOCAB.cls_id, VOCAB.sep_id
+    mask = np.ones_like(ids)
+    mask[::3, -3:] = 0
+    ids[mask == 0] = VOCAB.pad_id
+    types = np.zeros_like(ids)
+    types[:, length // 2 + 1:] = 1
+    arrays = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask,
+              "next_sentence_label": rng.integers(0, 2, n)}
+    if masked:                                           # static masks, fixed per example
+        arrays["input_ids"], arrays["labels"] = Masker(VOCAB, masked_lm_prob=0.3)(ids, rng)
+    return arrays
 
-    def __len__(self):
-        return len(self.ids)
 
-    def get_batch(self, indices, rng):
-        if self.static:
-            return self._merge([self._masked([i], np.random.default_rng(int(i))) for i in indices])
-        return self._masked(indices, rng)
+def dataset(n, batch_size=4, seed=0, masked=False, shuffle=True):
+    return ArrayDataset(counting_examples(n, seed=seed, masked=masked), batch_size, shuffle=shuffle, seed=seed,
+                        drop_last=True)
 
-    @staticmethod
-    def _merge(parts):
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
-    def _masked(self, indices, rng):
-        ids = self.ids[indices].copy()
-        labels = np.full_like(ids, -100)
-        chosen = (rng.random(ids.shape) < 0.3) & (self.mask[indices] == 1)
-        chosen[:, 0] = False
-        labels[chosen] = ids[chosen]
-        ids[chosen] = 4                                    # [MASK]
-        return {"input_ids": ids, "token_type_ids": self.types[indices], "attention_mask": self.mask[indices],
-                "labels": labels, "next_sentence_label": self.nsp[indices]}
+def masking(seed=0):
+    return DynamicMasking(Masker(VOCAB, masked_lm_prob=0.3), seed=seed)
 
 
 def _args(tmp_path, **overrides):
-    values = dict(output_dir=str(tmp_path / "run"), batch_size=4, max_steps=6, learning_rate=1e-3,
+    values = dict(output_dir=str(tmp_path / "run"), max_steps=6, learning_rate=1e-3,
                   warmup_steps=2, eval_every=3, log_every=1, progress=False, seed=3)
     values.update(overrides)
     return TrainingArguments(**values)
@@ -67,33 +58,31 @@ def _model(dtype=np.float32, **config):
 
 
 def test_accumulated_micro_batches_equal_one_big_batch(tmp_path):
-    data = RandomPairs(16)
-    big = _model(np.float64).eval()
-    small = _model(np.float64).eval()
-    trainer_big = Trainer(big, _args(tmp_path, batch_size=8), data)
-    trainer_small = Trainer(small, _args(tmp_path, batch_size=4, gradient_accumulation_steps=2), data)
-    # same examples in the same order: one batch of 8 vs two of 4 (masks drawn per example row)
-    batch = data.get_batch(np.arange(8), np.random.default_rng(0))
+    batch = next(iter(dataset(8, batch_size=8, masked=True, shuffle=False)))
     halves = [{k: v[:4] for k, v in batch.items()}, {k: v[4:] for k, v in batch.items()}]
-    trainer_big._next_batch = lambda: batch
+    big = Trainer(_model(np.float64).eval(), _args(tmp_path), dataset(8, batch_size=8, masked=True))
+    small = Trainer(_model(np.float64).eval(), _args(tmp_path, gradient_accumulation_steps=2),
+                    dataset(8, masked=True))
+    big._next_batch = lambda: batch                        # the same examples: one batch of 8 ...
     iterator = iter(halves)
-    trainer_small._next_batch = lambda: next(iterator)
+    small._next_batch = lambda: next(iterator)             # ... or two micro-batches of 4
     grads = {}
-    for name, trainer in (("big", trainer_big), ("small", trainer_small)):
+    for name, trainer in (("big", big), ("small", small)):
         trainer.optimizer.step = lambda: None               # keep the gradients to compare
         trainer.optimizer.zero_grad = lambda: None
         record = trainer._train_step()
         grads[name] = ({n: p.grad.copy() for n, p in trainer.model.named_parameters()}, record["loss"])
+    # the halves hold different numbers of masked tokens: plain averaging of the two would differ
+    assert (halves[0]["labels"] != -100).sum() != (halves[1]["labels"] != -100).sum()
     assert grads["big"][1] == pytest.approx(grads["small"][1], rel=1e-12)
     for name, g in grads["big"][0].items():
         np.testing.assert_allclose(grads["small"][0][name], g, rtol=1e-9, atol=1e-13, err_msg=name)
 
 
 def test_loss_falls_and_files_are_written(tmp_path):
-    data = RandomPairs(16, static=True)
     model = BertForPreTraining(tiny_config(hidden_size=32, num_attention_heads=2, intermediate_size=64), seed=0)
-    trainer = Trainer(model, _args(tmp_path, batch_size=8, max_steps=40, eval_every=20, learning_rate=1e-2),
-                      data, eval_dataset=RandomPairs(12, seed=1))
+    trainer = Trainer(model, _args(tmp_path, max_steps=40, eval_every=20, learning_rate=1e-2),
+                      dataset(16, batch_size=8, masked=True), eval_dataset=dataset(12, seed=1, masked=True))
     summary = trainer.train()
     train_losses = [r["loss"] for r in summary["history"] if r["split"] == "train"]
     assert np.mean(train_losses[-5:]) < np.mean(train_losses[:5]) - 1.0
@@ -108,11 +97,14 @@ def test_loss_falls_and_files_are_written(tmp_path):
 
 
 def test_resumed_run_continues_bit_for_bit(tmp_path):
-    data, evaluation = RandomPairs(20), RandomPairs(8, seed=1)
-    straight = Trainer(_model(), _args(tmp_path / "a", max_steps=8, eval_every=4), data, evaluation)
+    def run(folder):
+        return Trainer(_model(), _args(tmp_path / folder, max_steps=8, eval_every=4), dataset(20),
+                       dataset(8, seed=1, masked=True, shuffle=False), masking=masking())
+
+    straight = run("a")
     straight.train()
 
-    first = Trainer(_model(), _args(tmp_path / "b", max_steps=8, eval_every=4), data, evaluation)
+    first = run("b")
     step_once = first._train_step
 
     def interrupted_after_step_4():
@@ -123,7 +115,7 @@ def test_resumed_run_continues_bit_for_bit(tmp_path):
     first._train_step = interrupted_after_step_4
     with pytest.raises(KeyboardInterrupt):
         first.train()
-    resumed = Trainer(_model(), _args(tmp_path / "b", max_steps=8, eval_every=4), data, evaluation)
+    resumed = run("b")
     resumed.train(resume_from=str(tmp_path / "b" / "run"))
     for (name, p), (_, q) in zip(straight.model.named_parameters(), resumed.model.named_parameters()):
         np.testing.assert_array_equal(p.data, q.data, err_msg=name)
@@ -131,8 +123,7 @@ def test_resumed_run_continues_bit_for_bit(tmp_path):
 
 
 def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
-    data = RandomPairs(20)
-    trainer = Trainer(_model(), _args(tmp_path, max_steps=3, eval_every=3), data)
+    trainer = Trainer(_model(), _args(tmp_path, max_steps=3, eval_every=3), dataset(20), masking=masking())
     trainer.train()
     good = latest_checkpoint(trainer.args.output_dir)
     before = open(os.path.join(good, "model.safetensors"), "rb").read()
@@ -149,14 +140,13 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypat
     assert latest_checkpoint(trainer.args.output_dir) == good
     assert open(os.path.join(good, "model.safetensors"), "rb").read() == before
     monkeypatch.undo()
-    fresh = Trainer(_model(), _args(tmp_path, max_steps=3), data)
+    fresh = Trainer(_model(), _args(tmp_path, max_steps=3), dataset(20), masking=masking())
     fresh.load_checkpoint(trainer.args.output_dir)
     assert fresh.step == 3
 
 
 def test_nan_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path):
-    data = RandomPairs(20)
-    trainer = Trainer(_model(), _args(tmp_path, max_steps=3, eval_every=3), data)
+    trainer = Trainer(_model(), _args(tmp_path, max_steps=3, eval_every=3), dataset(20, masked=True))
     trainer.train()
     good = latest_checkpoint(trainer.args.output_dir)
     trainer.model.bert.encoder.layer[0].output.dense.weight.data[0, 0] = np.nan
@@ -167,14 +157,14 @@ def test_nan_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path):
 
 
 def test_early_stopping_with_patience(tmp_path):
-    data = RandomPairs(20)
     trainer = Trainer(_model(), _args(tmp_path, max_steps=50, eval_every=1, learning_rate=1e-9, warmup_steps=0,
-                                      patience=2), data, eval_dataset=RandomPairs(8, seed=1))
+                                      patience=2), dataset(20, masked=True),
+                      eval_dataset=dataset(8, seed=1, masked=True))
     summary = trainer.train()
     assert summary["stopped_early"] and summary["steps"] < 50
 
 
-@pytest.mark.parametrize("field, value", [("learning_rate", -1.0), ("batch_size", 0),
+@pytest.mark.parametrize("field, value", [("learning_rate", -1.0), ("max_steps", 0),
                                           ("gradient_accumulation_steps", 0), ("patience", 0)])
 def test_invalid_hyperparameters(field, value):
     with pytest.raises(ValueError, match=field):
@@ -182,7 +172,7 @@ def test_invalid_hyperparameters(field, value):
 
 
 def test_corrupt_or_mismatched_checkpoint(tmp_path):
-    data = RandomPairs(20)
+    data = dataset(20, masked=True)
     trainer = Trainer(_model(), _args(tmp_path, max_steps=3, eval_every=3), data)
     trainer.train()
     other = Trainer(_model(hidden_size=24, num_attention_heads=3), _args(tmp_path, max_steps=3), data)
@@ -198,5 +188,5 @@ def test_corrupt_or_mismatched_checkpoint(tmp_path):
 
 
 def test_too_small_data_set(tmp_path):
-    with pytest.raises(ValueError, match="fewer than one batch"):
-        Trainer(_model(), _args(tmp_path, batch_size=32), RandomPairs(5))
+    with pytest.raises(ValueError, match="holds no batch"):
+        Trainer(_model(), _args(tmp_path), dataset(5, batch_size=32))

@@ -31,6 +31,17 @@ class Linear(Module):
         layer.weight, layer.bias = weight, bias
         return layer
 
+    def keep_outputs(self, rows) -> None:
+        """Keep only these output features (rows of W and entries of b): structured pruning."""
+        self.weight.data, self.weight.grad = self.weight.data[rows].copy(), self.weight.grad[rows].copy()
+        if self.bias is not None:
+            self.bias.data, self.bias.grad = self.bias.data[rows].copy(), self.bias.grad[rows].copy()
+
+    def keep_inputs(self, columns) -> None:
+        """Keep only these input features (columns of W)."""
+        self.weight.data = self.weight.data[:, columns].copy()
+        self.weight.grad = self.weight.grad[:, columns].copy()
+
     def forward(self, x):
         y, cache = ops.linear_forward(x, self.weight.data, None if self.bias is None else self.bias.data)
         self._save_cache(cache)

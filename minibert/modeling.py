@@ -181,6 +181,21 @@ class BertSelfAttention(Module):
         self.random = random_source
         self.implementation = config.attn_implementation
 
+    def prune_heads(self, heads) -> list[int]:
+        """Remove attention heads (numbered among the current ones): their rows of the query,
+        key and value projections go. Returns the kept columns of the context (for the output
+        projection, whose matching input columns must go too)."""
+        keep_heads = [h for h in range(self.num_heads) if h not in set(heads)]
+        if not keep_heads:
+            raise ValueError(f"cannot prune all {self.num_heads} heads of a layer "
+                             "(the attention block would have nothing left to compute)")
+        xp = get_array_module(self.query.weight.data)
+        columns = xp.concatenate([xp.arange(h * self.head_size, (h + 1) * self.head_size) for h in keep_heads])
+        for linear in (self.query, self.key, self.value):
+            linear.keep_outputs(columns)
+        self.num_heads = len(keep_heads)
+        return columns
+
     def _split_heads(self, x):                     # (B, T, H) -> (B, N, T, D)
         b, t, _ = x.shape
         return x.reshape(b, t, self.num_heads, self.head_size).transpose(0, 2, 1, 3)
@@ -412,8 +427,39 @@ class BertModel(BertPreTrainedModel):
         self.embeddings = BertEmbeddings(config, rng, self.random, dtype)
         self.encoder = BertEncoder(config, rng, self.random, dtype)
         self.pooler = BertPooler(config, rng, dtype) if add_pooling_layer else None
+        recorded = config.extra.pop("pruned_heads", None)   # a pruned model's saved config
+        if recorded:
+            self.prune_heads(recorded)
         if _random_source is None:
             self._finish_setup(device)
+
+    def prune_heads(self, heads_to_prune: dict) -> None:
+        """Remove attention heads for good: ``{layer: [head, ...]}`` in the original numbering.
+
+        The model really gets smaller (rows of Q/K/V and columns of the attention output
+        projection go). The pruned heads are recorded in ``config.extra["pruned_heads"]`` so a
+        saved model is rebuilt with the same shapes. Prune before creating the optimizer.
+        """
+        pruned = {int(k): set(v) for k, v in self.config.extra.get("pruned_heads", {}).items()}
+        for layer_index, heads in heads_to_prune.items():
+            layer_index = int(layer_index)
+            if not 0 <= layer_index < len(self.encoder.layer):
+                raise ValueError(f"layer {layer_index} does not exist (the model has {len(self.encoder.layer)})")
+            heads = set(int(h) for h in heads) - pruned.get(layer_index, set())
+            bad = [h for h in heads if not 0 <= h < self.config.num_attention_heads]
+            if bad:
+                raise ValueError(f"head(s) {bad} do not exist (num_attention_heads = {self.config.num_attention_heads})")
+            if len(heads | pruned.get(layer_index, set())) >= self.config.num_attention_heads:
+                raise ValueError(f"cannot prune every head of layer {layer_index} "
+                                 f"({self.config.num_attention_heads} heads): at least one must remain")
+            already = sorted(pruned.get(layer_index, set()))
+            remaining = [h for h in range(self.config.num_attention_heads) if h not in already]
+            current = [remaining.index(h) for h in sorted(heads)]          # numbering among the kept heads
+            attention = self.encoder.layer[layer_index].attention
+            columns = attention.self.prune_heads(current)
+            attention.output.dense.keep_inputs(columns)
+            pruned[layer_index] = pruned.get(layer_index, set()) | heads
+        self.config.extra["pruned_heads"] = {str(k): sorted(v) for k, v in sorted(pruned.items()) if v}
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None):
         """ids (B,T) -> (sequence output (B,T,H), pooled output (B,H) or None without a pooler)."""

@@ -243,3 +243,35 @@ def test_tied_embedding_receives_both_contributions(rng):
     np.testing.assert_allclose(lookup_share[~used], 0, atol=1e-15)
     model.clear_caches()
     del decoder_share
+
+
+def test_pruned_heads_equal_masked_heads_and_survive_a_rebuild(rng):
+    config = tiny_config(num_attention_heads=3)
+    model = BertModel(config, seed=3, dtype=F64).eval()
+    ids = rng.integers(0, config.vocab_size, (2, 6))
+    mask = np.ones((2, 6))
+    mask[1, 4:] = 0
+    # masking a head: zero value projection rows => that head's context is 0
+    masked = BertModel(config, seed=3, dtype=F64).eval()
+    d = config.head_size
+    for layer, heads in {0: [1], 1: [0, 2]}.items():
+        value = masked.encoder.layer[layer].attention.self.value
+        for h in heads:
+            value.weight.data[h * d:(h + 1) * d] = 0
+            value.bias.data[h * d:(h + 1) * d] = 0
+    expected, _ = masked.forward(ids, None, mask)
+    model.prune_heads({0: [1], 1: [0, 2]})
+    assert model.encoder.layer[1].attention.self.query.weight.shape == (d, config.hidden_size)
+    assert model.encoder.layer[1].attention.output.dense.weight.shape == (config.hidden_size, d)
+    np.testing.assert_allclose(model.forward(ids, None, mask)[0], expected, rtol=1e-12, atol=1e-12)
+    # gradients still check out on the smaller model
+    check_module(model.encoder.layer[1], rng.standard_normal((2, 6, config.hidden_size)),
+                 np.zeros((2, 1, 1, 6)), wrt=(0,)).raise_if_failed()
+    # the config records the pruning, in the original numbering, so a rebuilt model has the same shapes
+    model.prune_heads({0: [0]})
+    assert model.config.extra["pruned_heads"] == {"0": [0, 1], "1": [0, 2]}
+    rebuilt = BertModel(model.config, seed=9, dtype=F64).eval()
+    rebuilt.load_state_dict(model.state_dict())
+    np.testing.assert_array_equal(rebuilt.forward(ids)[0], model.forward(ids)[0])
+    with pytest.raises(ValueError, match="cannot prune every head of layer 0"):
+        model.prune_heads({0: [2]})

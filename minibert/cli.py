@@ -4,6 +4,7 @@
     minibert fill-mask DIR "text"      query a saved model
     minibert tokenize / train-vocab    the WordPiece tokenizer
     minibert embed                     sentence embeddings with a pretrained checkpoint
+    minibert finetune                  fine-tune a checkpoint for text classification
 
 Each family of commands lives beside the code it drives (``cli_*.py``) and registers itself
 here; this file only builds the parser and turns expected errors into one clear line.

@@ -365,7 +365,7 @@ class BertPreTrainedModel(Module):
         """
         config = self.config
         xp = xp_for_device(self.device)
-        ids = _as_int_array(input_ids, "input_ids", xp)
+        ids = as_int_array(input_ids, "input_ids", xp)
         if ids.ndim != 2:
             raise ValueError(f"input_ids must have shape (batch, sequence), got shape {tuple(ids.shape)}"
                              + (" (use ids[None] for a single sequence)" if ids.ndim == 1 else ""))
@@ -375,37 +375,37 @@ class BertPreTrainedModel(Module):
         if length > config.max_position_embeddings:
             raise ValueError(f"sequence length {length} exceeds max_position_embeddings "
                              f"({config.max_position_embeddings}); truncate the input")
-        _check_range(ids, 0, config.vocab_size, "input_ids", "vocab_size")
+        check_range(ids, 0, config.vocab_size, "input_ids", "vocab_size")
         if token_type_ids is None:
             token_type_ids = xp.zeros_like(ids)
         else:
-            token_type_ids = _as_int_array(token_type_ids, "token_type_ids", xp)
-            _check_shape(token_type_ids, ids.shape, "token_type_ids")
-            _check_range(token_type_ids, 0, config.type_vocab_size, "token_type_ids", "type_vocab_size")
+            token_type_ids = as_int_array(token_type_ids, "token_type_ids", xp)
+            check_shape(token_type_ids, ids.shape, "token_type_ids")
+            check_range(token_type_ids, 0, config.type_vocab_size, "token_type_ids", "type_vocab_size")
         dtype = self.dtype
         if attention_mask is None:
             additive_mask = None
         else:
             attention_mask = xp.asarray(to_device(attention_mask, self.device))
-            _check_shape(attention_mask, ids.shape, "attention_mask")
+            check_shape(attention_mask, ids.shape, "attention_mask")
             additive_mask = (1.0 - attention_mask.astype(dtype)) * np.finfo(dtype).min
             additive_mask = additive_mask[:, None, None, :]                  # (B, 1, 1, T)
         return ids, token_type_ids, additive_mask
 
 
-def _as_int_array(values, name, xp):
+def as_int_array(values, name, xp):
     array = xp.asarray(to_device(values, "cpu" if xp is np else "cuda"))
     if array.dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integers, got dtype {array.dtype}")
     return array
 
 
-def _check_shape(array, expected, name):
+def check_shape(array, expected, name):
     if tuple(array.shape) != tuple(expected):
         raise ValueError(f"{name} must have shape {tuple(expected)} like input_ids, got {tuple(array.shape)}")
 
 
-def _check_range(array, low, high, name, limit_name):
+def check_range(array, low, high, name, limit_name):
     lowest, highest = int(array.min()), int(array.max())
     if lowest < low or highest >= high:
         bad = lowest if lowest < low else highest
@@ -476,15 +476,15 @@ class BertModel(BertPreTrainedModel):
         if dsequence is None and dpooled is None:
             raise ValueError("BertModel.backward needs dsequence and/or dpooled")
         xp = xp_for_device(self.device)
-        dh = xp.zeros(shape, dtype=self.dtype) if dsequence is None else _check_grad(dsequence, shape, "dsequence")
+        dh = xp.zeros(shape, dtype=self.dtype) if dsequence is None else check_grad_shape(dsequence, shape, "dsequence")
         if dpooled is not None:
-            dh = dh + self.pooler.backward(_check_grad(dpooled, (shape[0], shape[2]), "dpooled"))
+            dh = dh + self.pooler.backward(check_grad_shape(dpooled, (shape[0], shape[2]), "dpooled"))
         elif self.pooler is not None:
             self.pooler.clear_caches()                                   # unused this step
         self.embeddings.backward(self.encoder.backward(dh))
 
 
-def _check_grad(grad, shape, name):
+def check_grad_shape(grad, shape, name):
     if tuple(grad.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(grad.shape)}")
     return grad
@@ -575,24 +575,24 @@ class BertForPreTraining(BertPreTrainedModel):
         if labels is None:                               # score every position
             out.prediction_logits = self.cls.predictions.forward(seq)               # (B, T, V)
         else:                                            # score only the labelled positions
-            labels = _as_int_array(labels, "labels", xp)
-            _check_shape(labels, (batch, length), "labels")
+            labels = as_int_array(labels, "labels", xp)
+            check_shape(labels, (batch, length), "labels")
             flat_labels = labels.reshape(-1)
             positions = xp.flatnonzero(flat_labels != ops.IGNORE_INDEX)             # (M,)
             targets = flat_labels[positions]
             if targets.size:
-                _check_range(targets, 0, self.config.vocab_size, "labels", "vocab_size")
+                check_range(targets, 0, self.config.vocab_size, "labels", "vocab_size")
             out.masked_positions = positions
             out.prediction_logits = self.cls.predictions.forward(seq.reshape(-1, hidden)[positions])  # (M, V)
             out.mlm_loss, losses["mlm"] = ops.cross_entropy_forward(out.prediction_logits, targets)
 
         out.seq_relationship_logits = self.cls.seq_relationship.forward(pooled)     # (B, 2)
         if next_sentence_label is not None:
-            nsp = _as_int_array(next_sentence_label, "next_sentence_label", xp).reshape(-1)
-            _check_shape(nsp, (batch,), "next_sentence_label")
+            nsp = as_int_array(next_sentence_label, "next_sentence_label", xp).reshape(-1)
+            check_shape(nsp, (batch,), "next_sentence_label")
             valid = nsp[nsp != ops.IGNORE_INDEX]
             if valid.size:
-                _check_range(valid, 0, 2, "next_sentence_label", "the 2 NSP classes")
+                check_range(valid, 0, 2, "next_sentence_label", "the 2 NSP classes")
             out.nsp_loss, losses["nsp"] = ops.cross_entropy_forward(out.seq_relationship_logits, nsp)
 
         if losses:
@@ -624,7 +624,7 @@ class BertForPreTraining(BertPreTrainedModel):
         if dprediction_logits is not None:
             expected = (batch, length, self.config.vocab_size) if positions is None else \
                 (positions.shape[0], self.config.vocab_size)
-            dh = self.cls.predictions.backward(_check_grad(dprediction_logits, expected, "dprediction_logits"))
+            dh = self.cls.predictions.backward(check_grad_shape(dprediction_logits, expected, "dprediction_logits"))
             if positions is None:
                 dseq = dh                                                         # (B, T, H)
             else:                                       # scatter the M rows back to their positions
@@ -636,7 +636,7 @@ class BertForPreTraining(BertPreTrainedModel):
         dpooled = None
         if dseq_relationship_logits is not None:
             dpooled = self.cls.seq_relationship.backward(
-                _check_grad(dseq_relationship_logits, (batch, 2), "dseq_relationship_logits"))
+                check_grad_shape(dseq_relationship_logits, (batch, 2), "dseq_relationship_logits"))
         else:
             self.cls.seq_relationship.clear_caches()
         self.bert.backward(dseq, dpooled)

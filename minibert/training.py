@@ -39,6 +39,7 @@ from .backend import to_numpy
 from .checkpoint import save_pretrained
 from .nn import no_grad
 from .optim import AdamW, clip_grad_norm, get_schedule
+from .plots import plot_loss_curves
 
 CHECKPOINT_POINTER = "latest_checkpoint.txt"   # names the newest complete checkpoint folder
 
@@ -241,7 +242,10 @@ class Trainer:
 
     def plot(self, path: str | None = None) -> str | None:
         """Save the train/validation loss curves as a PNG (when matplotlib is installed)."""
-        return plot_loss_curves(self.history, path or os.path.join(self.args.output_dir, "loss_curve.png"))
+        stopped = self.step if self.evals_without_improvement and self.args.patience is not None \
+            and self.evals_without_improvement >= self.args.patience else None
+        return plot_loss_curves(self.history, path or os.path.join(self.args.output_dir, "loss_curve.png"),
+                                train_label="training loss (MLM + NSP)", early_stop_step=stopped)
 
     # ------------------------------------------------------------------ checkpoints
     def latest_checkpoint(self) -> str | None:
@@ -359,39 +363,6 @@ def latest_checkpoint(output_dir: str) -> str | None:
     path = os.path.join(output_dir, name)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{pointer} names {name}, which does not exist")
-    return path
-
-
-def plot_loss_curves(history: list, path: str, early_stop_step: int | None = None) -> str | None:
-    """Train and validation loss against the step, as a PNG; None when matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    train = [(r["step"], r["loss"]) for r in history if r.get("split") == "train"]
-    evals = [(r["step"], r["loss"]) for r in history if r.get("split") == "eval"]
-    if not train:
-        return None
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    ax.plot(*zip(*train), label="training loss (MLM + NSP)", lw=1.2)
-    if evals:
-        ax.plot(*zip(*evals), "o-", label="validation loss", lw=1.5)
-        best_step, best_loss = min(evals, key=lambda e: e[1])
-        ax.axvline(best_step, color="grey", ls="--", lw=1)
-        ax.annotate(f"best validation {best_loss:.3f}", (best_step, best_loss), textcoords="offset points",
-                    xytext=(6, 10), fontsize=8)
-    if early_stop_step is not None:
-        ax.axvline(early_stop_step, color="red", ls=":", lw=1, label="early stop")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 

@@ -21,6 +21,7 @@ from .dropout import dropout_backward, dropout_forward
 from .embedding import embedding_backward, embedding_forward
 from .layer_norm import layer_norm_backward, layer_norm_forward
 from .linear import linear_backward, linear_forward
+from .mse import mse_backward, mse_forward
 from .softmax import softmax_backward, softmax_forward
 
 __all__ = [name for name in dir() if name.endswith(("_forward", "_backward"))] + [

@@ -1,0 +1,143 @@
+"""``minibert finetune``: text classification from a CSV/TSV file with a pretrained checkpoint.
+
+    minibert finetune --model path/to/checkpoint --train tweets.csv --text-column text \\
+        --label-column sentiment --epochs 3 --batch-size 32 --lr 5e-5 --patience 2 --output runs/sentiment
+
+The checkpoint folder needs config.json, model.safetensors and vocab.txt (any BERT: the
+classifier head is added and initialised). Without ``--validation`` a fixed fraction of the
+training file is held out for early stopping; without ``--test`` the final report is on the
+validation set. Prints accuracy, macro-F1 and the confusion matrix, and with ``--output``
+saves the best model (with its labels and vocabulary), metrics.jsonl, results.json and the
+loss curves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+
+
+def add_finetune_commands(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "finetune", help="fine-tune a checkpoint for text classification on a CSV/TSV file",
+        description="Fine-tune a pretrained BERT checkpoint for text classification (CSV or TSV files).")
+    data = parser.add_argument_group("data")
+    parser.add_argument("--model", required=True, metavar="DIR",
+                        help="checkpoint folder (config.json, model.safetensors, vocab.txt)")
+    data.add_argument("--train", required=True, metavar="FILE", help="training file (.csv or .tsv)")
+    data.add_argument("--validation", metavar="FILE", help="validation file for early stopping "
+                      "(default: hold out --validation-fraction of the training file)")
+    data.add_argument("--test", metavar="FILE", help="test file for the final report")
+    data.add_argument("--text-column", default="text", help="column holding the text (default: text)")
+    data.add_argument("--text-pair-column", default=None, help="column holding a second text, for pairs")
+    data.add_argument("--label-column", default="label", help="column holding the label (default: label)")
+    data.add_argument("--validation-fraction", type=float, default=0.1,
+                      help="share of the training file held out when --validation is not given (default 0.1)")
+    data.add_argument("--invalid-utf8", choices=("skip", "replace", "error"), default="skip",
+                      help="rows with invalid UTF-8: skip them (counted), replace the bad bytes, or stop")
+    data.add_argument("--limit", type=int, default=None, metavar="N",
+                      help="use only the first N training examples (after the split), for a quick run")
+    train = parser.add_argument_group("training")
+    train.add_argument("--epochs", type=int, default=3)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default 5e-5)")
+    train.add_argument("--warmup-ratio", type=float, default=0.1)
+    train.add_argument("--weight-decay", type=float, default=0.01)
+    train.add_argument("--accumulation", type=int, default=1, metavar="K",
+                       help="micro-batches per optimizer step (gradient accumulation)")
+    train.add_argument("--patience", type=int, default=None,
+                       help="validations without improvement before stopping early")
+    train.add_argument("--eval-every", type=int, default=None, metavar="STEPS",
+                       help="optimizer steps between validations (default: once per epoch)")
+    train.add_argument("--metric", choices=("accuracy", "macro_f1", "loss"), default="accuracy",
+                       help="validation metric for early stopping and the best model")
+    train.add_argument("--max-length", type=int, default=128, help="tokens per sequence (default 128)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="cpu", help="cpu or cuda")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--output", metavar="DIR", default=None,
+                        help="folder for the best model, metrics.jsonl, results.json and loss_curve.png")
+    parser.set_defaults(func=run_finetune)
+
+
+def _check_arguments(args) -> None:
+    for name in ("epochs", "batch_size", "accumulation", "max_length"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if not 0.0 < args.validation_fraction < 1.0:
+        raise ValueError(f"--validation-fraction must be in (0, 1), got {args.validation_fraction}")
+    if args.limit is not None and args.limit <= 0:
+        raise ValueError(f"--limit must be positive, got {args.limit}")
+    for flag in ("train", "validation", "test"):
+        path = getattr(args, flag)
+        if path is not None and not os.path.isfile(path):
+            raise FileNotFoundError(f"--{flag} {path}: no such file")
+    if not os.path.isfile(os.path.join(args.model, "vocab.txt")):
+        raise FileNotFoundError(f"--model {args.model}: no vocab.txt there (a checkpoint folder with its "
+                                "vocabulary is needed to tokenize the texts)")
+
+
+def run_finetune(args) -> int:
+    from .data.finetuning import encode_classification, read_classification_file
+    from .finetune import FineTuner, FineTuningArguments, classification_report, format_confusion_matrix
+    from .heads import BertForSequenceClassification
+    from .tokenization import BertTokenizer
+
+    _check_arguments(args)
+    tokenizer = BertTokenizer.from_pretrained(args.model)
+
+    def read(path, labels=None):
+        data = read_classification_file(path, args.text_column, args.label_column, args.text_pair_column,
+                                        labels=labels, invalid_utf8=args.invalid_utf8)
+        note = f", {len(data.skipped_lines)} rows with invalid UTF-8 skipped" if data.skipped_lines else ""
+        print(f"{path}: {len(data)} examples{note}")
+        return data
+
+    train = read(args.train)
+    names = train.label_names
+    if args.validation:
+        validation = read(args.validation, names)
+    else:
+        train, validation = train.split((1 - args.validation_fraction, args.validation_fraction), seed=args.seed)
+        print(f"held out {len(validation)} training examples for validation (seed {args.seed})")
+    if args.limit is not None:
+        train = train.subset(range(min(args.limit, len(train))))
+    test = read(args.test, names) if args.test else None
+    print(f"labels: {', '.join(names)}")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)         # the new head is reported below
+        model = BertForSequenceClassification.from_pretrained(args.model, num_labels=len(names), id2label=names,
+                                                              device=args.device, seed=args.seed)
+    missing = model.loading_info.missing_keys
+    if missing:
+        print(f"initialised {len(missing)} new parameter(s): {', '.join(missing)}")
+    max_length = min(args.max_length, model.config.max_position_embeddings)
+    sets = {name: encode_classification(data, tokenizer, max_length)
+            for name, data in (("train", train), ("validation", validation), ("test", test)) if data is not None}
+
+    settings = FineTuningArguments(
+        epochs=args.epochs, batch_size=args.batch_size, gradient_accumulation_steps=args.accumulation,
+        learning_rate=args.lr, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
+        eval_every=args.eval_every, metric=args.metric, patience=args.patience, seed=args.seed,
+        progress=not args.no_progress, output_dir=args.output)
+    tuner = FineTuner(model, settings, sets["train"], sets["validation"], tokenizer=tokenizer)
+    result = tuner.train()
+    print(f"trained {result.steps} steps in {result.train_seconds:.1f} s"
+          + (" (stopped early)" if result.stopped_early else "")
+          + f"; best validation {result.metric} {result.best_value:.4f} at step {result.best_step}")
+
+    split = "test" if test is not None else "validation"
+    report = classification_report(model, sets[split], settings.eval_batch_size or settings.batch_size)
+    print(f"{split} accuracy {100 * report['accuracy']:.2f}%  macro-F1 {100 * report['macro_f1']:.2f}%  "
+          f"({report['examples']} examples)")
+    print(format_confusion_matrix(report["confusion_matrix"], names))
+    if args.output:
+        results = {"split": split, **report, "labels": names, "steps": result.steps,
+                   "stopped_early": result.stopped_early, "best_step": result.best_step,
+                   "train_seconds": result.train_seconds, "plot": result.plot}
+        with open(os.path.join(args.output, "results.json"), "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2)
+        print(f"saved the best model and results.json in {args.output}")
+    return 0

@@ -1,0 +1,52 @@
+"""Pictures people would rather look at than read: loss curves (and attention maps).
+
+Every function saves a PNG and returns its path, or returns None when matplotlib (the
+optional ``plot`` extra) is not installed: plotting never stops a run.
+"""
+
+from __future__ import annotations
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")                 # files only, no window
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def plot_loss_curves(history: list, path: str, *, train_label: str = "training loss",
+                     best_step: int | None = None, best_label: str = "best validation loss",
+                     early_stop_step: int | None = None) -> str | None:
+    """Training and validation loss against the optimizer step.
+
+    ``history`` holds records ``{"step", "split": "train" | "eval", "loss"}``. The sweet spot
+    between under- and overfitting is where the validation curve is lowest (``best_step``,
+    default: the lowest validation loss); past it the training loss keeps falling while the
+    validation loss rises. ``early_stop_step`` marks where early stopping ended the run.
+    """
+    plt = _pyplot()
+    train = [(r["step"], r["loss"]) for r in history if r.get("split") == "train"]
+    evals = [(r["step"], r["loss"]) for r in history if r.get("split") == "eval"]
+    if plt is None or not train:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot(*zip(*train), label=train_label, lw=1.2)
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="validation loss", lw=1.5)
+        if best_step is None:
+            best_step = min(evals, key=lambda e: e[1])[0]
+        ax.axvline(best_step, color="green", ls="--", lw=1, label=best_label)
+    if early_stop_step is not None:
+        ax.axvline(early_stop_step, color="red", ls=":", lw=1.2, label="early stop")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

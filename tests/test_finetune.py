@@ -1,0 +1,169 @@
+"""The fine-tuning loop: a short run lowers the loss, accumulation is exact, early stopping
+restores the best weights, the metrics on known cases, the plot and the command."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from minibert.cli import main as cli_main
+from minibert.data.finetuning import encode_classification, read_classification_file
+from minibert.finetune import (
+    FineTuner,
+    FineTuningArguments,
+    accuracy,
+    confusion_matrix,
+    evaluate,
+    finetune,
+    format_confusion_matrix,
+    macro_f1,
+    plot_finetuning_curves,
+    squad_compute_metrics,
+)
+from minibert.data.finetuning import prepare_squad_features, read_squad
+from minibert.heads import BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification
+from minibert.modeling import BertConfig, BertForPreTraining
+
+from test_finetuning_data import SENTIMENT, SQUAD, make_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return make_tokenizer([open(SENTIMENT, encoding="utf-8").read()])
+
+
+@pytest.fixture(scope="module")
+def sentiment(tokenizer):
+    data = read_classification_file(SENTIMENT, "text", "sentiment")
+    return data, encode_classification(data, tokenizer, max_length=24)
+
+
+def _config(tokenizer, **overrides):
+    values = dict(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=64, max_position_embeddings=32, hidden_dropout_prob=0.0,
+                  attention_probs_dropout_prob=0.0)
+    values.update(overrides)
+    return BertConfig(**values)
+
+
+# ---------------------------------------------------------------------------- metrics
+def test_accuracy_macro_f1_and_confusion_matrix_on_known_cases():
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    predictions = np.array([0, 0, 1, 1, 2, 2])
+    assert accuracy(predictions, labels) == pytest.approx(4 / 6)
+    matrix = confusion_matrix(predictions, labels, 3)
+    assert matrix.tolist() == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]          # rows true, columns predicted
+    # F1 per class: 0: 2*2/(4+0+1) = 0.8; 1: 2/(2+1+1) = 0.5; 2: 2/(2+1+0) = 2/3
+    assert macro_f1(predictions, labels, 3) == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
+    # a class absent from labels and predictions is left out; -100 is not counted
+    assert macro_f1(np.array([0, 1, 5]), np.array([0, 1, -100]), 4) == 1.0
+    assert accuracy(np.array([1, 2]), np.array([1, -100])) == 1.0
+    text = format_confusion_matrix(matrix, ["neg", "neu", "pos"])
+    assert "predicted" in text and text.splitlines()[2].split() == ["neg", "2", "1", "0"]
+
+
+# ---------------------------------------------------------------------------- the loop
+def test_tens_of_steps_lower_the_loss(tokenizer, sentiment):
+    data, encoded = sentiment
+    model = BertForSequenceClassification(_config(tokenizer), num_labels=3, seed=0)
+    before = evaluate(model, encoded)["loss"]
+    result = finetune(model, encoded, epochs=10, batch_size=8, learning_rate=1e-2, warmup_ratio=0.1,
+                      progress=False)
+    after = evaluate(model, encoded)["loss"]
+    assert result.steps == 30                        # 24 examples / 8 = 3 steps per epoch
+    assert after < 0.6 * before, (before, after)     # about 1.10 -> 0.49
+    train_losses = [r["loss"] for r in result.history if r["split"] == "train"]
+    assert np.mean(train_losses[-3:]) < np.mean(train_losses[:3])
+
+
+def test_gradient_accumulation_equals_one_big_batch(tokenizer, sentiment):
+    _, encoded = sentiment
+    model = BertForTokenClassification(_config(tokenizer), num_labels=3, seed=1, dtype=np.float64)
+    rng = np.random.default_rng(0)
+    batch = encoded.get_batch(np.arange(8))
+    labels = rng.integers(0, 3, batch["input_ids"].shape)
+    labels[batch["attention_mask"] == 0] = -100
+    labels[:3, 2:] = -100                                   # uneven numbers of labelled tokens
+    batch["labels"] = labels
+    tuner = FineTuner(model, FineTuningArguments(progress=False), encoded)
+    whole = tuner.accumulate([batch])
+    full = {n: p.grad.copy() for n, p in model.named_parameters()}
+    model.zero_grad()
+    parts = [{k: v[:3] for k, v in batch.items()}, {k: v[3:] for k, v in batch.items()}]
+    split = tuner.accumulate(parts)
+    assert split == pytest.approx(whole, rel=1e-12)
+    for name, p in model.named_parameters():
+        np.testing.assert_allclose(p.grad, full[name], rtol=1e-10, atol=1e-14, err_msg=name)
+
+
+def test_early_stopping_restores_the_best_weights(tokenizer, sentiment, tmp_path):
+    data, encoded = sentiment
+    train, val = encoded.subset(np.arange(16)), encoded.subset(np.arange(16, 24))
+    model = BertForSequenceClassification(_config(tokenizer, hidden_dropout_prob=0.1), num_labels=3, seed=2)
+    args = FineTuningArguments(epochs=30, batch_size=8, learning_rate=5e-3, eval_every=2, patience=2,
+                               metric="loss", progress=False, output_dir=str(tmp_path))
+    result = FineTuner(model, args, train, val).train()
+    evals = [r for r in result.history if r["split"] == "eval"]
+    assert result.stopped_early and result.steps < 60
+    assert result.best_value == min(r["loss"] for r in evals)
+    assert evaluate(model, val)["loss"] == pytest.approx(result.best_value, rel=1e-5)   # best weights back
+    assert os.path.isfile(tmp_path / "best_model" / "model.safetensors")
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == len(result.history) and json.loads(lines[0])["split"] == "train"
+    pytest.importorskip("matplotlib")
+    assert result.plot == str(tmp_path / "loss_curve.png") and os.path.getsize(result.plot) > 0
+
+
+def test_question_answering_steps_with_exact_match_and_f1_validation():
+    examples = read_squad(SQUAD)[:6]                          # includes the long context's questions
+    tokenizer = make_tokenizer([e.question + " " + e.context for e in examples])
+    features = prepare_squad_features(examples, tokenizer, max_length=48, doc_stride=24, max_query_length=10)
+    model = BertForQuestionAnswering(_config(tokenizer, max_position_embeddings=48), seed=0)
+    args = FineTuningArguments(epochs=2, batch_size=8, learning_rate=1e-3, metric="f1", progress=False)
+    result = FineTuner(model, args, features, features, compute_metrics=squad_compute_metrics(examples)).train()
+    evals = [r for r in result.history if r["split"] == "eval"]
+    assert len(evals) == 2 and all(0 <= r["f1"] <= 100 and 0 <= r["exact_match"] <= r["f1"] + 1e-9 for r in evals)
+    assert result.metric == "f1" and result.best_value == max(r["f1"] for r in evals)
+
+
+def test_plot_without_matplotlib_returns_none(monkeypatch, tmp_path):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    history = [{"step": 1, "split": "train", "loss": 1.0}, {"step": 1, "split": "eval", "loss": 1.1}]
+    assert plot_finetuning_curves(history, str(tmp_path / "x.png")) is None
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="batch_size"):
+        FineTuningArguments(batch_size=0)
+    with pytest.raises(ValueError, match="warmup_ratio"):
+        FineTuningArguments(warmup_ratio=1.5)
+
+
+# ---------------------------------------------------------------------------- the command
+def test_finetune_command_on_a_tiny_checkpoint(tokenizer, tmp_path, capsys):
+    checkpoint = tmp_path / "checkpoint"
+    BertForPreTraining(_config(tokenizer), seed=3).save_pretrained(checkpoint, tokenizer=tokenizer)
+    output = tmp_path / "run"
+    code = cli_main(["finetune", "--model", str(checkpoint), "--train", SENTIMENT, "--text-column", "text",
+                     "--label-column", "sentiment", "--validation", SENTIMENT, "--epochs", "2",
+                     "--batch-size", "8", "--lr", "1e-3", "--accumulation", "2", "--max-length", "24",
+                     "--no-progress", "--output", str(output)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "validation accuracy" in printed and "macro-F1" in printed and "predicted" in printed
+    results = json.loads((output / "results.json").read_text())
+    assert results["labels"] == ["negative", "neutral", "positive"] and results["examples"] == 24
+    saved = BertForSequenceClassification.from_pretrained(output / "best_model")
+    assert saved.id2label == {0: "negative", 1: "neutral", 2: "positive"}
+    assert os.path.isfile(output / "best_model" / "vocab.txt")
+    assert cli_main(["finetune", "--model", str(checkpoint), "--train", str(tmp_path / "none.csv")]) == 2

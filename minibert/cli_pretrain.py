@@ -1,0 +1,132 @@
+"""``minibert pretrain``: the main job (``minibert fill-mask`` queries its result)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+from . import pretrain as job
+from .data.corpus import split_documents
+
+D = job.DEFAULTS
+
+
+def add_pretrain_commands(subparsers) -> None:
+    p = subparsers.add_parser(
+        "pretrain", help="pretrain a BERT with masked LM + next-sentence prediction",
+        description="Pretrain a small BERT. With no arguments: trains a WordPiece vocabulary on the "
+                    "Python standard library's docstrings (no download), pretrains a tiny BERT, "
+                    "evaluates it, saves it to runs/<name>/ and prints fill-in-the-mask predictions.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data = p.add_argument_group("data")
+    data.add_argument("--corpus", default=None,
+                      help="a .txt file or folder of them (default: the built-in standard-library corpus)")
+    data.add_argument("--corpus-format", default="auto", choices=["auto", "lines", "paragraphs"],
+                      help="'lines': one sentence per line, blank lines between documents")
+    data.add_argument("--vocab", default=None, help="a vocab.txt (or tokenizer folder) instead of training one")
+    data.add_argument("--vocab-size", type=int, default=D["vocab_size"])
+    data.add_argument("--max-seq-length", type=int, default=D["max_seq_length"])
+    data.add_argument("--dupe-factor", type=int, default=D["dupe_factor"],
+                      help="passes over the corpus when making sentence pairs")
+    data.add_argument("--whole-word-masking", action="store_true")
+    data.add_argument("--validation-fraction", type=float, default=D["validation_fraction"])
+    model = p.add_argument_group("model")
+    model.add_argument("--preset", default=D["preset"], choices=["tiny", "mini", "small", "medium", "base", "large"])
+    model.add_argument("--config", default=None, help="a config.json to use instead of a preset")
+    model.add_argument("--attn-implementation", default="naive", choices=["naive", "flash"])
+    model.add_argument("--device", default="cpu", help="cpu or cuda")
+    train = p.add_argument_group("training")
+    train.add_argument("--batch-size", type=int, default=D["batch_size"])
+    train.add_argument("--accumulation", type=int, default=D["accumulation"],
+                       help="micro-batches per optimizer step (effective batch = batch size x this)")
+    train.add_argument("--lr", type=float, default=D["learning_rate"])
+    train.add_argument("--warmup", type=float, default=D["warmup_fraction"],
+                       help="warm-up: a fraction of the steps (< 1) or a number of steps")
+    train.add_argument("--schedule", default="linear", choices=["linear", "cosine", "constant"])
+    train.add_argument("--weight-decay", type=float, default=D["weight_decay"])
+    train.add_argument("--steps", type=int, default=D["max_steps"])
+    train.add_argument("--eval-every", type=int, default=D["eval_every"])
+    train.add_argument("--eval-batches", type=int, default=D["eval_batches"])
+    train.add_argument("--patience", type=int, default=D["patience"],
+                       help="stop after this many evaluations without improvement (default: never)")
+    train.add_argument("--seed", type=int, default=D["seed"])
+    train.add_argument("--name", default="pretrain", help="the run folder: runs/<name>/")
+    train.add_argument("--output-root", default="runs")
+    train.add_argument("--resume", action="store_true", help="continue runs/<name>/ from its last checkpoint")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_pretrain)
+
+
+
+def run_pretrain(args) -> int:
+    from .modeling import BertConfig, BertForPreTraining
+    from .training import Trainer, TrainingArguments
+
+    run_dir = os.path.join(args.output_root, args.name)
+    if os.path.isdir(run_dir) and os.listdir(run_dir) and not args.resume:
+        raise FileExistsError(f"{run_dir} already holds a run: pass --resume to continue it, "
+                              "or --name to start another (nothing was overwritten)")
+    os.makedirs(run_dir, exist_ok=True)
+
+    t0 = time.perf_counter()
+    documents = job.load_documents(args.corpus, args.corpus_format)
+    train_docs, val_docs = split_documents(documents, args.validation_fraction, args.seed)
+    vocab = args.vocab
+    if args.resume and vocab is None and os.path.isfile(os.path.join(run_dir, "tokenizer", "vocab.txt")):
+        vocab = os.path.join(run_dir, "tokenizer")                 # the vocabulary the run was trained with
+    tokenizer = job.build_tokenizer(train_docs, run_dir, vocab, args.vocab_size)
+    t_vocab = time.perf_counter() - t0
+    data = job.build_datasets(train_docs, val_docs, tokenizer, args.max_seq_length, args.batch_size,
+                              args.dupe_factor, args.whole_word_masking, args.seed)
+    print(f"corpus: {len(documents)} documents ({len(train_docs)} train, {len(val_docs)} validation), "
+          f"{sum(data.token_counts.values()):,} training tokens; vocabulary {len(tokenizer):,} tokens "
+          f"({t_vocab:.1f} s incl. reading); examples: {data.train.num_examples:,} train, "
+          f"{data.validation.num_examples:,} validation ({data.seconds:.1f} s)")
+
+    if args.config:
+        config = BertConfig.from_json_file(args.config)
+    else:
+        config = BertConfig.preset(args.preset, vocab_size=len(tokenizer),
+                                   max_position_embeddings=max(args.max_seq_length, 128),
+                                   attn_implementation=args.attn_implementation)
+    if config.vocab_size != len(tokenizer):
+        raise ValueError(f"the vocabulary has {len(tokenizer)} tokens but the model's vocab_size is "
+                         f"{config.vocab_size}: they must agree")
+    if config.max_position_embeddings < args.max_seq_length:
+        raise ValueError(f"--max-seq-length {args.max_seq_length} exceeds the model's "
+                         f"max_position_embeddings ({config.max_position_embeddings})")
+    model = BertForPreTraining(config, seed=args.seed, device=args.device)
+    warmup = int(args.warmup * args.steps) if args.warmup < 1 else int(args.warmup)
+    training_args = TrainingArguments(
+        output_dir=run_dir, gradient_accumulation_steps=args.accumulation, max_steps=args.steps,
+        learning_rate=args.lr, warmup_steps=warmup, schedule=args.schedule, weight_decay=args.weight_decay,
+        eval_every=args.eval_every, eval_batches=args.eval_batches, patience=args.patience, seed=args.seed,
+        progress=not args.no_progress)
+    print(f"model: {args.preset if not args.config else args.config} "
+          f"(L{config.num_hidden_layers} H{config.hidden_size} A{config.num_attention_heads}), "
+          f"{model.num_parameters():,} parameters; {args.steps} steps of "
+          f"{args.batch_size * args.accumulation} sequences x {args.max_seq_length} tokens")
+    trainer = Trainer(model, training_args, data.train, data.validation, tokenizer, masking=data.masking)
+    t1 = time.perf_counter()
+    summary = trainer.train(resume_from=run_dir if args.resume and trainer.latest_checkpoint() else None)
+    train_seconds = time.perf_counter() - t1
+
+    final = trainer.evaluate()
+    baseline = job.unigram_baseline(data, args.eval_batches)
+    results = {"data_seconds": round(t_vocab + data.seconds, 1), "train_seconds": round(train_seconds, 1),
+               "steps": summary["steps"], "validation": final, "unigram_baseline_accuracy": baseline}
+    with open(os.path.join(run_dir, "results.json"), "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
+    print(f"\ndata preparation {results['data_seconds']} s, training {train_seconds:.0f} s "
+          f"({summary['steps']} steps)")
+    print(f"validation: MLM loss {final['mlm_loss']:.3f}, MLM accuracy {final['mlm_accuracy']:.3f} "
+          f"(unigram baseline {baseline:.3f}), NSP accuracy {final['nsp_accuracy']:.3f}")
+    print(f"saved: {summary['model_dir']}  (loss curve: {os.path.join(run_dir, 'loss_curve.png')})")
+    print("\nfill in the mask, on held-out sentences:")
+    for text, answer in job.held_out_fill_mask_examples(val_docs, tokenizer, seed=args.seed):
+        (predictions,) = job.fill_mask(model, tokenizer, text)
+        shown = ", ".join(f"{token} {p:.2f}" for token, p in predictions)
+        print(f"  {text}\n    answer: {answer}   predicted: {shown}")
+    return 0

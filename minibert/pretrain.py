@@ -41,7 +41,7 @@ from .vocab_trainer import save_vocab, train_wordpiece
 # The defaults of `minibert pretrain` (and examples/pretrain.py).
 DEFAULTS = dict(
     preset="tiny", vocab_size=8000, max_seq_length=128, batch_size=32, accumulation=1,
-    learning_rate=1e-3, warmup_fraction=0.06, max_steps=1500, eval_every=250, eval_batches=20,
+    learning_rate=1e-3, warmup_fraction=0.06, max_steps=2000, eval_every=250, eval_batches=20,
     patience=None, weight_decay=0.01, dupe_factor=3, validation_fraction=0.05, seed=0,
 )
 

@@ -68,9 +68,6 @@ _UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".h5", ".
 # Keys that are buffers in PyTorch models, not parameters: ignored without a word.
 _BUFFER_SUFFIXES = ("embeddings.position_ids", "embeddings.token_type_ids")
 
-# Configuration fields that only minibert understands, kept out of config.json so that
-# transformers can read the folder (it rejects attn_implementation="naive").
-_MINIBERT_ONLY_FIELDS = ("attn_implementation",)
 
 
 @dataclass
@@ -152,8 +149,6 @@ def read_config(directory):
             not (isinstance(a, str) and a.startswith("Bert")) for a in architectures):
         raise ValueError(f"{path}: architectures {architectures!r} are not BERT architectures "
                          "(BertModel, BertForPreTraining, BertForMaskedLM, ...)")
-    if values.get("attn_implementation") not in (None, "naive", "flash"):
-        values.pop("attn_implementation")                   # a transformers choice, not a weight
     try:
         return BertConfig.from_dict(values)
     except (TypeError, ValueError) as exc:
@@ -401,9 +396,7 @@ def _atomic_write_text(path: str, text: str) -> None:
 
 def config_to_hf_dict(model) -> dict:
     """The model's configuration as transformers writes config.json."""
-    values = model.config.to_dict()
-    for name in _MINIBERT_ONLY_FIELDS:
-        values.pop(name, None)
+    values = model.config.to_dict()       # minibert's own fields carry a "minibert_" prefix
     values.pop("_name_or_path", None)
     values["model_type"] = "bert"
     values["architectures"] = [type(model).__name__]
@@ -416,8 +409,9 @@ def save_pretrained(model, directory, tokenizer=None) -> str:
     The folder loads back with :func:`load_pretrained` and with transformers'
     ``from_pretrained``. Each file is written atomically: an interrupted save leaves the
     previous files whole. With ``tokenizer`` (a :class:`minibert.tokenization.BertTokenizer`)
-    its ``save_vocabulary(directory)`` writes ``vocab.txt``, and ``tokenizer_config.json``
-    is written when the tokenizer did not write one. Returns the directory.
+    its ``save_pretrained(directory)`` writes ``vocab.txt`` and ``tokenizer_config.json``
+    (a tokenizer with only ``save_vocabulary`` gets a tokenizer_config.json written here).
+    Returns the directory.
     """
     directory = os.fspath(directory)
     if os.path.exists(directory) and not os.path.isdir(directory):
@@ -428,10 +422,12 @@ def save_pretrained(model, directory, tokenizer=None) -> str:
     _atomic_write_text(os.path.join(directory, CONFIG_NAME),
                        json.dumps(config_to_hf_dict(model), indent=2) + "\n")
     if tokenizer is not None:
-        tokenizer.save_vocabulary(directory)
-        tok_config = os.path.join(directory, TOKENIZER_CONFIG_NAME)
-        if not os.path.exists(tok_config):
-            _atomic_write_text(tok_config, json.dumps(_tokenizer_config(tokenizer, model), indent=2) + "\n")
+        if hasattr(tokenizer, "save_pretrained"):      # vocab.txt + its own tokenizer_config.json
+            tokenizer.save_pretrained(directory)
+        else:
+            tokenizer.save_vocabulary(directory)
+            _atomic_write_text(os.path.join(directory, TOKENIZER_CONFIG_NAME),
+                               json.dumps(_tokenizer_config(tokenizer, model), indent=2) + "\n")
     return directory
 
 

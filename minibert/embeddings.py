@@ -555,6 +555,7 @@ def fill_mask(model, tokenizer, text: str, top_k: int = 5):
     positions = [i for i, t in enumerate(ids) if t == mask_id]
     if not positions:
         raise ValueError(f"no {mask_token} in the text: write {mask_token} where a word should be guessed")
+    model.eval()                                                              # no dropout
     with no_grad():
         hidden, _ = model.bert.forward(np.asarray([ids]))                    # (1, T, H)
         xp = get_array_module(hidden)

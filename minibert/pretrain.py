@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backend import to_numpy
 from .data.corpus import load_corpus, split_documents
 from .data.pretraining import (
     ArrayDataset,
@@ -34,7 +33,7 @@ from .data.pretraining import (
     examples_to_arrays,
     tokenize_documents,
 )
-from .nn import no_grad
+from .embeddings import fill_mask  # noqa: F401  (a step of the job: query the trained model)
 from .tokenization import BertTokenizer
 from .vocab_trainer import save_vocab, train_wordpiece
 
@@ -106,25 +105,6 @@ def unigram_baseline(data: PretrainingData, max_batches=None) -> float:
         hits += int((labels == most_frequent).sum())
         total += labels.size
     return hits / max(total, 1)
-
-
-def fill_mask(model, tokenizer, text: str, top_k: int = 5):
-    """Top-k predictions for each [MASK] in ``text``: a list (one per mask) of (token, probability)."""
-    if tokenizer.mask_token not in text:
-        raise ValueError(f"the text has no {tokenizer.mask_token} to fill: {text!r}")
-    encoding = tokenizer([text], max_length=model.config.max_position_embeddings, truncation=True)
-    ids = encoding["input_ids"]
-    model.eval()
-    with no_grad():
-        out = model.forward(ids, encoding["token_type_ids"], encoding["attention_mask"])
-    logits = to_numpy(out.prediction_logits)[0]                           # (T, V)
-    results = []
-    for position in np.flatnonzero(ids[0] == tokenizer.mask_token_id):
-        z = logits[position] - logits[position].max()
-        probs = np.exp(z) / np.exp(z).sum()
-        best = np.argsort(-probs)[:top_k]
-        results.append([(tokenizer.convert_ids_to_tokens(int(i)), float(probs[i])) for i in best])
-    return results
 
 
 def held_out_fill_mask_examples(validation_documents, tokenizer, count=5, seed=0):

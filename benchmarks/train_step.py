@@ -68,15 +68,16 @@ def run_one(framework, preset, batch, length, steps, threads):
     if framework == "minibert":
         from minibert.modeling import BertForPreTraining
 
+        from minibert.optim import SGD
+
         model = BertForPreTraining(config, seed=0)
-        params = [p for _, p in model.named_parameters()]
+        optimizer = SGD(model.named_parameters(), lr=1e-4)       # in place, like torch's SGD
         for step in range(steps + 1):
             start = time.perf_counter()
             out = model.forward(ids, types, mask, labels=labels, next_sentence_label=nsp)
-            model.zero_grad()
+            optimizer.zero_grad()
             model.backward()
-            for p in params:
-                p.data -= 1e-4 * p.grad
+            optimizer.step()
             times.append(time.perf_counter() - start)
         loss = out.loss
         flops = matmul_flops(config, batch, length, scored)

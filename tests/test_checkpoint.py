@@ -125,6 +125,23 @@ def test_save_with_tokenizer(tmp_path):
     assert again.get_vocab() == tokenizer.get_vocab()
 
 
+def test_save_with_vocabulary_only_tokenizer(tmp_path):
+    class VocabOnly:
+        do_lower_case = False
+        mask_token = "[MASK]"
+
+        def save_vocabulary(self, directory):
+            path = os.path.join(directory, "vocab.txt")
+            with open(path, "w", encoding="utf-8") as f:
+                f.write("[PAD]\n[UNK]\n")
+            return (path,)
+
+    checkpoint.save_pretrained(BertModel(small_config()), tmp_path, tokenizer=VocabOnly())
+    settings = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    assert settings["do_lower_case"] is False and settings["tokenizer_class"] == "BertTokenizer"
+    assert settings["unk_token"] == "[UNK]" and settings["model_max_length"] == 32
+
+
 def test_save_into_a_file_is_refused(tmp_path):
     target = tmp_path / "file"
     target.write_text("x")

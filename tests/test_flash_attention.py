@@ -273,3 +273,28 @@ def test_bad_input_is_refused(rng, change, error):
     args = change(dict(q=q, k=k, v=v, mask=None))
     with pytest.raises(error):
         flash_attention_forward(**args)
+
+
+# ============================================================================ in the model
+def test_model_with_flash_attention_equals_naive(rng):
+    """attn_implementation="flash" changes nothing but the op: same outputs, same gradients."""
+    from conftest import tiny_config
+
+    from minibert.modeling import BertModel
+
+    ids = rng.integers(0, 31, (3, 11))
+    attention_mask = np.ones((3, 11), dtype=np.int64)
+    attention_mask[1, 7:] = 0                            # a padded sequence
+    results = {}
+    for name in ("naive", "flash"):
+        model = BertModel(tiny_config(attn_implementation=name), seed=3, dtype=np.float64)
+        seq, pooled = model.forward(ids, None, attention_mask)
+        grad_rng = np.random.default_rng(0)
+        model.backward(grad_rng.standard_normal(seq.shape), grad_rng.standard_normal(pooled.shape))
+        results[name] = (seq, pooled, {n: p.grad.copy() for n, p in model.named_parameters()})
+    (seq, pooled, grads), (seq_f, pooled_f, grads_f) = results["naive"], results["flash"]
+    np.testing.assert_allclose(seq_f, seq, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(pooled_f, pooled, rtol=1e-10, atol=1e-12)
+    assert grads.keys() == grads_f.keys()
+    for name in grads:
+        np.testing.assert_allclose(grads_f[name], grads[name], rtol=1e-9, atol=1e-11, err_msg=name)

@@ -1,4 +1,9 @@
-"""Finite-difference checks of every op's backward (float64, random upstream gradient)."""
+"""Finite-difference checks of every op's backward (float64, random upstream gradient).
+
+Ops checked here, by name: linear, embedding, layer_norm, gelu, gelu_tanh, tanh, softmax,
+dropout, attention, cross_entropy (flash attention: tests/test_flash_attention.py; mse:
+tests/test_heads.py).
+"""
 
 import numpy as np
 import pytest

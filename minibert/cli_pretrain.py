@@ -123,7 +123,9 @@ def run_pretrain(args) -> int:
           f"({summary['steps']} steps)")
     print(f"validation: MLM loss {final['mlm_loss']:.3f}, MLM accuracy {final['mlm_accuracy']:.3f} "
           f"(unigram baseline {baseline:.3f}), NSP accuracy {final['nsp_accuracy']:.3f}")
-    print(f"saved: {summary['model_dir']}  (loss curve: {os.path.join(run_dir, 'loss_curve.png')})")
+    curve = os.path.join(run_dir, "loss_curve.png")
+    print(f"saved: {summary['model_dir']}  " + (f"(loss curve: {curve})" if os.path.isfile(curve) else
+                                               "(pip install matplotlib for a loss-curve plot)"))
     print("\nfill in the mask, on held-out sentences:")
     for text, answer in job.held_out_fill_mask_examples(val_docs, tokenizer, seed=args.seed):
         (predictions,) = job.fill_mask(model, tokenizer, text)

@@ -10,8 +10,9 @@ is timed the same way (same threads) and the ratio is printed.
 
 FLOPs count the work each implementation actually does: 6 x parameters-used x tokens for
 the matrix products (2 forward, 4 backward), plus attention's two T x T products, plus the
-vocabulary projection: minibert scores only the labelled positions (as original BERT),
-transformers scores every position.
+vocabulary projection: minibert scores only the labelled positions (as original BERT), and
+its last layer computes the part after attention only for those rows and [CLS]
+(``output_positions``); transformers computes and scores every position.
 """
 
 from __future__ import annotations
@@ -26,13 +27,18 @@ import time
 PRESETS = ["tiny", "mini", "small", "base"]
 
 
-def matmul_flops(config, batch, length, scored_positions):
-    """Multiply-add FLOPs of one training step (forward + backward = 3 x forward)."""
+def matmul_flops(config, batch, length, scored_positions, last_layer_rows=None):
+    """Multiply-add FLOPs of one training step (forward + backward = 3 x forward).
+
+    ``last_layer_rows``: the rows the last layer computes after attention (minibert: the
+    scored positions and the [CLS] rows; transformers: every position).
+    """
     h, i, n_layers, v = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
     tokens = batch * length
-    per_layer = 2 * tokens * (4 * h * h + 2 * h * i)              # Q, K, V, output; two FFN matrices
-    per_layer += 2 * 2 * batch * length * length * h              # scores and context
-    forward = n_layers * per_layer
+    rows = tokens if last_layer_rows is None else last_layer_rows
+    attention = 2 * tokens * 3 * h * h + 2 * 2 * batch * length * length * h   # Q, K, V; scores and context
+    after_attention = 2 * (h * h + 2 * h * i)                     # output projection, two FFN matrices, per row
+    forward = n_layers * attention + (n_layers - 1) * tokens * after_attention + rows * after_attention
     forward += 2 * scored_positions * (h * h + h * v)             # MLM transform + decoder
     forward += 2 * batch * (h * h + 2 * h)                        # pooler + NSP
     return 3 * forward
@@ -80,7 +86,9 @@ def run_one(framework, preset, batch, length, steps, threads):
             optimizer.step()
             times.append(time.perf_counter() - start)
         loss = out.loss
-        flops = matmul_flops(config, batch, length, scored)
+        cls_rows = np.arange(batch) * length
+        last_rows = np.union1d(np.flatnonzero(labels.reshape(-1) != -100), cls_rows).size
+        flops = matmul_flops(config, batch, length, scored, last_layer_rows=last_rows)
     else:
         import torch
         import transformers

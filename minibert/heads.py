@@ -249,7 +249,9 @@ class BertForSequenceClassification(_BertWithHead):
         self._finish_setup(device)
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None) -> SequenceClassifierOutput:
-        _, pooled = self.bert.forward(input_ids, token_type_ids, attention_mask)    # (B, H)
+        # Only [CLS] is read: the last encoder layer computes no other row (output_positions=[]).
+        _, pooled = self.bert.forward(input_ids, token_type_ids, attention_mask,
+                                      output_positions=np.zeros(0, dtype=np.int64))  # (B, H)
         logits = self.classifier.forward(self.dropout.forward(pooled))              # (B, C)
         out = SequenceClassifierOutput(logits)
         loss_cache = None
@@ -420,40 +422,34 @@ class BertForMaskedLM(_BertWithHead):
         self._finish_setup(device)
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None) -> MaskedLMOutput:
-        seq, _ = self.bert.forward(input_ids, token_type_ids, attention_mask)        # (B, T, H)
-        batch, length, hidden = seq.shape
         out = MaskedLMOutput(None)
         loss_cache = None
         if labels is None:
+            seq, _ = self.bert.forward(input_ids, token_type_ids, attention_mask)    # (B, T, H)
             out.logits = self.cls.predictions.forward(seq)                            # (B, T, V)
         else:
-            xp = get_array_module(seq)
-            flat = _labels_of_shape(labels, (batch, length), "labels", xp).reshape(-1)   # (B*T,)
+            ids, _, _ = self.check_inputs(input_ids, token_type_ids, attention_mask)
+            xp = get_array_module(ids)
+            flat = _labels_of_shape(labels, ids.shape, "labels", xp).reshape(-1)     # (B*T,)
             positions = xp.flatnonzero(flat != IGNORE_INDEX)                          # (M,)
             targets = flat[positions]
             if targets.size:
                 check_range(targets, 0, self.config.vocab_size, "labels", "vocab_size")
             out.masked_positions = positions
-            out.logits = self.cls.predictions.forward(seq.reshape(-1, hidden)[positions])   # (M, V)
+            # the encoder's output at the M labelled positions only (its last layer skips the rest)
+            seq, _ = self.bert.forward(ids, token_type_ids, attention_mask, output_positions=positions)  # (M, H)
+            out.logits = self.cls.predictions.forward(seq)                            # (M, V)
             out.loss, loss_cache = ops.cross_entropy_forward(out.logits, targets)
-        self._save_cache((seq.shape, out.logits.shape, out.masked_positions, loss_cache))
+        self._save_cache((out.logits.shape, loss_cache))
         return out
 
     def backward(self, dlogits=None, *, loss_weight: float = 1.0):
         """Backpropagate ``loss_weight * out.loss``, or ``loss_weight * dlogits`` shaped like out.logits."""
-        seq_shape, logits_shape, positions, loss_cache = self._pop_cache()
+        logits_shape, loss_cache = self._pop_cache()
         loss_gradient = None if loss_cache is None else \
             (lambda w: ops.cross_entropy_backward(w, loss_cache))                    # (M, V)
         dlogits = self._output_gradient(dlogits, logits_shape, loss_gradient, loss_weight)
-        dh = self.cls.predictions.backward(dlogits)
-        if positions is None:
-            dseq = dh                                                                 # (B, T, H)
-        else:                                   # scatter the M rows back to their positions
-            batch, length, hidden = seq_shape
-            dseq = get_array_module(dh).zeros((batch * length, hidden), dtype=dh.dtype)
-            dseq[positions] = dh
-            dseq = dseq.reshape(seq_shape)
-        self.bert.backward(dseq, None)
+        self.bert.backward(self.cls.predictions.backward(dlogits), None)             # (B, T, H) or (M, H)
 
 
 HEADS = {

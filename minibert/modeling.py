@@ -10,6 +10,10 @@ Data flows top to bottom through ``forward`` and bottom to top through ``backwar
     BertLayer:  h -> self-attention -> dense -> dropout -> +h -> LayerNorm -> a      (post-LN)
                 a -> dense (H->I) -> gelu -> dense (I->H) -> dropout -> +a -> LayerNorm
 
+When only some positions of the sequence output are needed (the masked-LM labels, [CLS] for
+the pooler), ``BertModel.forward(..., output_positions=...)`` lets the last layer compute only
+those rows after its attention (see ``BertAttention.forward``).
+
 Every module keeps the caches of the step it is in and frees them in ``backward``.
 Parameter names are the Hugging Face state-dict keys.
 """
@@ -260,14 +264,36 @@ class BertAttention(Module):
         self.self = BertSelfAttention(config, rng, random_source, dtype)
         self.output = BertAddNorm(config.hidden_size, config, rng, random_source, dtype)
 
-    def forward(self, h, mask):
-        return self.output.forward(self.self.forward(h, mask), h)
+    def forward(self, h, mask, rows=None):
+        """(B,T,H) -> (B,T,H); with ``rows`` (flat indices into the B*T positions) -> (R,H).
+
+        With rows, attention still reads the keys and values of every position, but the
+        output projection, residual and LayerNorm run only on those R rows (see
+        :meth:`BertModel.forward`, ``output_positions``).
+        """
+        context = self.self.forward(h, mask)                 # (B, T, H'), H' < H once heads are pruned
+        self._save_cache((context.shape, h.shape, rows))
+        if rows is not None:
+            context = context.reshape(-1, context.shape[-1])[rows]         # (R, H')
+            h = h.reshape(-1, h.shape[-1])[rows]                           # (R, H)
+        return self.output.forward(context, h)
 
     def backward(self, dy):
         dcontext, dresidual = self.output.backward(dy)
+        context_shape, h_shape, rows = self._pop_cache()
+        if rows is not None:                     # the R rows' gradients back among all positions
+            dcontext = scatter_rows(dcontext, rows, context_shape)
+            dresidual = scatter_rows(dresidual, rows, h_shape)
         dh = self.self.backward(dcontext)
         dh += dresidual
         return dh
+
+
+def scatter_rows(values, rows, shape):
+    """A zero array of ``shape`` (..., H) whose flat rows ``rows`` (distinct) hold ``values`` (R, H)."""
+    out = get_array_module(values).zeros((math.prod(shape[:-1]), shape[-1]), dtype=values.dtype)
+    out[rows] = values
+    return out.reshape(shape)
 
 
 class BertIntermediate(Module):
@@ -292,9 +318,9 @@ class BertLayer(Module):
         self.intermediate = BertIntermediate(config, rng, dtype)
         self.output = BertAddNorm(config.intermediate_size, config, rng, random_source, dtype)
 
-    def forward(self, h, mask):
-        a = self.attention.forward(h, mask)                              # (B, T, H)
-        return self.output.forward(self.intermediate.forward(a), a)      # (B, T, H)
+    def forward(self, h, mask, rows=None):
+        a = self.attention.forward(h, mask, rows)                        # (B, T, H), or (R, H) with rows
+        return self.output.forward(self.intermediate.forward(a), a)      # shaped like a
 
     def backward(self, dy):
         dintermediate, da = self.output.backward(dy)
@@ -307,10 +333,12 @@ class BertEncoder(Module):
         self.layer = ModuleList([BertLayer(config, rng, random_source, dtype)
                                  for _ in range(config.num_hidden_layers)])
 
-    def forward(self, h, mask):
-        for layer in self.layer:
+    def forward(self, h, mask, last_layer_rows=None):
+        """(B,T,H) -> (B,T,H); with ``last_layer_rows`` the last layer gives only those rows, (R,H)."""
+        *earlier, last = self.layer
+        for layer in earlier:
             h = layer.forward(h, mask)
-        return h
+        return last.forward(h, mask, last_layer_rows)
 
     def backward(self, dy):
         for layer in reversed(list(self.layer)):
@@ -471,25 +499,65 @@ class BertModel(BertPreTrainedModel):
             pruned[layer_index] = pruned.get(layer_index, set()) | heads
         self.config.extra["pruned_heads"] = {str(k): sorted(v) for k, v in sorted(pruned.items()) if v}
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None):
-        """ids (B,T) -> (sequence output (B,T,H), pooled output (B,H) or None without a pooler)."""
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, *, output_positions=None):
+        """ids (B,T) -> (sequence output (B,T,H), pooled output (B,H) or None without a pooler).
+
+        ``output_positions`` (P,): distinct flat indices into the B*T positions, for callers
+        that need the sequence output at a few positions only (the masked-LM head scores the
+        labelled ones; a classifier needs none). The sequence output is then (P,H), those rows
+        in that order, and the last layer computes only them and the [CLS] rows the pooler
+        reads: its attention still reads the keys and values of every position, but the
+        output projection and the feed-forward block, three quarters of the layer's work,
+        skip every other row. The result equals the full output at those rows.
+        """
         ids, token_type_ids, mask = self.check_inputs(input_ids, token_type_ids, attention_mask)
         h = self.embeddings.forward(ids, token_type_ids)                 # (B, T, H)
-        h = self.encoder.forward(h, mask)                                # (B, T, H)
-        pooled = self.pooler.forward(h) if self.pooler is not None else None   # (B, H)
-        self._save_cache(h.shape)
-        return h, pooled
+        if output_positions is None:
+            h = self.encoder.forward(h, mask)                            # (B, T, H)
+            pooled = self.pooler.forward(h) if self.pooler is not None else None   # (B, H)
+            self._save_cache((h.shape[0], h.shape, None))
+            return h, pooled
+
+        xp = get_array_module(h)
+        batch, length, hidden = h.shape
+        positions = as_int_array(output_positions, "output_positions", xp).reshape(-1)   # (P,)
+        first_tokens = xp.arange(batch) * length                         # the [CLS] rows, (B,)
+        wanted = [positions, first_tokens] if self.pooler is not None else [positions]
+        rows = xp.unique(xp.concatenate(wanted))                         # (R,) sorted, distinct
+        if positions.size:
+            check_range(positions, 0, batch * length, "output_positions", "the B*T positions")
+            if xp.unique(positions).size != positions.size:
+                raise ValueError("output_positions must not repeat a position")
+        h_rows = self.encoder.forward(h, mask, last_layer_rows=rows)     # (R, H)
+        where, where_first = xp.searchsorted(rows, positions), xp.searchsorted(rows, first_tokens)
+        pooled = None
+        if self.pooler is not None:
+            pooled = self.pooler.forward(h_rows[where_first][:, None])   # reads row 0 of (B, 1, H)
+        self._save_cache((batch, (positions.size, hidden), (rows.size, where, where_first)))
+        return h_rows[where], pooled
 
     def backward(self, dsequence=None, dpooled=None):
         """Backpropagate d(loss)/d(sequence output) and/or d(loss)/d(pooled output)."""
-        shape = self._pop_cache()
+        batch, shape, selection = self._pop_cache()       # shape: the sequence output's
         if dsequence is None and dpooled is None:
             raise ValueError("BertModel.backward needs dsequence and/or dpooled")
-        xp = xp_for_device(self.device)
-        dh = xp.zeros(shape, dtype=self.dtype) if dsequence is None else check_grad_shape(dsequence, shape, "dsequence")
+        if dsequence is not None:
+            check_grad_shape(dsequence, shape, "dsequence")
         if dpooled is not None:
-            dh = dh + self.pooler.backward(check_grad_shape(dpooled, (shape[0], shape[2]), "dpooled"))
-        elif self.pooler is not None:
+            check_grad_shape(dpooled, (batch, shape[-1]), "dpooled")
+        xp = xp_for_device(self.device)
+        if selection is None:                    # the full (B, T, H) sequence output
+            dh = xp.zeros(shape, dtype=self.dtype) if dsequence is None else dsequence
+            if dpooled is not None:
+                dh = dh + self.pooler.backward(dpooled)
+        else:                                    # the last layer's R rows (see forward)
+            num_rows, where, where_first = selection
+            dh = xp.zeros((num_rows, shape[-1]), dtype=self.dtype)
+            if dsequence is not None:
+                dh[where] = dsequence
+            if dpooled is not None:
+                dh[where_first] += self.pooler.backward(dpooled)[:, 0]
+        if dpooled is None and self.pooler is not None:
             self.pooler.clear_caches()                                   # unused this step
         self.embeddings.backward(self.encoder.backward(dh))
 
@@ -576,13 +644,14 @@ class BertForPreTraining(BertPreTrainedModel):
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None,
                 next_sentence_label=None) -> PreTrainingOutput:
-        seq, pooled = self.bert.forward(input_ids, token_type_ids, attention_mask)   # (B,T,H), (B,H)
-        batch, length, hidden = seq.shape
-        xp = get_array_module(seq)
+        ids, _, _ = self.check_inputs(input_ids, token_type_ids, attention_mask)
+        batch, length = ids.shape
+        xp = get_array_module(ids)
         out = PreTrainingOutput(None, None)
         losses = {}
 
         if labels is None:                               # score every position
+            seq, pooled = self.bert.forward(ids, token_type_ids, attention_mask)     # (B,T,H), (B,H)
             out.prediction_logits = self.cls.predictions.forward(seq)               # (B, T, V)
         else:                                            # score only the labelled positions
             labels = as_int_array(labels, "labels", xp)
@@ -593,7 +662,10 @@ class BertForPreTraining(BertPreTrainedModel):
             if targets.size:
                 check_range(targets, 0, self.config.vocab_size, "labels", "vocab_size")
             out.masked_positions = positions
-            out.prediction_logits = self.cls.predictions.forward(seq.reshape(-1, hidden)[positions])  # (M, V)
+            # the encoder's output at those M positions only (its last layer skips the rest)
+            seq, pooled = self.bert.forward(ids, token_type_ids, attention_mask,
+                                            output_positions=positions)              # (M,H), (B,H)
+            out.prediction_logits = self.cls.predictions.forward(seq)               # (M, V)
             out.mlm_loss, losses["mlm"] = ops.cross_entropy_forward(out.prediction_logits, targets)
 
         out.seq_relationship_logits = self.cls.seq_relationship.forward(pooled)     # (B, 2)
@@ -607,7 +679,7 @@ class BertForPreTraining(BertPreTrainedModel):
 
         if losses:
             out.loss = (out.mlm_loss or 0.0) + (out.nsp_loss or 0.0)
-        self._save_cache((seq.shape, out.masked_positions, losses))
+        self._save_cache((batch, seq.shape, losses))
         return out
 
     def backward(self, dprediction_logits=None, dseq_relationship_logits=None, *,
@@ -619,7 +691,7 @@ class BertForPreTraining(BertPreTrainedModel):
         accumulation reproduce one large batch exactly: each micro-batch's mean loss is
         weighted by its share of the labelled positions (MLM) and of the sequences (NSP).
         """
-        shape, positions, losses = self._pop_cache()
+        batch, seq_shape, losses = self._pop_cache()
         if dprediction_logits is None and dseq_relationship_logits is None:
             if not losses:
                 raise RuntimeError("backward() without arguments needs a forward pass with labels "
@@ -629,18 +701,11 @@ class BertForPreTraining(BertPreTrainedModel):
             if "nsp" in losses:
                 dseq_relationship_logits = ops.cross_entropy_backward(nsp_weight, losses["nsp"])  # (B, 2)
 
-        batch, length, hidden = shape
         dseq = None
         if dprediction_logits is not None:
-            expected = (batch, length, self.config.vocab_size) if positions is None else \
-                (positions.shape[0], self.config.vocab_size)
-            dh = self.cls.predictions.backward(check_grad_shape(dprediction_logits, expected, "dprediction_logits"))
-            if positions is None:
-                dseq = dh                                                         # (B, T, H)
-            else:                                       # scatter the M rows back to their positions
-                dseq = get_array_module(dh).zeros((batch * length, hidden), dtype=dh.dtype)
-                dseq[positions] = dh
-                dseq = dseq.reshape(batch, length, hidden)
+            expected = (*seq_shape[:-1], self.config.vocab_size)                 # (B, T, V) or (M, V)
+            dseq = self.cls.predictions.backward(
+                check_grad_shape(dprediction_logits, expected, "dprediction_logits"))   # like seq
         else:
             self.cls.predictions.clear_caches()          # the MLM head gets no gradient this step
         dpooled = None

@@ -159,6 +159,45 @@ def test_bert_model_sequence_and_pooled_outputs(rng):
               samples=8).raise_if_failed()
 
 
+@pytest.mark.parametrize("add_pooling_layer", [True, False])
+def test_output_positions_equal_the_full_output_at_those_rows(rng, add_pooling_layer):
+    """The last layer computing only some rows gives those rows of the full output, and the
+    same gradients as the full output with zeros elsewhere (here [CLS] of sequence 1 is one
+    of the positions, so the pooler's row and a wanted row coincide)."""
+    config = tiny_config()
+    model = BertModel(config, seed=2, dtype=F64, add_pooling_layer=add_pooling_layer)
+    for _, p in model.named_parameters():
+        p.data += rng.standard_normal(p.data.shape) * 0.05
+    ids, types, mask, _, _ = _batch(config, rng)
+    batch, length = ids.shape
+    positions = np.array([length + 0, 3, 2 * length - 1, 5])           # any order, distinct
+    seq, pooled = model.forward(ids, types, mask)
+    rows, rows_pooled = model.forward(ids, types, mask, output_positions=positions)
+    np.testing.assert_allclose(rows, seq.reshape(-1, config.hidden_size)[positions], rtol=1e-12, atol=1e-13)
+    if add_pooling_layer:
+        np.testing.assert_allclose(rows_pooled, pooled, rtol=1e-12, atol=1e-13)
+    else:
+        assert rows_pooled is None
+
+    gseq = rng.standard_normal(rows.shape)
+    gpooled = rng.standard_normal(pooled.shape) if add_pooling_layer else None
+    model.zero_grad()
+    model.backward(gseq, gpooled)
+    selected = {n: p.grad.copy() for n, p in model.named_parameters()}
+    full_gseq = np.zeros((batch * length, config.hidden_size))
+    full_gseq[positions] = gseq
+    model.forward(ids, types, mask)
+    model.zero_grad()
+    model.backward(full_gseq.reshape(seq.shape), gpooled)
+    for name, p in model.named_parameters():
+        np.testing.assert_allclose(selected[name], p.grad, rtol=1e-10, atol=1e-13, err_msg=name)
+
+    with pytest.raises(ValueError, match="repeat"):
+        model.forward(ids, types, mask, output_positions=[3, 3])
+    with pytest.raises(ValueError, match="output_positions contains"):
+        model.forward(ids, types, mask, output_positions=[batch * length])
+
+
 @pytest.mark.parametrize("attn_implementation", ["naive", "flash"])
 def test_whole_pretraining_loss_with_padding_and_ignored_labels(rng, attn_implementation):
     from minibert.modeling import ATTENTION_IMPLEMENTATIONS

@@ -557,9 +557,8 @@ def fill_mask(model, tokenizer, text: str, top_k: int = 5):
         raise ValueError(f"no {mask_token} in the text: write {mask_token} where a word should be guessed")
     model.eval()                                                              # no dropout
     with no_grad():
-        hidden, _ = model.bert.forward(np.asarray([ids]))                    # (1, T, H)
-        xp = get_array_module(hidden)
-        logits = model.cls.predictions.forward(hidden[0, xp.asarray(positions)])   # (K, V)
+        hidden, _ = model.bert.forward(np.asarray([ids]), output_positions=positions)   # (K, H)
+        logits = model.cls.predictions.forward(hidden)                       # (K, V)
     logits = to_numpy(logits).astype(np.float64)
     logits -= logits.max(axis=1, keepdims=True)
     probs = np.exp(logits)

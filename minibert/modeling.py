@@ -511,23 +511,26 @@ class BertModel(BertPreTrainedModel):
         skip every other row. The result equals the full output at those rows.
         """
         ids, token_type_ids, mask = self.check_inputs(input_ids, token_type_ids, attention_mask)
+        xp = get_array_module(ids)
+        batch, length = ids.shape
+        if output_positions is not None:
+            positions = as_int_array(output_positions, "output_positions", xp).reshape(-1)   # (P,)
+            if positions.size:
+                check_range(positions, 0, batch * length, "output_positions", "the B*T positions")
+                if xp.unique(positions).size != positions.size:
+                    raise ValueError("output_positions must not repeat a position")
         h = self.embeddings.forward(ids, token_type_ids)                 # (B, T, H)
+        hidden = h.shape[-1]
         if output_positions is None:
             h = self.encoder.forward(h, mask)                            # (B, T, H)
             pooled = self.pooler.forward(h) if self.pooler is not None else None   # (B, H)
-            self._save_cache((h.shape[0], h.shape, None))
+            self._save_cache((batch, h.shape, None))
             return h, pooled
 
-        xp = get_array_module(h)
-        batch, length, hidden = h.shape
-        positions = as_int_array(output_positions, "output_positions", xp).reshape(-1)   # (P,)
+        # The last layer computes R rows: the wanted positions and the [CLS] rows for the pooler.
         first_tokens = xp.arange(batch) * length                         # the [CLS] rows, (B,)
         wanted = [positions, first_tokens] if self.pooler is not None else [positions]
         rows = xp.unique(xp.concatenate(wanted))                         # (R,) sorted, distinct
-        if positions.size:
-            check_range(positions, 0, batch * length, "output_positions", "the B*T positions")
-            if xp.unique(positions).size != positions.size:
-                raise ValueError("output_positions must not repeat a position")
         h_rows = self.encoder.forward(h, mask, last_layer_rows=rows)     # (R, H)
         where, where_first = xp.searchsorted(rows, positions), xp.searchsorted(rows, first_tokens)
         pooled = None

@@ -37,6 +37,9 @@ def add_pretrain_commands(subparsers) -> None:
     model.add_argument("--config", default=None, help="a config.json to use instead of a preset")
     model.add_argument("--attn-implementation", default="naive", choices=["naive", "flash"])
     model.add_argument("--device", default="cpu", help="cpu or cuda")
+    model.add_argument("--fp16", action="store_true",
+                       help="mixed precision: float16 matrix products, float32 weights, dynamic loss "
+                            "scaling (for a GPU; NumPy's float16 products on the CPU are slow)")
     train = p.add_argument_group("training")
     train.add_argument("--batch-size", type=int, default=D["batch_size"])
     train.add_argument("--accumulation", type=int, default=D["accumulation"],
@@ -103,7 +106,7 @@ def run_pretrain(args) -> int:
         output_dir=run_dir, gradient_accumulation_steps=args.accumulation, max_steps=args.steps,
         learning_rate=args.lr, warmup_steps=warmup, schedule=args.schedule, weight_decay=args.weight_decay,
         eval_every=args.eval_every, eval_batches=args.eval_batches, patience=args.patience, seed=args.seed,
-        progress=not args.no_progress)
+        progress=not args.no_progress, fp16=args.fp16)
     print(f"model: {args.preset if not args.config else args.config} "
           f"(L{config.num_hidden_layers} H{config.hidden_size} A{config.num_attention_heads}), "
           f"{model.num_parameters():,} parameters; {args.steps} steps of "

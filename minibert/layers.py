@@ -42,8 +42,11 @@ class Linear(Module):
         self.weight.data = self.weight.data[:, columns].copy()
         self.weight.grad = self.weight.grad[:, columns].copy()
 
+    compute_dtype = None        # float16: mixed precision (BertPreTrainedModel.set_matmul_dtype)
+
     def forward(self, x):
-        y, cache = ops.linear_forward(x, self.weight.data, None if self.bias is None else self.bias.data)
+        y, cache = ops.linear_forward(x, self.weight.data, None if self.bias is None else self.bias.data,
+                                      self.compute_dtype)
         self._save_cache(cache)
         return y
 

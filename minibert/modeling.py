@@ -395,6 +395,23 @@ class BertPreTrainedModel(Module):
 
         return save_pretrained(self, directory, tokenizer=tokenizer)
 
+    def set_matmul_dtype(self, dtype) -> None:
+        """Mixed precision: ``np.float16`` runs every dense layer's matrix products in float16
+        (the parameters stay float32 "master" weights; outputs and gradients come back in
+        float32); ``None`` goes back to full precision. Train it with a loss scale
+        (:class:`minibert.optim.DynamicLossScaler`, ``TrainingArguments(fp16=True)``), or
+        small gradients underflow to zero in float16.
+        """
+        if dtype is not None:
+            dtype = np.dtype(dtype)
+            if dtype != np.float16:
+                raise ValueError(f"the matmul dtype must be float16 or None, got {dtype}")
+            if self.dtype != np.float32:
+                raise ValueError(f"mixed precision needs float32 master weights; this model is {self.dtype}")
+        for _, module in self.named_modules():
+            if isinstance(module, Linear):
+                module.compute_dtype = dtype
+
     def check_inputs(self, input_ids, token_type_ids=None, attention_mask=None):
         """Validate the inputs at the public boundary and put them on the model's device.
 

@@ -388,3 +388,73 @@ def clip_grad_norm(params, max_norm) -> float:
         for g in grads:
             g *= scale
     return total_norm
+
+
+# --------------------------------------------------------------------------- mixed precision
+class DynamicLossScaler:
+    """Dynamic loss scaling for float16 matrix products (``model.set_matmul_dtype(np.float16)``).
+
+    Gradients below float16's smallest subnormal (6e-8) become 0 in a float16 product. So
+    the backward pass starts from ``scale * loss`` instead of ``loss``: every gradient is
+    ``scale`` times larger on the way down, and :meth:`unscale` divides the parameters'
+    (float32) gradients by ``scale`` before the update. Too large a scale overflows to inf
+    instead; then the step is skipped and the scale shrinks:
+
+        finite gradients:  update;  after ``growth_interval`` such steps in a row, scale *= growth_factor
+        inf or NaN:        no update;  scale *= backoff_factor
+
+    so the scale settles just below where overflow starts. Use::
+
+        model.backward(mlm_weight=scaler.scale, nsp_weight=scaler.scale)
+        if scaler.unscale(model.named_parameters()):     # False: an overflow, skip this step
+            optimizer.step()
+        scaler.update()
+        optimizer.zero_grad()
+    """
+
+    def __init__(self, init_scale: float = 2.0 ** 16, growth_factor: float = 2.0,
+                 backoff_factor: float = 0.5, growth_interval: int = 2000, min_scale: float = 1.0):
+        self.scale = _check_number("init_scale", init_scale, low=0.0, low_inclusive=False)
+        self.growth_factor = _check_number("growth_factor", growth_factor, low=1.0, low_inclusive=False)
+        self.backoff_factor = _check_number("backoff_factor", backoff_factor, low=0.0, high=1.0,
+                                            low_inclusive=False)
+        if isinstance(growth_interval, bool) or not isinstance(growth_interval, (int, np.integer)) \
+                or growth_interval <= 0:
+            raise ValueError(f"growth_interval must be a positive integer, got {growth_interval!r}")
+        self.growth_interval = int(growth_interval)
+        self.min_scale = _check_number("min_scale", min_scale, low=0.0, low_inclusive=False)
+        self.good_steps = 0              # finite steps since the scale last changed
+        self.found_overflow = False      # what the last unscale() found
+
+    def unscale(self, params) -> bool:
+        """Divide every gradient by the scale, in place; True when all of them are finite."""
+        grads = [p.grad for _, p in _named(params)]
+        if not grads:
+            self.found_overflow = False
+            return True
+        xp = get_array_module(grads[0])
+        inverse = 1.0 / self.scale
+        for g in grads:
+            g *= inverse
+        # one reduction per gradient, one transfer to the host for the whole model
+        finite = xp.stack([xp.isfinite(g).all() for g in grads]).all()
+        self.found_overflow = not bool(finite)
+        return not self.found_overflow
+
+    def update(self) -> None:
+        """Adjust the scale after a step, from what :meth:`unscale` found."""
+        if self.found_overflow:
+            self.scale = max(self.scale * self.backoff_factor, self.min_scale)
+            self.good_steps = 0
+        else:
+            self.good_steps += 1
+            if self.good_steps == self.growth_interval:
+                self.scale *= self.growth_factor
+                self.good_steps = 0
+
+    def state_dict(self) -> dict:
+        return {"scale": self.scale, "good_steps": self.good_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scale = _check_number("scale", state["scale"], low=0.0, low_inclusive=False)
+        self.good_steps = int(state["good_steps"])

@@ -14,6 +14,12 @@ JSON-lines metrics log, a loss-curve plot, NaN/inf detection, and atomic checkpo
 hold everything needed to continue bit for bit: the model, the optimizer's buffers, the step,
 the position in the data and the dropout generator's state.
 
+``TrainingArguments(fp16=True)``: mixed precision. The dense layers multiply in float16
+(``model.set_matmul_dtype``), the weights and the update stay float32, and backward starts
+from ``scale * loss`` (``model.backward(mlm_weight=M_i / M * scale, ...)``); the gradients
+are divided by the scale before clipping, and a step whose gradients overflowed is skipped
+with a smaller scale next time (``optim.DynamicLossScaler``; the scale is checkpointed too).
+
 The data sets are streams of batches (``minibert.data.pretraining.ArrayDataset`` or
 ``ShardDataset``): iterating gives one epoch of batches, dicts of NumPy arrays
 (``input_ids``, ``token_type_ids``, ``attention_mask``, ``labels``,
@@ -30,6 +36,7 @@ import math
 import os
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -38,7 +45,7 @@ from . import safetensors as st
 from .backend import to_numpy
 from .checkpoint import save_pretrained
 from .nn import no_grad
-from .optim import AdamW, clip_grad_norm, get_schedule
+from .optim import AdamW, DynamicLossScaler, clip_grad_norm, get_schedule
 from .plots import plot_loss_curves
 
 CHECKPOINT_POINTER = "latest_checkpoint.txt"   # names the newest complete checkpoint folder
@@ -69,6 +76,7 @@ class TrainingArguments:
     log_every: int = 10
     seed: int = 0
     progress: bool = True                   # show a tqdm progress bar
+    fp16: bool = False                      # float16 matrix products, float32 weights, dynamic loss scale
 
     def __post_init__(self):
         positive = ("gradient_accumulation_steps", "max_steps", "eval_every", "log_every")
@@ -108,6 +116,10 @@ class Trainer:
                                             weight_decay=args.weight_decay,
                                             bias_correction=args.bias_correction)
         self.schedule = get_schedule(args.schedule, args.learning_rate, args.warmup_steps, args.max_steps)
+        self.scaler = None
+        if args.fp16:                       # mixed precision: see DynamicLossScaler
+            model.set_matmul_dtype(np.float16)
+            self.scaler = DynamicLossScaler()
         # the state that a checkpoint saves and a resume restores (with the data position)
         self.step = 0                      # optimizer steps done
         self.best_eval_loss = math.inf
@@ -136,17 +148,33 @@ class Trainer:
         total_sequences = sum(len(b["input_ids"]) for b in batches)
         mlm_loss = nsp_loss = 0.0
         tokens = 0
+        scale = self.scaler.scale if self.scaler is not None else 1.0   # the loss scale (fp16)
         for batch in batches:
-            out = model.forward(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
-                                labels=batch["labels"], next_sentence_label=batch["next_sentence_label"])
-            masked = int((batch["labels"] != -100).sum())
-            mlm_share = masked / max(total_masked, 1)
-            nsp_share = len(batch["input_ids"]) / total_sequences
-            model.backward(mlm_weight=mlm_share, nsp_weight=nsp_share)
+            # fp16: an overflow to inf is an expected event (the scaler handles it), not a warning
+            with np.errstate(over="ignore", invalid="ignore") if self.scaler is not None else nullcontext():
+                out = model.forward(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
+                                    labels=batch["labels"], next_sentence_label=batch["next_sentence_label"])
+                masked = int((batch["labels"] != -100).sum())
+                mlm_share = masked / max(total_masked, 1)
+                nsp_share = len(batch["input_ids"]) / total_sequences
+                model.backward(mlm_weight=mlm_share * scale, nsp_weight=nsp_share * scale)
             mlm_loss += out.mlm_loss * mlm_share
             nsp_loss += out.nsp_loss * nsp_share
             tokens += int(batch["attention_mask"].sum())
         loss = mlm_loss + nsp_loss
+        if self.scaler is not None and math.isfinite(loss):
+            if not self.scaler.unscale(model.named_parameters()):    # float16 overflow in backward
+                if scale <= self.scaler.min_scale:
+                    raise TrainingDiverged(
+                        f"step {self.step + 1}: the gradients overflow even at loss scale {scale:g}; "
+                        "training stopped and the last checkpoint was kept. Lower the learning "
+                        "rate, or train without fp16.")
+                self.scaler.update()                                  # a smaller scale next time
+                self.optimizer.zero_grad()
+                self.step += 1                                        # a step without an update
+                return {"loss": loss, "mlm_loss": mlm_loss, "nsp_loss": nsp_loss, "grad_norm": math.nan,
+                        "lr": self.optimizer.lr, "tokens": tokens, "skipped": True, "loss_scale": scale}
+            self.scaler.update()
         grad_norm = (clip_grad_norm(model.named_parameters(), args.max_grad_norm)
                      if args.max_grad_norm is not None else _global_norm(model))
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
@@ -159,7 +187,7 @@ class Trainer:
         self.optimizer.zero_grad()
         self.step += 1
         return {"loss": loss, "mlm_loss": mlm_loss, "nsp_loss": nsp_loss, "grad_norm": grad_norm,
-                "lr": self.optimizer.lr, "tokens": tokens}
+                "lr": self.optimizer.lr, "tokens": tokens, "skipped": False, "loss_scale": scale}
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict:
@@ -179,7 +207,7 @@ class Trainer:
             self.load_checkpoint(resume_from)
         self.model.train()
         stopped_early = False
-        window_loss, window_tokens, window_start = [], 0, time.perf_counter()
+        window_loss, window_tokens, window_skipped, window_start = [], 0, 0, time.perf_counter()
         bar = tqdm(total=args.max_steps, initial=self.step, disable=not args.progress,
                    desc="pretraining", unit="step", dynamic_ncols=True)
         try:
@@ -187,6 +215,7 @@ class Trainer:
                 record = self._train_step()
                 window_loss.append(record["loss"])
                 window_tokens += record["tokens"]
+                window_skipped += record["skipped"]
                 bar.update(1)
                 if self.step % args.log_every == 0 or self.step == args.max_steps:
                     elapsed = time.perf_counter() - window_start
@@ -194,11 +223,14 @@ class Trainer:
                                     "epoch": self.train_dataset.position["epoch"],
                                     "loss": float(np.mean(window_loss)), "mlm_loss": record["mlm_loss"],
                                     "nsp_loss": record["nsp_loss"], "lr": record["lr"],
-                                    "grad_norm": record["grad_norm"], "tokens_per_s": window_tokens / elapsed}
+                                    "grad_norm": None if record["skipped"] else record["grad_norm"],
+                                    "tokens_per_s": window_tokens / elapsed}
+                    if self.scaler is not None:     # fp16: the loss scale and the overflowed steps
+                        train_record.update(loss_scale=record["loss_scale"], skipped_steps=window_skipped)
                     self._log(train_record)
                     bar.set_postfix(loss=f"{train_record['loss']:.3f}", lr=f"{record['lr']:.2e}",
                                     tok_s=f"{train_record['tokens_per_s']:.0f}")
-                    window_loss, window_tokens, window_start = [], 0, time.perf_counter()
+                    window_loss, window_tokens, window_skipped, window_start = [], 0, 0, time.perf_counter()
                 if self.step % args.eval_every == 0 or self.step == args.max_steps:
                     stopped_early = self._evaluate_and_checkpoint(bar)
                     window_start = time.perf_counter()          # evaluation is not training time
@@ -272,6 +304,7 @@ class Trainer:
                  "best_eval_loss": self.best_eval_loss if math.isfinite(self.best_eval_loss) else None,
                  "evals_without_improvement": self.evals_without_improvement,
                  "optimizer": scalars, "dropout_rng": self.model.random.get_state(),
+                 "loss_scaler": self.scaler.state_dict() if self.scaler is not None else None,
                  "args": _jsonable(asdict(self.args)), "history": self.history}
         _write_json(os.path.join(tmp, "trainer_state.json"), state)
         if os.path.exists(final):
@@ -308,6 +341,8 @@ class Trainer:
         opt.update(st.load_file(os.path.join(path, "optimizer.safetensors")))
         self.optimizer.load_state_dict(opt)
         self.model.random.set_state(state["dropout_rng"])
+        if self.scaler is not None and state.get("loss_scaler") is not None:
+            self.scaler.load_state_dict(state["loss_scaler"])
         self.step = state["step"]
         self.train_dataset.position = state["data_position"]
         self._batches = None

@@ -23,6 +23,26 @@ def test_linear_without_bias(rng):
     report.raise_if_failed()
 
 
+def test_linear_in_mixed_precision_matches_float64_to_float16_rounding(rng):
+    """compute_dtype=float16: products of float16-rounded inputs, results in the weight's dtype."""
+    x, w, b = (rng.standard_normal(s).astype(np.float32) for s in ((3, 6, 32), (16, 32), (16,)))
+    y, cache = ops.linear_forward(x, w, b, compute_dtype=np.float16)
+    assert y.dtype == np.float32 and cache[0].dtype == cache[1].dtype == np.float16
+    exact = x.astype(np.float64) @ w.T.astype(np.float64) + b
+    # float16 keeps 11 significant bits: each input is off by at most 2^-11 relatively
+    tolerance = 2 * 2.0 ** -11 * (np.abs(x).astype(np.float64) @ np.abs(w.T).astype(np.float64))
+    assert (np.abs(y - exact) <= tolerance + 1e-6).all()
+    assert not np.array_equal(y, ops.linear_forward(x, w, b)[0])         # it really rounded
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx, dw, db = ops.linear_backward(dy, cache)
+    assert dx.dtype == dw.dtype == db.dtype == np.float32
+    dx64, dw64, db64 = ops.linear_backward(dy.astype(np.float64), ops.linear_forward(
+        x.astype(np.float64), w.astype(np.float64), b.astype(np.float64))[1])
+    np.testing.assert_allclose(dx, dx64, rtol=0, atol=np.abs(dx64).max() * 1e-2)
+    np.testing.assert_allclose(dw, dw64, rtol=0, atol=np.abs(dw64).max() * 1e-2)
+    np.testing.assert_allclose(db, db64, rtol=1e-5)                        # the bias sum stays float32
+
+
 def test_embedding_sums_repeated_ids(rng):
     table = rng.standard_normal((9, 4))
     ids = np.array([[1, 3, 1], [8, 1, 0]])                    # id 1 appears three times

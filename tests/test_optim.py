@@ -13,6 +13,7 @@ from minibert.nn import Parameter
 from minibert.optim import (
     SGD,
     AdamW,
+    DynamicLossScaler,
     clip_grad_norm,
     constant,
     get_schedule,
@@ -290,3 +291,64 @@ def test_adamw_matches_torch(weight_decay):
     run(ours, params, grads)
     for name, p in params:
         np.testing.assert_allclose(p.data, tensors[name].detach().numpy(), rtol=1e-12, atol=1e-14, err_msg=name)
+
+
+# --------------------------------------------------------------------------- loss scaling
+def _grads(*values):
+    return [(f"p{i}", _param_with_grad(np.asarray(v, dtype=np.float32))) for i, v in enumerate(values)]
+
+
+def _param_with_grad(grad):
+    p = Parameter(np.zeros_like(grad))
+    p.grad[...] = grad
+    return p
+
+
+def test_loss_scaler_unscales_and_detects_overflow():
+    scaler = DynamicLossScaler(init_scale=8.0)
+    params = _grads([8.0, -16.0], [4.0])
+    assert scaler.unscale(params)
+    np.testing.assert_array_equal(params[0][1].grad, [1.0, -2.0])
+    np.testing.assert_array_equal(params[1][1].grad, [0.5])
+    for bad in (np.inf, -np.inf, np.nan):
+        assert not scaler.unscale(_grads([1.0, bad], [2.0])) and scaler.found_overflow
+
+
+def test_loss_scaler_backs_off_on_overflow_and_grows_after_a_quiet_interval():
+    scaler = DynamicLossScaler(init_scale=1024.0, growth_interval=3, min_scale=256.0)
+    scaler.unscale(_grads([np.inf]))
+    scaler.update()
+    assert scaler.scale == 512.0 and scaler.good_steps == 0
+    for expected in (512.0, 512.0, 1024.0):                      # grows after 3 finite steps in a row
+        scaler.unscale(_grads([1.0]))
+        scaler.update()
+        assert scaler.scale == expected
+    for _ in range(5):                                            # never below min_scale
+        scaler.unscale(_grads([np.nan]))
+        scaler.update()
+    assert scaler.scale == 256.0
+    state = scaler.state_dict()
+    other = DynamicLossScaler()
+    other.load_state_dict(state)
+    assert other.state_dict() == state
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    (dict(init_scale=0), "init_scale"), (dict(growth_factor=1.0), "growth_factor"),
+    (dict(backoff_factor=1.5), "backoff_factor"), (dict(growth_interval=0), "growth_interval"),
+    (dict(init_scale=float("inf")), "init_scale"),
+])
+def test_loss_scaler_bad_hyperparameters(kwargs, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        DynamicLossScaler(**kwargs)
+
+
+def test_set_matmul_dtype_refuses_what_it_cannot_do():
+    from minibert.modeling import BertForPreTraining
+
+    from conftest import tiny_config
+
+    with pytest.raises(ValueError, match="float32 master weights"):
+        BertForPreTraining(tiny_config(), dtype=np.float64).set_matmul_dtype(np.float16)
+    with pytest.raises(ValueError, match="float16 or None"):
+        BertForPreTraining(tiny_config()).set_matmul_dtype(np.float32)

@@ -190,3 +190,52 @@ def test_corrupt_or_mismatched_checkpoint(tmp_path):
 def test_too_small_data_set(tmp_path):
     with pytest.raises(ValueError, match="holds no batch"):
         Trainer(_model(), _args(tmp_path), dataset(5, batch_size=32))
+
+
+# ---------------------------------------------------------------------------- mixed precision
+def test_fp16_training_lowers_the_loss_with_float32_weights(tmp_path):
+    model = BertForPreTraining(tiny_config(hidden_size=32, num_attention_heads=2, intermediate_size=64), seed=0)
+    trainer = Trainer(model, _args(tmp_path, max_steps=40, eval_every=20, learning_rate=1e-2, fp16=True),
+                      dataset(16, batch_size=8, masked=True), eval_dataset=dataset(12, seed=1, masked=True))
+    summary = trainer.train()
+    train = [r for r in summary["history"] if r["split"] == "train"]
+    assert np.mean([r["loss"] for r in train[-5:]]) < np.mean([r["loss"] for r in train[:5]]) - 1.0
+    assert all(p.data.dtype == np.float32 and p.grad.dtype == np.float32 for _, p in model.named_parameters())
+    assert model.bert.encoder.layer[0].intermediate.dense.compute_dtype == np.float16
+    assert model.cls.predictions.decoder.compute_dtype == np.float16        # the tied decoder too
+    assert train[-1]["loss_scale"] == 2.0 ** 16 and sum(r["skipped_steps"] for r in train) == 0
+
+
+def test_fp16_overflow_skips_the_step_and_shrinks_the_scale(tmp_path):
+    trainer = Trainer(_model(), _args(tmp_path, max_steps=3, fp16=True), dataset(12, masked=True))
+    trainer.scaler.scale = 2.0 ** 40          # float16 gradients overflow (max 65504) at this scale
+    before = {n: p.data.copy() for n, p in trainer.model.named_parameters()}
+    record = trainer._train_step()
+    assert record["skipped"] and trainer.step == 1 and trainer.scaler.scale == 2.0 ** 39
+    for name, p in trainer.model.named_parameters():                      # no update was made
+        np.testing.assert_array_equal(p.data, before[name], err_msg=name)
+        assert not p.grad.any(), name
+    trainer.scaler.scale = 2.0 ** 8
+    record = trainer._train_step()
+    assert not record["skipped"] and np.isfinite(record["grad_norm"])
+    assert any(not np.array_equal(p.data, before[n]) for n, p in trainer.model.named_parameters())
+
+
+def test_fp16_gives_up_when_even_the_smallest_scale_overflows(tmp_path):
+    trainer = Trainer(_model(), _args(tmp_path, fp16=True), dataset(12, masked=True))
+    trainer.scaler.scale = trainer.scaler.min_scale
+    trainer.model.bert.embeddings.word_embeddings.weight.data[:] = 3e4     # activations beyond float16
+    trainer.model.bert.embeddings.LayerNorm.weight.data[:] = 3e4
+    with pytest.raises(TrainingDiverged, match="overflow|not finite"):
+        trainer._train_step()
+
+
+def test_fp16_resume_restores_the_loss_scale(tmp_path):
+    first = Trainer(_model(), _args(tmp_path, max_steps=3, eval_every=3, fp16=True), dataset(12))
+    first.masking = masking()
+    first.scaler.scale, first.scaler.good_steps = 512.0, 7
+    first.save_checkpoint()
+    resumed = Trainer(_model(), _args(tmp_path, max_steps=3, eval_every=3, fp16=True), dataset(12),
+                      masking=masking())
+    resumed.load_checkpoint(str(tmp_path / "run"))
+    assert (resumed.scaler.scale, resumed.scaler.good_steps) == (512.0, 7)

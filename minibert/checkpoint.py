@@ -403,7 +403,7 @@ def config_to_hf_dict(model) -> dict:
     return dict(sorted(values.items()))
 
 
-def save_pretrained(model, directory, tokenizer=None) -> str:
+def save_pretrained(model, directory, tokenizer=None, max_shard_size=None) -> str:
     """Write ``config.json`` and ``model.safetensors`` (and the vocabulary) into ``directory``.
 
     The folder loads back with :func:`load_pretrained` and with transformers'
@@ -411,14 +411,36 @@ def save_pretrained(model, directory, tokenizer=None) -> str:
     previous files whole. With ``tokenizer`` (a :class:`minibert.tokenization.BertTokenizer`)
     its ``save_pretrained(directory)`` writes ``vocab.txt`` and ``tokenizer_config.json``
     (a tokenizer with only ``save_vocabulary`` gets a tokenizer_config.json written here).
-    Returns the directory.
+
+    ``max_shard_size`` (bytes, or a string such as ``"500MB"`` or ``"2GiB"``): when the weights
+    are larger, they are split, in state-dict order, into ``model-00001-of-0000N.safetensors``
+    ... with ``model.safetensors.index.json`` mapping each tensor to its file, as Hugging Face
+    shards a checkpoint (a tensor larger than the limit gets a shard of its own). Weight files
+    of an earlier save in the folder that this one does not use are removed once the new ones
+    are written. Returns the directory.
     """
     directory = os.fspath(directory)
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise NotADirectoryError(f"{directory} exists and is not a directory")
+    limit = None if max_shard_size is None else parse_size(max_shard_size)
     os.makedirs(directory, exist_ok=True)
     tensors = {name: to_numpy(array) for name, array in model.state_dict().items()}
-    st.save_file(tensors, os.path.join(directory, WEIGHTS_NAME), metadata={"format": "pt"})
+    shards = _shards(tensors, limit)
+    if len(shards) == 1:
+        written = [WEIGHTS_NAME]
+        st.save_file(tensors, os.path.join(directory, WEIGHTS_NAME), metadata={"format": "pt"})
+    else:
+        written = [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
+        weight_map = {}
+        for filename, names in zip(written, shards):
+            st.save_file({n: tensors[n] for n in names}, os.path.join(directory, filename),
+                         metadata={"format": "pt"})
+            weight_map.update({n: filename for n in names})
+        index = {"metadata": {"total_size": sum(int(t.nbytes) for t in tensors.values())},
+                 "weight_map": weight_map}
+        _atomic_write_text(os.path.join(directory, WEIGHTS_INDEX_NAME), json.dumps(index, indent=2) + "\n")
+        written.append(WEIGHTS_INDEX_NAME)
+    _remove_stale_weight_files(directory, keep=set(written))
     _atomic_write_text(os.path.join(directory, CONFIG_NAME),
                        json.dumps(config_to_hf_dict(model), indent=2) + "\n")
     if tokenizer is not None:
@@ -429,6 +451,51 @@ def save_pretrained(model, directory, tokenizer=None) -> str:
             _atomic_write_text(os.path.join(directory, TOKENIZER_CONFIG_NAME),
                                json.dumps(_tokenizer_config(tokenizer, model), indent=2) + "\n")
     return directory
+
+
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_size(size) -> int:
+    """Bytes from an int or a string like ``"500MB"`` / ``"2GiB"`` (KB, MB, GB are powers of 1000)."""
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        number, unit = int(size), ""
+    elif isinstance(size, str):
+        text = size.strip().upper().replace(" ", "")
+        digits = text.rstrip("KMGIB")
+        unit = text[len(digits):]
+        try:
+            number = float(digits)
+        except ValueError:
+            number, unit = -1, "?"
+    else:
+        raise TypeError(f"max_shard_size must be a number of bytes or a string like '500MB', got {size!r}")
+    if unit not in _SIZE_UNITS or not number > 0:
+        raise ValueError(f"max_shard_size {size!r} is not a positive size (bytes, or e.g. '500MB', '2GiB')")
+    return int(number * _SIZE_UNITS[unit])
+
+
+def _shards(tensors: dict, limit) -> list[list[str]]:
+    """Tensor names split in order into groups of at most ``limit`` bytes (one group without a limit)."""
+    if limit is None:
+        return [list(tensors)]
+    shards, current, current_size = [], [], 0
+    for name, array in tensors.items():
+        if current and current_size + array.nbytes > limit:
+            shards.append(current)
+            current, current_size = [], 0
+        current.append(name)
+        current_size += array.nbytes
+    return shards + [current] if current else shards or [[]]
+
+
+def _remove_stale_weight_files(directory: str, keep: set) -> None:
+    """Remove a single weights file, an index or shards that an earlier save left and this one replaced."""
+    for name in os.listdir(directory):
+        stale = name == WEIGHTS_NAME or name == WEIGHTS_INDEX_NAME or \
+            (name.startswith("model-") and "-of-" in name and name.endswith(".safetensors"))
+        if stale and name not in keep:
+            os.remove(os.path.join(directory, name))
 
 
 def _tokenizer_config(tokenizer, model) -> dict:

@@ -389,11 +389,12 @@ class BertPreTrainedModel(Module):
 
         return load_pretrained(cls, directory, **kwargs)
 
-    def save_pretrained(self, directory, tokenizer=None):
-        """Write ``config.json`` + ``model.safetensors`` (+ the vocabulary when a tokenizer is given)."""
+    def save_pretrained(self, directory, tokenizer=None, max_shard_size=None):
+        """Write ``config.json`` + ``model.safetensors`` (+ the vocabulary when a tokenizer is given);
+        ``max_shard_size`` (e.g. ``"500MB"``) splits larger weights into indexed shards."""
         from .checkpoint import save_pretrained
 
-        return save_pretrained(self, directory, tokenizer=tokenizer)
+        return save_pretrained(self, directory, tokenizer=tokenizer, max_shard_size=max_shard_size)
 
     def set_matmul_dtype(self, dtype) -> None:
         """Mixed precision: ``np.float16`` runs every dense layer's matrix products in float16

@@ -231,6 +231,46 @@ def test_half_precision_file(tmp_path):
         np.testing.assert_array_equal(loaded.state_dict()[k], v.astype(np.float16).astype(np.float32))
 
 
+def test_save_pretrained_shards_and_replaces_earlier_weight_files(tmp_path):
+    model = BertForPreTraining(small_config(), seed=6)
+    total = sum(p.data.nbytes for _, p in model.named_parameters())
+    model.save_pretrained(tmp_path)                                   # first: one file
+    model.save_pretrained(tmp_path, max_shard_size=total // 3)         # then: shards + index
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) >= 3 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
+    assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".safetensors")) == shards  # the single file is gone
+    assert index["metadata"]["total_size"] == sum(t.nbytes for t in st.load_file(
+        tmp_path / shards[0]).values()) + sum(sum(t.nbytes for t in st.load_file(tmp_path / f).values())
+                                              for f in shards[1:])
+    for shard in shards:                                              # each within the limit (or one tensor)
+        held = st.load_file(tmp_path / shard)
+        assert len(held) == 1 or sum(t.nbytes for t in held.values()) <= total // 3
+    loaded, info = _load_quietly(BertForPreTraining, tmp_path)
+    _assert_same_parameters(model, loaded)
+    assert len(info.weight_files) == len(shards)
+
+    model.save_pretrained(tmp_path, max_shard_size="1GB")              # back to one file
+    assert sorted(f for f in os.listdir(tmp_path) if "safetensors" in f) == ["model.safetensors"]
+    _assert_same_parameters(model, _load_quietly(BertForPreTraining, tmp_path)[0])
+
+
+@pytest.mark.parametrize("size, expected", [(1000, 1000), ("500MB", 500 * 10**6), ("2GiB", 2 * 2**30),
+                                            ("1.5 gb", 1_500_000_000), ("10KB", 10_000)])
+def test_parse_size(size, expected):
+    from minibert.checkpoint import parse_size
+
+    assert parse_size(size) == expected
+
+
+@pytest.mark.parametrize("size", ["GB", "-5MB", "5XB", 0, "", "1TB"])
+def test_parse_size_refuses_nonsense(size):
+    from minibert.checkpoint import parse_size
+
+    with pytest.raises(ValueError, match="max_shard_size"):
+        parse_size(size)
+
+
 def test_sharded_checkpoint(tmp_path):
     model = BertForPreTraining(small_config(), seed=6)
     model.save_pretrained(tmp_path)
@@ -367,11 +407,13 @@ def _hf_config(**overrides):
 
 
 @pytest.mark.reference
-def test_minibert_folder_loads_in_transformers(tmp_path):
+@pytest.mark.parametrize("max_shard_size", [None, 20_000])
+def test_minibert_folder_loads_in_transformers(tmp_path, max_shard_size):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     model = BertForPreTraining(small_config(), seed=8).eval()
-    model.save_pretrained(tmp_path)
+    model.save_pretrained(tmp_path, max_shard_size=max_shard_size)
+    assert os.path.isfile(tmp_path / "model.safetensors.index.json") == (max_shard_size is not None)
     hf, info = transformers.BertForPreTraining.from_pretrained(tmp_path, output_loading_info=True)
     hf.eval()
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]

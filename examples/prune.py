@@ -15,8 +15,9 @@ missing, a short fine-tuning is run first), each row of the table is a fresh cop
   * the unpruned model, with and without the same recovery, as the reference;
 
 each followed by the same short recovery fine-tuning (512 training tweets, one epoch, peak
-learning rate 3e-5). Accuracy and macro-F1 are measured on the first 1,000 tweets of the
-test part (the same split as finetune_sentiment.py), before and after recovery; parameters,
+learning rate 3e-5). Accuracy and macro-F1 are measured on the same 2,000 test tweets as
+finetune_sentiment.py reports on, before and after recovery, and each accuracy loss comes with
+its paired standard error (the noise of a difference on these tweets); parameters,
 the saved file size (and its zlib-compressed size), and the inference time per batch of 32
 tweets: at the end all the models take turns over the same 4 test batches, 5 rounds, and
 each keeps its best time, so a busy moment of the shared machine does not fall on one model.
@@ -38,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import finetune_sentiment  # noqa: E402  (the same data split as the fine-tuning example)
 
 from minibert.data.finetuning import encode_classification  # noqa: E402
-from minibert.finetune import FineTuner, FineTuningArguments, classification_report  # noqa: E402
+from minibert.finetune import FineTuner, FineTuningArguments, accuracy, macro_f1, predict  # noqa: E402
 from minibert.heads import BertForSequenceClassification  # noqa: E402
 from minibert.optim import AdamW  # noqa: E402
 from minibert.plots import _pyplot  # noqa: E402
@@ -53,7 +54,7 @@ parser.add_argument("--output", default="runs/prune", metavar="DIR")
 parser.add_argument("--sparsities", default="0.3,0.5,0.7", help="magnitude pruning levels")
 parser.add_argument("--head-fractions", default="0.2,0.4,0.6", help="fractions of all heads removed")
 parser.add_argument("--recovery-size", type=int, default=512, help="training tweets for the recovery fine-tuning")
-parser.add_argument("--test-size", type=int, default=1000)
+parser.add_argument("--test-size", type=int, default=2000)
 parser.add_argument("--importance-size", type=int, default=256, help="training tweets for head importance")
 parser.add_argument("--lr", type=float, default=3e-5, help="peak learning rate of the recovery")
 parser.add_argument("--max-length", type=int, default=64)
@@ -104,9 +105,14 @@ def recover(model, pruner=None):
     FineTuner(model, settings, recovery_set, optimizer=pruner.wrap(optimizer) if pruner else optimizer).train()
 
 
-def accuracy_of(model):
-    report = classification_report(model, test_set, batch_size=64)
-    return report["accuracy"], report["macro_f1"]
+def scores(model):
+    """(accuracy, macro-F1, which test tweets it gets right) on the test tweets."""
+    predictions = predict(model, test_set, batch_size=64).argmax(axis=-1)
+    labels = test_set.arrays["labels"]
+    return accuracy(predictions, labels), macro_f1(predictions, labels, model.num_labels), predictions == labels
+
+
+correct = {}                       # model name -> (N,) right or wrong, for paired comparisons
 
 
 def experiment(name, kind, level, prune):
@@ -114,9 +120,10 @@ def experiment(name, kind, level, prune):
     t = time.perf_counter()
     model = load()
     pruner = prune(model)
-    before = accuracy_of(model) if kind != "none+recovery" else (reference.accuracy, reference.macro_f1)
+    before = scores(model) if kind != "none+recovery" else (reference.accuracy, reference.macro_f1)
     recover(model, pruner)
-    report = measure(model, name, eval_set=test_set, batch_size=64)
+    report = measure(model, name)
+    report.accuracy, report.macro_f1, correct[name] = scores(model)
     row = {"kind": kind, "level": level, "accuracy_before_recovery": before[0], "macro_f1_before_recovery": before[1]}
     print(f"{name:<24} accuracy {100 * before[0]:.2f}% -> {100 * report.accuracy:.2f}% after recovery, "
           f"{report.parameters:,} parameters ({time.perf_counter() - t:.0f} s)")
@@ -125,7 +132,8 @@ def experiment(name, kind, level, prune):
 
 # 3. The reference: the fine-tuned model as it is.
 dense = load()
-reference = measure(dense, "fine-tuned (no pruning)", eval_set=test_set, batch_size=64)
+reference = measure(dense, "fine-tuned (no pruning)")
+reference.accuracy, reference.macro_f1, correct[reference.name] = scores(dense)
 print(f"fine-tuned model: accuracy {100 * reference.accuracy:.2f}%, macro-F1 {100 * reference.macro_f1:.2f}%, "
       f"{reference.parameters:,} parameters")
 
@@ -166,12 +174,17 @@ control = next(r for r in rows if r["kind"] == "none+recovery")
 lines = []
 for row in rows:
     if row["kind"] in ("magnitude", "heads"):
-        lost = 100 * (reference.accuracy - row["accuracy"])
+        # Both models answer the same tweets, so the noise of the difference is the spread of the
+        # per-tweet differences (right/wrong of one minus the other): one paired standard error.
+        difference = correct[reference.name].astype(float) - correct[row["name"]]
+        lost = 100 * difference.mean()
+        error = 100 * difference.std(ddof=1) / np.sqrt(len(difference))
         lost_vs_control = 100 * (control["accuracy"] - row["accuracy"])
         speed = reference.seconds_per_batch / row["seconds_per_batch"]
-        lines.append(f"{row['name']:<22} accuracy lost {lost:+.2f} points (vs the unpruned model recovered the "
-                     f"same way: {lost_vs_control:+.2f}); inference {speed:.2f}x the unpruned speed")
-print("\n".join(lines))
+        row.update(accuracy_lost=lost / 100, accuracy_lost_standard_error=error / 100, speedup=speed)
+        lines.append(f"{row['name']:<22} accuracy lost {lost:+.2f} ± {error:.2f} points (vs the unpruned model "
+                     f"recovered the same way: {lost_vs_control:+.2f}); inference {speed:.2f}x the unpruned speed")
+print("\n".join(lines) + "\n(± one paired standard error over the test tweets)")
 wall = time.perf_counter() - start
 with open(os.path.join(args.output, "table.md"), "w", encoding="utf-8") as f:
     f.write(table + "\n\n" + "\n".join(lines) + "\n")

@@ -179,13 +179,7 @@ def flash_attention_forward(q, k, v, mask=None, dropout_p=0.0, rng=None, trainin
     batch, heads, n_queries, head_size = q.shape
     n_keys = k.shape[2]
     q, k, v = (cp.ascontiguousarray(x) for x in (q, k, v))
-    dropout = None
-    if training and dropout_p > 0.0:
-        if dropout_seed is None:
-            if rng is None:
-                raise ValueError("attention dropout needs a random generator (rng) or a dropout_seed")
-            dropout_seed = int(rng.integers(0, 2**62))
-        dropout = (int(dropout_seed), float(dropout_p))
+    dropout = _flash.dropout_setting(dropout_p, rng, training, dropout_seed)   # (seed, p) or None
 
     o = cp.empty(q.shape, dtype=q.dtype)                               # (B, N, Tq, D)
     row_max = cp.empty((batch, heads, n_queries), dtype=cp.float32)    # m

@@ -91,7 +91,7 @@ def test_numpy_inputs_use_the_reference_ops(rng):
                                   cross_entropy_backward(0.5, cache_ref))
 
 
-def test_bias_gelu_reference_gradients(rng):
+def test_bias_gelu_backward_reference_gradients(rng):
     from minibert.gradcheck import check_op
 
     x, bias = rng.standard_normal((4, 6)), rng.standard_normal(6)

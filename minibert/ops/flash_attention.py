@@ -178,6 +178,17 @@ def flash_dropout_mask(seed, shape, p, xp=np):
 
 
 # ============================================================================ checks
+def dropout_setting(dropout_p, rng, training, dropout_seed=None):
+    """(seed, p) when attention dropout is active, else None; the seed drawn from ``rng`` if not given."""
+    if not (training and dropout_p > 0.0):
+        return None
+    if dropout_seed is None:
+        if rng is None:
+            raise ValueError("attention dropout needs a random generator (rng) or a dropout_seed")
+        dropout_seed = int(rng.integers(0, 2**62))
+    return int(dropout_seed), float(dropout_p)
+
+
 def _check_inputs(q, k, v, mask, dropout_p, block_q, block_k):
     for name, x in (("q", q), ("k", k), ("v", v)):
         if getattr(x, "ndim", None) != 4:
@@ -233,13 +244,8 @@ def flash_attention_forward(q, k, v, mask=None, dropout_p=0.0, rng=None, trainin
     if mask is not None:
         mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)        # 4-d, still broadcastable
 
-    dropout = None                                   # (seed, p) when attention dropout is active
-    if training and dropout_p > 0.0:
-        if dropout_seed is None:
-            if rng is None:
-                raise ValueError("attention dropout needs a random generator (rng) or a dropout_seed")
-            dropout_seed = int(rng.integers(0, 2**62))
-        dropout = (int(dropout_seed), float(dropout_p))
+    dropout = dropout_setting(dropout_p, rng, training, dropout_seed)   # (seed, p) or None
+    if dropout is not None:
         row_keys = _dropout_row_keys(dropout[0], batch, heads, n_queries, xp)   # (B, N, Tq)
         threshold = _dropout_threshold(dropout_p)
 

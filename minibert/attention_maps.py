@@ -12,7 +12,8 @@ spreading out evenly.
 Where the probabilities come from: the naive attention op (minibert/ops/attention.py) keeps
 ``p`` in its cache, tuple index 3, for the backward pass. So :func:`attention_probabilities`
 runs one forward pass in evaluation mode with caches kept (not under ``no_grad``), reads
-``layer.attention.self._cache[3]`` of each layer, and clears the caches again. A model set
+``p`` from each layer's attention cache (the module keeps ``(backward op, op cache)``), and
+clears the caches again. A model set
 to the tiled "flash" attention keeps no ``p``; it runs the naive op for this one pass.
 
 Shapes: N heads of a layer, T tokens of the sentence, L layers.
@@ -48,7 +49,7 @@ def attention_probabilities(model, tokenizer, text: str, text_pair: str | None =
         for a in attentions:
             a.implementation = "naive"                 # the op that keeps p in its cache
         bert.forward(encoded["input_ids"], encoded["token_type_ids"], encoded["attention_mask"])
-        maps = [to_numpy(a._cache[PROBABILITIES][0]) for a in attentions]     # (N_l, T, T) each
+        maps = [to_numpy(a._cache[1][PROBABILITIES][0]) for a in attentions]  # (N_l, T, T) each
     finally:
         bert.clear_caches()
         for a, implementation in zip(attentions, implementations):

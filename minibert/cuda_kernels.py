@@ -23,6 +23,9 @@ does not handle go to the reference with a one-time warning; shapes that are sim
 wrong raise ``ValueError``/``TypeError`` as the reference ops do. The kernels were written
 without a GPU to run them on: tests/test_kernels.py holds the GPU tests that compare each
 one with its reference (see docs/attention.md for their status).
+
+The model chooses through :func:`pick` / :func:`use_kernel` (end of this file): kernels for
+CuPy arrays, each only after a first-use check against its reference op.
 """
 
 from __future__ import annotations
@@ -403,6 +406,152 @@ def _adamw_reference(p, g, m, v, beta1, beta2, eps, decay, step_size, inv_sqrt_c
     v *= beta2
     v += (1.0 - beta2) * g * g
     p -= step_size * m / (get_array_module(v).sqrt(v) * inv_sqrt_c2 + eps)
+
+
+# ============================================================================ choosing kernels for the model
+# The model's modules ask ``pick(op, x)`` for the (forward, backward) pair to call: the NumPy/CuPy
+# reference ops for NumPy arrays, this module's kernels for CuPy arrays. A kernel is first run
+# once per process (and dtype, and head size) on small random inputs of awkward sizes and
+# compared with its reference; a kernel that fails to compile, raises or disagrees is not used
+# again, with a one-time warning that names it. A faulty kernel costs speed, never wrong numbers.
+
+USE_KERNELS = True        # False: the reference ops everywhere, also on the GPU (for comparisons)
+
+REFERENCE_OPS = {
+    "flash_attention": (_flash.flash_attention_forward, _flash.flash_attention_backward),
+    "layer_norm": (_ln_forward, _ln_backward),
+    "cross_entropy": (_ce_forward, _ce_backward),
+}
+KERNEL_OPS = {
+    "flash_attention": (flash_attention_forward, flash_attention_backward),
+    "layer_norm": (layer_norm_forward, layer_norm_backward),
+    "cross_entropy": (cross_entropy_forward, cross_entropy_backward),
+    "bias_gelu": (bias_gelu_forward, bias_gelu_backward),
+    "adamw": (adamw_update, None),
+}
+_checked: dict = {}        # (op, dtype name, variant) -> passed its first-use check
+
+
+def use_kernel(op: str, x, variant=()) -> bool:
+    """True when the model should run ``op``'s kernel on ``x``: a CuPy array, kernels on
+    (``USE_KERNELS``), and the kernel passed its first-use check for x's dtype and ``variant``
+    (flash attention: the head size)."""
+    if op not in KERNEL_OPS:
+        raise ValueError(f"unknown kernel op {op!r}; expected one of {sorted(KERNEL_OPS)}")
+    if not (USE_KERNELS and _is_gpu_array(x)):
+        return False
+    key = (op, np.dtype(x.dtype).name, tuple(variant))
+    if key not in _checked:
+        _checked[key] = _first_use_check(op, get_array_module(x), key[1], key[2])
+    return _checked[key]
+
+
+def _is_gpu_array(x) -> bool:
+    return _on_gpu(x)
+
+
+def pick(op: str, x, variant=()):
+    """The (forward, backward) pair the model calls for ``op`` on ``x`` (see :func:`use_kernel`)."""
+    return KERNEL_OPS[op] if use_kernel(op, x, variant) else REFERENCE_OPS[op]
+
+
+def _first_use_check(op, xp, dtype_name, variant) -> bool:
+    try:
+        problem = SELF_CHECKS[op](xp, np.dtype(dtype_name), *variant)
+    except Exception as error:                       # compilation or launch failure
+        problem = f"{type(error).__name__}: {error}"
+    if problem:
+        label = f"{op} ({dtype_name}{', ' + ', '.join(map(str, variant)) if variant else ''})"
+        _warn_once(("check", op, dtype_name, variant),
+                   f"the CUDA kernel for {label} failed its first-use check against the reference op "
+                   f"({problem}); using the reference op instead")
+    return not problem
+
+
+def _difference(name, got, expected, dtype) -> str:
+    """'' when got matches expected within the tolerance of dtype, else what differs."""
+    xp = get_array_module(expected)
+    got = xp.asarray(got, dtype=xp.float64)
+    expected = xp.asarray(expected, dtype=xp.float64)
+    if got.shape != expected.shape:
+        return f"{name}: shape {got.shape} instead of {expected.shape}"
+    relative = 2e-2 if dtype == np.float16 else 1e-4       # of the largest expected magnitude
+    scale = float(xp.abs(expected).max()) if expected.size else 0.0
+    error = float(xp.abs(got - expected).max()) if expected.size else 0.0
+    if not error <= relative * max(scale, 1e-6):           # also catches NaN
+        return f"{name}: max difference {error:.3g} for values up to {scale:.3g}"
+    return ""
+
+
+def _first_problem(pairs, dtype) -> str:
+    return next((p for p in (_difference(n, g, e, dtype) for n, g, e in pairs) if p), "")
+
+
+def _selfcheck_inputs(xp, dtype, *shapes):
+    rng = np.random.default_rng(1234)
+    return [xp.asarray(rng.standard_normal(shape).astype(dtype)) for shape in shapes]
+
+
+def _selfcheck_flash_attention(xp, dtype, head_size):
+    q, k, v, do = _selfcheck_inputs(xp, dtype, *[(2, 3, 77, head_size)] * 4)   # 77: not a tile multiple
+    keep = np.ones((2, 1, 1, 77), dtype=np.float32)
+    keep[1, ..., 60:] = 0.0                                                        # a padded sequence
+    mask = xp.asarray((1.0 - keep) * np.finfo(np.float32).min)
+    forward, backward = KERNEL_OPS["flash_attention"]
+    o, cache = forward(q, k, v, mask, 0.1, None, True, dropout_seed=99)
+    grads = backward(do, cache)
+    wide = [a.astype(xp.float32) for a in (q, k, v, do)]                          # reference in float32
+    o_ref, cache_ref = _flash.flash_attention_forward(*wide[:3], mask, 0.1, None, True, dropout_seed=99)
+    grads_ref = _flash.flash_attention_backward(wide[3], cache_ref)
+    return _first_problem([("output", o, o_ref)] + list(zip(("dq", "dk", "dv"), grads, grads_ref)), dtype)
+
+
+def _selfcheck_layer_norm(xp, dtype):
+    x, dy = _selfcheck_inputs(xp, dtype, (2, 37, 96), (2, 37, 96))
+    gamma, beta = _selfcheck_inputs(xp, dtype, (96,), (96,))
+    forward, backward = KERNEL_OPS["layer_norm"]
+    y, cache = forward(x, gamma, beta, 1e-12)
+    y_ref, cache_ref = _ln_forward(x, gamma, beta, 1e-12)
+    names = ("output", "dx", "dgamma", "dbeta")
+    return _first_problem(zip(names, (y, *backward(dy, cache)), (y_ref, *_ln_backward(dy, cache_ref))), dtype)
+
+
+def _selfcheck_bias_gelu(xp, dtype):
+    x, dy = _selfcheck_inputs(xp, dtype, (5, 7, 200), (5, 7, 200))
+    (bias,) = _selfcheck_inputs(xp, dtype, (200,))
+    forward, backward = KERNEL_OPS["bias_gelu"]
+    y, cache = forward(x, bias)
+    y_ref, cache_ref = _gelu_forward(x + bias)
+    dz = _gelu_backward(dy, cache_ref)
+    return _first_problem(zip(("output", "dx", "dbias"), (y, *backward(dy, cache)), (y_ref, dz, dz.sum(axis=(0, 1)))),
+                          dtype)
+
+
+def _selfcheck_cross_entropy(xp, dtype):
+    (logits,) = _selfcheck_inputs(xp, dtype, (37, 1003))
+    labels = np.random.default_rng(5).integers(0, 1003, 37)
+    labels[::4] = IGNORE_INDEX
+    labels = xp.asarray(labels)
+    forward, backward = KERNEL_OPS["cross_entropy"]
+    loss, cache = forward(logits, labels)
+    loss_ref, cache_ref = _ce_forward(logits, labels)
+    return _first_problem([("loss", xp.asarray(loss), xp.asarray(loss_ref)),
+                           ("dlogits", backward(0.5, cache), _ce_backward(0.5, cache_ref))], dtype)
+
+
+def _selfcheck_adamw(xp, dtype):
+    p, g, m, v = _selfcheck_inputs(xp, dtype, *[(1031,)] * 4)
+    v = v * v                                                   # a second moment is not negative
+    expected = [a.copy() for a in (p, g, m, v)]
+    for step in (1, 2, 3):
+        KERNEL_OPS["adamw"][0](p, g, m, v, lr=1e-2, weight_decay=0.1, step=step)
+        c1, c2 = 1.0 - 0.9 ** step, 1.0 - 0.999 ** step
+        _adamw_reference(*expected, 0.9, 0.999, 1e-6, 1.0 - 1e-2 * 0.1, 1e-2 / c1, 1.0 / math.sqrt(c2))
+    return _first_problem(zip(("parameter", "m", "v"), (p, m, v), (expected[0], expected[2], expected[3])), dtype)
+
+
+SELF_CHECKS = {"flash_attention": _selfcheck_flash_attention, "layer_norm": _selfcheck_layer_norm,
+               "bias_gelu": _selfcheck_bias_gelu, "cross_entropy": _selfcheck_cross_entropy, "adamw": _selfcheck_adamw}
 
 
 def compile_all():

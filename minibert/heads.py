@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import ops
+from . import cuda_kernels, ops
 from .backend import get_array_module, to_device
 from .layers import Dropout, Linear
 from .modeling import (
@@ -439,7 +439,9 @@ class BertForMaskedLM(_BertWithHead):
             # the encoder's output at the M labelled positions only (its last layer skips the rest)
             seq, _ = self.bert.forward(ids, token_type_ids, attention_mask, output_positions=positions)  # (M, H)
             out.logits = self.cls.predictions.forward(seq)                            # (M, V)
-            out.loss, loss_cache = ops.cross_entropy_forward(out.logits, targets)
+            ce_forward, ce_backward = cuda_kernels.pick("cross_entropy", out.logits)  # the kernel on the GPU
+            out.loss, cache = ce_forward(out.logits, targets)
+            loss_cache = (ce_backward, cache)
         self._save_cache((out.logits.shape, loss_cache))
         return out
 
@@ -447,7 +449,7 @@ class BertForMaskedLM(_BertWithHead):
         """Backpropagate ``loss_weight * out.loss``, or ``loss_weight * dlogits`` shaped like out.logits."""
         logits_shape, loss_cache = self._pop_cache()
         loss_gradient = None if loss_cache is None else \
-            (lambda w: ops.cross_entropy_backward(w, loss_cache))                    # (M, V)
+            (lambda w: loss_cache[0](w, loss_cache[1]))                               # (M, V)
         dlogits = self._output_gradient(dlogits, logits_shape, loss_gradient, loss_weight)
         self.bert.backward(self.cls.predictions.backward(dlogits), None)             # (B, T, H) or (M, H)
 

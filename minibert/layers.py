@@ -2,7 +2,8 @@
 
 Each layer's ``forward`` calls an op and keeps its cache; ``backward`` takes the gradient of
 the output, adds the parameter gradients into ``.grad`` (``+=``, so a parameter used twice
-gets both contributions) and returns the gradient of the input.
+gets both contributions) and returns the gradient of the input. On CuPy arrays LayerNorm runs
+its fused CUDA kernel (``cuda_kernels.pick``), on NumPy arrays the op of ``minibert.ops``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import numpy as np
 
 from . import ops
 from .backend import get_array_module
+from .cuda_kernels import pick
 from .nn import Module, Parameter
 
 
@@ -95,12 +97,14 @@ class LayerNorm(Module):
         self.eps = eps
 
     def forward(self, x):
-        y, cache = ops.layer_norm_forward(x, self.weight.data, self.bias.data, self.eps)
-        self._save_cache(cache)
+        forward, backward = pick("layer_norm", x)     # ops.layer_norm_*, or the kernel on the GPU
+        y, cache = forward(x, self.weight.data, self.bias.data, self.eps)
+        self._save_cache((backward, cache))
         return y
 
     def backward(self, dy):
-        dx, dgamma, dbeta = ops.layer_norm_backward(dy, self._pop_cache())
+        backward, cache = self._pop_cache()
+        dx, dgamma, dbeta = backward(dy, cache)
         self.weight.grad += dgamma
         self.bias.grad += dbeta
         return dx

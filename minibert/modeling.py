@@ -14,6 +14,10 @@ When only some positions of the sequence output are needed (the masked-LM labels
 the pooler), ``BertModel.forward(..., output_positions=...)`` lets the last layer compute only
 those rows after its attention (see ``BertAttention.forward``).
 
+On CuPy arrays the fused CUDA kernels of ``minibert.cuda_kernels`` take over where one exists
+(flash attention, LayerNorm, bias + GELU, cross-entropy), each after a first-use check against
+the op it replaces; on NumPy arrays the ops of ``minibert.ops`` run.
+
 Every module keeps the caches of the step it is in and frees them in ``backward``.
 Parameter names are the Hugging Face state-dict keys.
 """
@@ -27,6 +31,7 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 
 from . import ops
+from . import cuda_kernels
 from .backend import RandomSource, check_device, check_dtype, get_array_module, to_device, xp_for_device
 from .layers import Activation, Dropout, Embedding, LayerNorm, Linear
 from .nn import Module, ModuleList, Parameter
@@ -218,20 +223,26 @@ class BertSelfAttention(Module):
         b, _, t, _ = x.shape
         return x.transpose(0, 2, 1, 3).reshape(b, t, self.num_heads * self.head_size)
 
+    def _attention_ops(self, q):
+        """(forward, backward) of the configured attention; "flash" on the GPU is the CUDA kernel."""
+        if self.implementation == "flash":
+            return cuda_kernels.pick("flash_attention", q, variant=(self.head_size,))
+        return ATTENTION_IMPLEMENTATIONS[self.implementation]
+
     def forward(self, h, mask):
         q = self._split_heads(self.query.forward(h))                    # (B, N, T, D)
         k = self._split_heads(self.key.forward(h))
         v = self._split_heads(self.value.forward(h))
-        attention_forward, _ = ATTENTION_IMPLEMENTATIONS[self.implementation]
+        attention_forward, attention_backward = self._attention_ops(q)
         active = self.training and self.dropout_p > 0.0
         rng = self.random.generator(get_array_module(h)) if active else None
         context, cache = attention_forward(q, k, v, mask, self.dropout_p, rng, active)  # (B, N, T, D)
-        self._save_cache(cache)
+        self._save_cache((attention_backward, cache))
         return self._merge_heads(context)                               # (B, T, H)
 
     def backward(self, dcontext):
-        _, attention_backward = ATTENTION_IMPLEMENTATIONS[self.implementation]
-        dq, dk, dv = attention_backward(self._split_heads(dcontext), self._pop_cache())  # (B, N, T, D)
+        attention_backward, cache = self._pop_cache()
+        dq, dk, dv = attention_backward(self._split_heads(dcontext), cache)  # (B, N, T, D)
         dh = self.query.backward(self._merge_heads(dq))                 # (B, T, H)
         dh += self.key.backward(self._merge_heads(dk))
         dh += self.value.backward(self._merge_heads(dv))
@@ -297,17 +308,36 @@ def scatter_rows(values, rows, shape):
 
 
 class BertIntermediate(Module):
-    """The feed-forward expansion: dense (H -> I) then the activation."""
+    """The feed-forward expansion: dense (H -> I) then the activation.
+
+    On the GPU with GELU, the bias add and the GELU run as one fused kernel after the matrix
+    product (one pass over the (B, T, I) activations instead of several).
+    """
 
     def __init__(self, config: BertConfig, rng, dtype):
         self.dense = Linear(config.hidden_size, config.intermediate_size, config.initializer_range, rng, dtype)
         self.intermediate_act_fn = Activation(config.hidden_act)
 
     def forward(self, x):
+        if self.intermediate_act_fn.name == "gelu" and cuda_kernels.use_kernel("bias_gelu", x):
+            bias_gelu_forward, bias_gelu_backward = cuda_kernels.KERNEL_OPS["bias_gelu"]
+            z, linear_cache = ops.linear_forward(x, self.dense.weight.data, None, self.dense.compute_dtype)
+            y, gelu_cache = bias_gelu_forward(z, self.dense.bias.data)           # gelu(z + b)
+            self._save_cache((bias_gelu_backward, linear_cache, gelu_cache))
+            return y
+        self._save_cache(("modules",))
         return self.intermediate_act_fn.forward(self.dense.forward(x))  # (B, T, I)
 
     def backward(self, dy):
-        return self.dense.backward(self.intermediate_act_fn.backward(dy))
+        fused = self._pop_cache()
+        if fused == ("modules",):
+            return self.dense.backward(self.intermediate_act_fn.backward(dy))
+        bias_gelu_backward, linear_cache, gelu_cache = fused
+        dz, dbias = bias_gelu_backward(dy, gelu_cache)
+        dx, dweight, _ = ops.linear_backward(dz, linear_cache)
+        self.dense.weight.grad += dweight
+        self.dense.bias.grad += dbias
+        return dx
 
 
 class BertLayer(Module):
@@ -687,7 +717,10 @@ class BertForPreTraining(BertPreTrainedModel):
             seq, pooled = self.bert.forward(ids, token_type_ids, attention_mask,
                                             output_positions=positions)              # (M,H), (B,H)
             out.prediction_logits = self.cls.predictions.forward(seq)               # (M, V)
-            out.mlm_loss, losses["mlm"] = ops.cross_entropy_forward(out.prediction_logits, targets)
+            # over the vocabulary: the fused kernel on the GPU (no (M, V) probabilities kept)
+            ce_forward, ce_backward = cuda_kernels.pick("cross_entropy", out.prediction_logits)
+            out.mlm_loss, cache = ce_forward(out.prediction_logits, targets)
+            losses["mlm"] = (ce_backward, cache)
 
         out.seq_relationship_logits = self.cls.seq_relationship.forward(pooled)     # (B, 2)
         if next_sentence_label is not None:
@@ -696,7 +729,8 @@ class BertForPreTraining(BertPreTrainedModel):
             valid = nsp[nsp != ops.IGNORE_INDEX]
             if valid.size:
                 check_range(valid, 0, 2, "next_sentence_label", "the 2 NSP classes")
-            out.nsp_loss, losses["nsp"] = ops.cross_entropy_forward(out.seq_relationship_logits, nsp)
+            out.nsp_loss, cache = ops.cross_entropy_forward(out.seq_relationship_logits, nsp)
+            losses["nsp"] = (ops.cross_entropy_backward, cache)
 
         if losses:
             out.loss = (out.mlm_loss or 0.0) + (out.nsp_loss or 0.0)
@@ -718,9 +752,11 @@ class BertForPreTraining(BertPreTrainedModel):
                 raise RuntimeError("backward() without arguments needs a forward pass with labels "
                                    "and/or next_sentence_label (there is no loss to differentiate)")
             if "mlm" in losses:
-                dprediction_logits = ops.cross_entropy_backward(mlm_weight, losses["mlm"])      # (M, V)
+                ce_backward, cache = losses["mlm"]
+                dprediction_logits = ce_backward(mlm_weight, cache)                      # (M, V)
             if "nsp" in losses:
-                dseq_relationship_logits = ops.cross_entropy_backward(nsp_weight, losses["nsp"])  # (B, 2)
+                ce_backward, cache = losses["nsp"]
+                dseq_relationship_logits = ce_backward(nsp_weight, cache)                # (B, 2)
 
         dseq = None
         if dprediction_logits is not None:

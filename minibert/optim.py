@@ -24,6 +24,7 @@ from typing import Callable
 
 import numpy as np
 
+from . import cuda_kernels
 from .backend import get_array_module, to_device, device_of, to_numpy
 from .nn import Parameter
 
@@ -258,6 +259,10 @@ class AdamW(Optimizer):
         p, g, m, v = param.data, param.grad, buffers["m"], buffers["v"]
         beta1, beta2 = self.betas
         t = self.step_count
+        if cuda_kernels.use_kernel("adamw", p):  # on the GPU: one fused pass, the same rule
+            cuda_kernels.adamw_update(p, g, m, v, lr=self.lr, betas=self.betas, eps=self.eps,
+                                      weight_decay=weight_decay, step=t, bias_correction=self.bias_correction)
+            return
         tmp = self._scratch_like(p)              # the one temporary array of this update
 
         # Decoupled weight decay, from the parameter before this step: p = p - lr * wd * p

@@ -13,6 +13,7 @@ GPU every kernel equals its NumPy reference.
 import re
 import shutil
 import subprocess
+import warnings
 
 import numpy as np
 import pytest
@@ -310,3 +311,92 @@ def test_adamw_kernel(bias_correction):
 @gpu
 def test_compile_all_with_nvrtc():
     cuda_kernels.compile_all()
+
+
+# ============================================================================ choosing kernels (CPU)
+@pytest.fixture
+def pretend_gpu(monkeypatch):
+    """Make use_kernel treat NumPy arrays as GPU arrays, with a fresh record of first-use checks.
+
+    The kernel wrappers themselves still see NumPy arrays and run their reference ops, so the
+    checks pass and the model takes its kernel code paths with reference numbers inside.
+    """
+    monkeypatch.setattr(cuda_kernels, "_is_gpu_array", lambda x: True)
+    monkeypatch.setattr(cuda_kernels, "_checked", {})
+    monkeypatch.setattr(cuda_kernels, "_warned", set())
+
+
+def test_numpy_arrays_pick_the_reference_ops(rng):
+    x = rng.standard_normal((2, 3))
+    assert cuda_kernels.pick("layer_norm", x) == cuda_kernels.REFERENCE_OPS["layer_norm"]
+    assert not cuda_kernels.use_kernel("adamw", x)
+    with pytest.raises(ValueError, match="unknown kernel op"):
+        cuda_kernels.use_kernel("softmax", x)
+
+
+@pytest.mark.parametrize("op, variant", [("flash_attention", (32,)), ("layer_norm", ()), ("bias_gelu", ()),
+                                         ("cross_entropy", ()), ("adamw", ())])
+def test_a_kernel_that_passes_its_first_use_check_is_used(pretend_gpu, op, variant):
+    x = np.zeros(3, dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cuda_kernels.use_kernel(op, x, variant)
+    assert cuda_kernels._checked == {(op, "float32", variant): True}
+
+
+@pytest.mark.parametrize("fault", ["wrong numbers", "NaN", "compile error"])
+def test_a_faulty_kernel_is_never_used_and_warned_about_once(pretend_gpu, monkeypatch, fault):
+    def broken_forward(x, gamma, beta, eps=1e-12):
+        if fault == "compile error":
+            raise RuntimeError("NVRTC_ERROR_COMPILATION")
+        y, cache = layer_norm_forward(x, gamma, beta, eps)
+        return (y * 1.001 if fault == "wrong numbers" else y * np.nan), ("reference", cache)
+
+    monkeypatch.setitem(cuda_kernels.KERNEL_OPS, "layer_norm", (broken_forward, cuda_kernels.layer_norm_backward))
+    x = np.zeros((2, 4), dtype=np.float32)
+    with pytest.warns(RuntimeWarning, match=r"layer_norm \(float32\) failed its first-use check"):
+        assert cuda_kernels.pick("layer_norm", x) == cuda_kernels.REFERENCE_OPS["layer_norm"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                       # checked once: no second warning
+        assert not cuda_kernels.use_kernel("layer_norm", x)
+
+
+def test_the_kernel_code_paths_of_the_model_give_the_reference_numbers(pretend_gpu, monkeypatch):
+    """The model's wiring of the kernels (fused bias + GELU, flash attention, cross-entropy over
+    the vocabulary, AdamW) run with the wrappers' reference ops inside: same loss, gradients and
+    update as the plain NumPy path."""
+    from minibert.modeling import BertConfig, BertForPreTraining
+    from minibert.optim import AdamW
+
+    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=48, max_position_embeddings=16, attn_implementation="flash",
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    r = np.random.default_rng(0)
+    ids = r.integers(5, 50, (3, 11))
+    mask = np.ones_like(ids)
+    mask[2, 7:] = 0
+    labels = np.where(r.random(ids.shape) < 0.3, ids, -100)
+    labels[0, 0] = 7
+
+    def one_step(kernels: bool):
+        monkeypatch.setattr(cuda_kernels, "USE_KERNELS", kernels)
+        model = BertForPreTraining(config, seed=1, dtype=np.float64)
+        optimizer = AdamW(model.named_parameters(), lr=1e-2)
+        out = model.forward(ids, attention_mask=mask, labels=labels, next_sentence_label=np.array([0, 1, 0]))
+        caches = [m._cache for m in (model.bert.encoder.layer[0].intermediate, model.bert.encoder.layer[0].attention.self)]
+        model.backward()
+        grads = {n: p.grad.copy() for n, p in model.named_parameters()}
+        optimizer.step()
+        return out.loss, grads, {n: p.data.copy() for n, p in model.named_parameters()}, caches
+
+    loss, grads, params, caches = one_step(kernels=True)
+    assert caches[0][0] is cuda_kernels.bias_gelu_backward                    # the fused path ran
+    assert caches[1][0] is cuda_kernels.flash_attention_backward
+    assert set(key[0] for key in cuda_kernels._checked) == {"bias_gelu", "flash_attention", "layer_norm",
+                                                            "cross_entropy", "adamw"}
+    loss_ref, grads_ref, params_ref, caches_ref = one_step(kernels=False)
+    assert caches_ref[0] == ("modules",)
+    assert loss == pytest.approx(loss_ref, rel=1e-12)
+    for name in grads_ref:
+        np.testing.assert_allclose(grads[name], grads_ref[name], rtol=1e-9, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(params[name], params_ref[name], rtol=1e-9, atol=1e-12, err_msg=name)

@@ -11,6 +11,10 @@ One optimizer step, top to bottom (``FineTuner._train_step``):
         model.backward(loss_weight=n_i / n)                   # n_i labelled items of n in the step
     clip_grad_norm(...); optimizer.lr = schedule(step); optimizer.step(); optimizer.zero_grad()
 
+With ``teacher_logits`` (knowledge distillation, e.g. a pruned model recovering from its
+unpruned self) each micro-batch's loss is ``(1 - w) * CE + w * distillation`` instead, its
+gradient sent back as ``model.backward(dlogits)`` (``FineTuner._distil``).
+
 Each head's loss is a mean over its labelled items (sequences, or tokens that are not -100),
 so weighting micro-batch i by its share n_i / n sums the k gradients to exactly the gradient
 of one batch of all n items.
@@ -32,7 +36,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .backend import to_numpy
+from . import ops
+from .backend import get_array_module, to_device, to_numpy
 from .checkpoint import save_pretrained
 from .heads import BertForMaskedLM, BertForSequenceClassification, BertForTokenClassification
 from .nn import no_grad
@@ -109,6 +114,8 @@ class FineTuningArguments:
     seed: int = 0
     progress: bool = True                    # tqdm progress bar
     output_dir: str | None = None            # when set: best_model/, metrics.jsonl, loss_curve.png
+    distillation_weight: float = 0.5         # with teacher logits: loss = (1 - w) CE + w distillation
+    distillation_temperature: float = 2.0    # softening of both distributions in the distillation loss
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "gradient_accumulation_steps"):
@@ -126,6 +133,10 @@ class FineTuningArguments:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise ValueError(f"max_grad_norm must be positive or None, got {self.max_grad_norm!r}")
+        if not 0.0 <= self.distillation_weight <= 1.0:
+            raise ValueError(f"distillation_weight must be in [0, 1], got {self.distillation_weight!r}")
+        if not self.distillation_temperature > 0:
+            raise ValueError(f"distillation_temperature must be > 0, got {self.distillation_temperature!r}")
 
 
 @dataclass
@@ -153,12 +164,27 @@ class FineTuner:
 
     ``compute_metrics(model, dataset) -> dict``, when given, adds metrics to every validation
     (e.g. exact match and F1 of question answering); its keys may be used as ``args.metric``.
+
+    ``teacher_logits`` (N, C), one row per training example (e.g. ``predict(teacher,
+    train_set)``), turns on knowledge distillation for a sequence classifier: each
+    micro-batch's loss becomes ``(1 - w) * cross-entropy(labels) + w * T^2 * KL(teacher ||
+    student)`` at temperature T (``args.distillation_weight``, ``distillation_temperature``;
+    minibert.ops.distillation). A pruned model recovers this way from its unpruned self.
     """
 
     def __init__(self, model, args: FineTuningArguments, train_set, val_set=None, compute_metrics=None,
-                 tokenizer=None, optimizer=None):
+                 tokenizer=None, optimizer=None, teacher_logits=None):
         if len(train_set) == 0:
             raise ValueError("the training set is empty")
+        if teacher_logits is not None:
+            if not (isinstance(model, BertForSequenceClassification) and model.problem_type != "regression"):
+                raise TypeError("distillation (teacher_logits) is for sequence classifiers, got "
+                                f"{type(model).__name__}")
+            teacher_logits = np.asarray(teacher_logits, dtype=np.float64)
+            if teacher_logits.shape != (len(train_set), model.num_labels):
+                raise ValueError(f"teacher_logits must have shape (training examples, labels) = "
+                                 f"{(len(train_set), model.num_labels)}, got {teacher_logits.shape}")
+        self.teacher_logits = teacher_logits
         self.model, self.args = model, args
         self.train_set, self.val_set = train_set, val_set
         self.compute_metrics = compute_metrics
@@ -187,23 +213,43 @@ class FineTuner:
         chunks = [order[i:i + size] for i in range(0, len(order), size)]
         return [chunks[i:i + k] for i in range(0, len(chunks), k)]
 
-    def accumulate(self, batches) -> float:
-        """Forward and backward of several micro-batches, gradients summed as one batch; returns its loss."""
+    def accumulate(self, batches, teacher_logits=None) -> float:
+        """Forward and backward of several micro-batches, gradients summed as one batch; returns its loss.
+
+        ``teacher_logits``: one (B_i, C) array per micro-batch, to distil from (see the class).
+        """
         counts = [loss_items(self.model, batch) for batch in batches]
         total = sum(counts)
         if total == 0:
             return 0.0                                 # nothing labelled in this step
         loss = 0.0
-        for batch, count in zip(batches, counts):
-            out = self.model.forward(**batch)
+        for i, (batch, count) in enumerate(zip(batches, counts)):
             share = count / total
-            self.model.backward(loss_weight=share)
-            loss += out.loss * share
+            if teacher_logits is None:
+                out = self.model.forward(**batch)
+                self.model.backward(loss_weight=share)
+                loss += out.loss * share
+            else:
+                loss += self._distil(batch, teacher_logits[i], share) * share
         return loss
+
+    def _distil(self, batch, teacher_logits, weight: float) -> float:
+        """One micro-batch of (1 - w) cross-entropy + w distillation; backpropagates ``weight`` times it."""
+        w, temperature = self.args.distillation_weight, self.args.distillation_temperature
+        logits = self.model.forward(**batch).logits                               # (B, C)
+        xp = get_array_module(logits)
+        labels = xp.asarray(to_device(batch["labels"], self.model.device)).reshape(-1)
+        hard_loss, hard_cache = ops.cross_entropy_forward(logits, labels)
+        soft_loss, soft_cache = ops.distillation_forward(logits, xp.asarray(teacher_logits), temperature)
+        dlogits = (ops.cross_entropy_backward((1.0 - w) * weight, hard_cache)
+                   + ops.distillation_backward(w * weight, soft_cache))
+        self.model.backward(dlogits)
+        return (1.0 - w) * hard_loss + w * soft_loss
 
     def _train_step(self, index_groups) -> dict:
         batches = [self.train_set.get_batch(indices) for indices in index_groups]
-        loss = self.accumulate(batches)
+        teacher = None if self.teacher_logits is None else [self.teacher_logits[i] for i in index_groups]
+        loss = self.accumulate(batches, teacher)
         params = self.model.named_parameters()
         grad_norm = (clip_grad_norm(params, self.args.max_grad_norm) if self.args.max_grad_norm is not None
                      else math.sqrt(sum(float((p.grad.astype(np.float64) ** 2).sum()) for _, p in params)))

@@ -97,6 +97,63 @@ def test_gradient_accumulation_equals_one_big_batch(tokenizer, sentiment):
         np.testing.assert_allclose(p.grad, full[name], rtol=1e-10, atol=1e-14, err_msg=name)
 
 
+def test_distillation_step_gradients_match_finite_differences(tokenizer, sentiment):
+    """(1 - w) CE + w T^2 KL(teacher || student): the accumulated gradients are those of that loss."""
+    from minibert import ops
+    from minibert.gradcheck import gradcheck
+
+    _, encoded = sentiment
+    model = BertForSequenceClassification(_config(tokenizer), num_labels=3, seed=4, dtype=np.float64)
+    teacher = np.random.default_rng(5).standard_normal((len(encoded), 3)) * 2
+    args = FineTuningArguments(progress=False, distillation_weight=0.7, distillation_temperature=2.0)
+    tuner = FineTuner(model, args, encoded, teacher_logits=teacher)
+    groups = [np.arange(0, 5), np.arange(5, 8)]
+    batches = [encoded.get_batch(g) for g in groups]
+    model.train()
+    step_loss = tuner.accumulate(batches, [teacher[g] for g in groups])
+
+    def loss():
+        total = 0.0
+        for g, batch in zip(groups, batches):
+            logits = model.forward(**{k: v for k, v in batch.items() if k != "labels"}).logits
+            model._pop_cache()                                  # forward only: drop the cache
+            hard = ops.cross_entropy_forward(logits, batch["labels"])[0]
+            soft = ops.distillation_forward(logits, teacher[g], 2.0)[0]
+            total += len(g) / 8 * (0.3 * hard + 0.7 * soft)
+        return total
+
+    assert loss() == pytest.approx(step_loss, rel=1e-12)
+    params = dict(model.named_parameters())
+    names = ["classifier.weight", "bert.pooler.dense.weight", "bert.encoder.layer.1.attention.self.query.weight",
+             "bert.embeddings.word_embeddings.weight"]
+    gradcheck(loss, {n: params[n].data for n in names}, {n: params[n].grad for n in names},
+              samples=20).raise_if_failed()
+
+
+def test_distillation_recovery_moves_the_student_towards_the_teacher(tokenizer, sentiment):
+    from minibert.finetune import predict
+
+    _, encoded = sentiment
+    teacher_model = BertForSequenceClassification(_config(tokenizer), num_labels=3, seed=6)
+    teacher = predict(teacher_model, encoded)
+    student = BertForSequenceClassification(_config(tokenizer), num_labels=3, seed=7)
+
+    def disagreement():
+        return float(np.abs(predict(student, encoded) - teacher).mean())
+
+    before = disagreement()
+    args = FineTuningArguments(epochs=10, batch_size=8, learning_rate=1e-2, progress=False,
+                               distillation_weight=1.0, distillation_temperature=1.0)
+    FineTuner(student, args, encoded, teacher_logits=teacher).train()
+    assert disagreement() < 0.5 * before
+    with pytest.raises(ValueError, match="teacher_logits must have shape"):
+        FineTuner(student, args, encoded, teacher_logits=teacher[:5])
+    with pytest.raises(TypeError, match="sequence classifiers"):
+        FineTuner(BertForTokenClassification(_config(tokenizer), num_labels=3), args, encoded, teacher_logits=teacher)
+    with pytest.raises(ValueError, match="distillation_weight"):
+        FineTuningArguments(distillation_weight=1.5)
+
+
 def test_early_stopping_restores_the_best_weights(tokenizer, sentiment, tmp_path):
     data, encoded = sentiment
     train, val = encoded.subset(np.arange(16)), encoded.subset(np.arange(16, 24))

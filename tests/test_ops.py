@@ -1,7 +1,7 @@
 """Finite-difference checks of every op's backward (float64, random upstream gradient).
 
 Ops checked here, by name: linear, embedding, layer_norm, gelu, gelu_tanh, tanh, softmax,
-dropout, attention, cross_entropy (flash attention: tests/test_flash_attention.py; mse:
+dropout, attention, cross_entropy, distillation (flash attention: tests/test_flash_attention.py; mse:
 tests/test_heads.py).
 """
 
@@ -154,6 +154,34 @@ def test_cross_entropy_all_ignored_is_zero_not_nan(rng):
     loss, cache = ops.cross_entropy_forward(rng.standard_normal((3, 4)), np.full(3, -100))
     assert loss == 0.0
     assert not ops.cross_entropy_backward(1.0, cache).any()
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_distillation(rng, temperature):
+    student, teacher = rng.standard_normal((5, 3)) * 2, rng.standard_normal((5, 3)) * 2
+
+    def forward(z):
+        loss, cache = ops.distillation_forward(z, teacher, temperature)
+        return np.array(loss), cache
+
+    report = check_op(forward, lambda g, cache: ops.distillation_backward(float(g), cache), [student],
+                      samples=None)
+    report.raise_if_failed()
+    # the loss is T^2 times the mean KL divergence, and zero when the student equals the teacher
+    p = np.exp(teacher / temperature) / np.exp(teacher / temperature).sum(-1, keepdims=True)
+    q = np.exp(student / temperature) / np.exp(student / temperature).sum(-1, keepdims=True)
+    expected = temperature ** 2 * np.mean((p * np.log(p / q)).sum(-1))
+    assert ops.distillation_forward(student, teacher, temperature)[0] == pytest.approx(expected, rel=1e-12)
+    loss, cache = ops.distillation_forward(teacher + 7.0, teacher, temperature)  # a shift changes no softmax
+    assert loss == pytest.approx(0.0, abs=1e-12)
+    assert np.abs(ops.distillation_backward(1.0, cache)).max() < 1e-12
+
+
+def test_distillation_rejects_bad_input(rng):
+    with pytest.raises(ValueError, match="same"):
+        ops.distillation_forward(rng.standard_normal((4, 3)), rng.standard_normal((4, 2)))
+    with pytest.raises(ValueError, match="temperature"):
+        ops.distillation_forward(rng.standard_normal((4, 3)), rng.standard_normal((4, 3)), 0.0)
 
 
 def test_ops_keep_float32(rng):

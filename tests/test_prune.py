@@ -99,6 +99,34 @@ def test_a_second_pruner_extends_the_first_mask():
         assert np.all(second.masks[name][first.masks[name] == 0] == 0)
 
 
+def test_gradual_pruning_follows_the_cubic_ramp_and_keeps_its_zeros(rng):
+    model = _classifier(dtype=np.float32, hidden_dropout_prob=0.1)
+    data = _dataset(model.config, rng)
+    pruner = MagnitudePruner(model, 0.6, ramp_steps=4)
+    assert pruner.current_sparsity == 0.0 and pruner.pruned == 0               # nothing pruned yet
+    assert [round(pruner.sparsity_after(t), 6) for t in range(6)] == [0.0, 0.346875, 0.525, 0.590625, 0.6, 0.6]
+    levels, zero_sets = [], []
+    optimizer = pruner.wrap(AdamW(model.named_parameters(), lr=1e-2))
+    args = FineTuningArguments(epochs=3, batch_size=4, learning_rate=1e-2, progress=False, seed=1)
+    tuner = FineTuner(model, args, data, optimizer=optimizer)
+    original_step = optimizer.step
+
+    def recording_step():
+        original_step()
+        levels.append(pruner.measured_sparsity())
+        zero_sets.append({n: p.data == 0 for n, p in pruner.params.items()})
+
+    optimizer.step = recording_step
+    tuner.train()
+    expected = [pruner.sparsity_after(t) for t in range(1, 10)]
+    np.testing.assert_allclose(levels, expected, atol=1.5 / pruner.total)      # the ramp, then the plateau
+    for before, after in zip(zero_sets, zero_sets[1:]):                        # a pruned weight stays pruned
+        for name in before:
+            assert np.all(after[name][before[name]]), name
+    with pytest.raises(ValueError, match="ramp_steps"):
+        MagnitudePruner(model, 0.5, ramp_steps=-1)
+
+
 @pytest.mark.parametrize("bad", [1.0, 1.5, -0.1, float("nan")])
 def test_sparsity_outside_0_1_is_refused(bad):
     with pytest.raises(ValueError, match=r"sparsity must be in \[0, 1\)"):

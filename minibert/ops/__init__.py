@@ -17,6 +17,7 @@ from .activations import (
 )
 from .attention import attention_backward, attention_forward
 from .cross_entropy import IGNORE_INDEX, cross_entropy_backward, cross_entropy_forward
+from .distillation import distillation_backward, distillation_forward
 from .dropout import dropout_backward, dropout_forward
 from .embedding import embedding_backward, embedding_forward
 from .layer_norm import layer_norm_backward, layer_norm_forward

@@ -30,7 +30,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from minibert.cli_tokenizer import read_text_lines  # noqa: E402
-from minibert.embeddings import SentenceEncoder, fill_mask, semantic_search  # noqa: E402
+from minibert.embeddings import SentenceEncoder, default_workers, fill_mask, semantic_search  # noqa: E402
 
 SENTENCES = [
     "A man is eating food.",
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        encoder = SentenceEncoder(args.model)
+        encoder = SentenceEncoder(args.model, workers=default_workers())   # one batch per core
     except FileNotFoundError as exc:
         print(exc, file=sys.stderr)
         return 1

@@ -33,13 +33,14 @@ def _read_sentences(args) -> list[str]:
 
 
 def _embed_command(args) -> int:
-    from .embeddings import SentenceEncoder, semantic_search
+    from .embeddings import SentenceEncoder, default_workers, semantic_search
 
     sentences = _read_sentences(args)
     if not sentences:
         raise ValueError("no sentences to embed (the input is empty)")
+    workers = args.workers if args.workers is not None else default_workers(args.device)
     encoder = SentenceEncoder(args.model, device=args.device, batch_size=args.batch_size,
-                              max_length=args.max_length)
+                              max_length=args.max_length, workers=workers)
     out = sys.stdout
     if args.query is not None:
         embeddings = encoder.encode(sentences)
@@ -112,6 +113,9 @@ def add_embed_commands(subparsers) -> None:
     p.add_argument("--query", "-q", help="rank the sentences by similarity to this query")
     p.add_argument("--top-k", "-k", type=int, default=None, help="with --query: how many to show (default all)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=None,
+                   help="batches embedded at the same time, one per thread with single-threaded BLAS "
+                        "(default: one per core, at most 4; 1: one batch at a time)")
     p.add_argument("--max-length", type=int, default=None, help="tokens per sentence (default: the model's)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--output", "-o", help="write the (n, H) embeddings to this .npy file")

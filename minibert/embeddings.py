@@ -312,16 +312,21 @@ class InferenceEncoder:
 
 
 # ============================================================================ sentences
+def default_workers(device: str = "cpu") -> int:
+    """Batches to embed side by side by default: one per available core (at most 4) on the CPU."""
+    if device != "cpu":
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(4, cores or 1))
+
+
 def _blas_limited_to_one_thread(active: bool):
-    """Single-threaded BLAS while several batches run in parallel (needs threadpoolctl, optional)."""
-    if active:
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:
-            pass
-        else:
-            return threadpool_limits(limits=1, user_api="blas")
-    return contextlib.nullcontext()
+    """Single-threaded BLAS while several batches run in parallel, one per thread."""
+    if not active:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _read_json(path):
@@ -346,10 +351,10 @@ class SentenceEncoder:
     sort_by_length  batch sentences of similar length together (results stay in input order)
     engine          "fast" (:class:`InferenceEncoder`) or "model" (``BertModel.forward``)
     workers         batches embedded at the same time, one per thread (fast engine only).
-                    Each batch then runs single-threaded, so BLAS should be too: set
-                    ``OPENBLAS_NUM_THREADS=1`` (or MKL_/OMP_NUM_THREADS) before Python starts,
-                    or install ``threadpoolctl``, which is then used to do it for you.
+                    Each batch then runs single-threaded: BLAS is held to one thread while
+                    they run (with ``threadpoolctl``), so the threads never wait on each other.
                     Default 1: one batch at a time, BLAS threads as configured.
+                    ``minibert embed`` uses one worker per core (at most 4).
     """
 
     def __init__(self, directory=None, device: str = "cpu", batch_size: int = 32,

@@ -77,6 +77,38 @@ def test_cosine_similarity():
     np.testing.assert_allclose(cosine_similarity(a, a), [[1, 2 ** -0.5], [2 ** -0.5, 1]])
 
 
+def test_workers_give_the_same_embeddings_with_one_blas_thread(tmp_path, monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    from minibert import embeddings
+    from minibert.tokenization import BertTokenizer
+
+    words = [f"w{i}" for i in range(40)]
+    tokenizer = BertTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words)
+    config = BertConfig(vocab_size=45, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=32)
+    BertModel(config, seed=0).save_pretrained(tmp_path, tokenizer=tokenizer)
+    rng = np.random.default_rng(0)
+    sentences = [" ".join(rng.choice(words, size=rng.integers(1, 12))) for _ in range(23)]
+    one = SentenceEncoder(tmp_path, batch_size=4).encode(sentences)
+
+    blas_threads = []                                   # BLAS threads seen inside each batch
+    embed_batch = SentenceEncoder._embed_batch
+
+    def spy(self, batch, threaded=True):
+        blas_threads.append(max((i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"),
+                                default=1))
+        return embed_batch(self, batch, threaded)
+
+    monkeypatch.setattr(SentenceEncoder, "_embed_batch", spy)
+    two = SentenceEncoder(tmp_path, batch_size=4, workers=2).encode(sentences)
+    np.testing.assert_allclose(two, one, atol=1e-6)
+    assert len(blas_threads) == 6 and set(blas_threads) == {1}
+    assert 1 <= embeddings.default_workers() <= 4 and embeddings.default_workers("cuda") == 1
+    with pytest.raises(ValueError, match="workers"):
+        SentenceEncoder(tmp_path, workers=0)
+
+
 # --------------------------------------------------------------------------- the real checkpoint
 @pytest.fixture(scope="module")
 def minilm():

@@ -221,6 +221,34 @@ def test_whole_pretraining_loss_with_padding_and_ignored_labels(rng, attn_implem
               samples=6).raise_if_failed()
 
 
+@pytest.mark.parametrize("attn_implementation", ["naive", "flash"])
+def test_whole_pretraining_loss_in_training_mode_with_dropout(rng, attn_implementation):
+    """Dropout on (hidden and attention): the backward pass must use the forward pass's masks,
+    the last layer's included (it draws them for the rows it computes). Replaying the dropout
+    random state before each forward makes the loss a deterministic function of the weights."""
+    config = tiny_config(attn_implementation=attn_implementation, hidden_dropout_prob=0.2,
+                         attention_probs_dropout_prob=0.2)
+    model = BertForPreTraining(config, seed=4, dtype=F64).train()
+    for _, p in model.named_parameters():
+        p.data += rng.standard_normal(p.data.shape) * 0.05
+    ids, types, mask, labels, nsp = _batch(config, rng)
+    state = model.random.get_state()
+
+    def loss():
+        model.random.set_state(state)                 # the same dropout masks every time
+        return model.forward(ids, types, mask, labels=labels, next_sentence_label=nsp).loss
+
+    first = loss()
+    model.zero_grad()
+    model.backward()
+    assert loss() == first                            # replayed masks: the same loss
+    model.random.set_state({**state, "numpy": np.random.default_rng(99).bit_generator.state})
+    assert model.forward(ids, types, mask, labels=labels, next_sentence_label=nsp).loss != first
+    params = dict(model.named_parameters())
+    gradcheck(loss, {n: p.data for n, p in params.items()}, {n: p.grad.copy() for n, p in params.items()},
+              samples=6, atol=1e-7, rtol=1e-5).raise_if_failed()
+
+
 def test_gathered_mlm_head_equals_scoring_every_position(rng):
     config = tiny_config()
     model = BertForPreTraining(config, seed=7, dtype=F64)

@@ -427,19 +427,15 @@ class SentenceEncoder:
             result[index] = to_numpy(self._embed_batch([ids[i] for i in index], threaded=self.workers == 1))
             return len(index)
 
-        with no_grad():
-            if self.workers == 1 or len(batches) == 1:
-                outcomes = map(run, batches)
-                pool = None
-            else:
-                pool = ThreadPoolExecutor(self.workers, thread_name_prefix="minibert-embed")
-                outcomes = pool.map(run, batches)
+        parallel = self.workers > 1 and len(batches) > 1
+        # BLAS goes down to one thread before the first batch is handed to a worker
+        with no_grad(), _blas_limited_to_one_thread(parallel):
+            pool = ThreadPoolExecutor(self.workers, thread_name_prefix="minibert-embed") if parallel else None
             try:
-                with _blas_limited_to_one_thread(pool is not None):
-                    for count in outcomes:
-                        done += count
-                        if progress is not None:
-                            progress(done, len(order))
+                for count in (pool.map(run, batches) if pool is not None else map(run, batches)):
+                    done += count
+                    if progress is not None:
+                        progress(done, len(order))
             finally:
                 if pool is not None:
                     pool.shutdown()

@@ -88,8 +88,7 @@ def _thread_pool():
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)),
-                                       thread_name_prefix="minibert-gelu")
+            _pool = ThreadPoolExecutor(max_workers=default_workers(), thread_name_prefix="minibert-gelu")
         return _pool
 
 
@@ -423,16 +422,17 @@ class SentenceEncoder:
         batches = [order[b:b + batch_size] for b in range(0, len(order), batch_size)]
         done = 0
 
-        def run(index):
-            result[index] = to_numpy(self._embed_batch([ids[i] for i in index], threaded=self.workers == 1))
+        parallel = self.workers > 1 and len(batches) > 1
+
+        def run(index):   # a batch's elementwise work uses the GELU pool unless batches run in parallel
+            result[index] = to_numpy(self._embed_batch([ids[i] for i in index], threaded=not parallel))
             return len(index)
 
-        parallel = self.workers > 1 and len(batches) > 1
         # BLAS goes down to one thread before the first batch is handed to a worker
         with no_grad(), _blas_limited_to_one_thread(parallel):
             pool = ThreadPoolExecutor(self.workers, thread_name_prefix="minibert-embed") if parallel else None
             try:
-                for count in (pool.map(run, batches) if pool is not None else map(run, batches)):
+                for count in (pool.map if pool is not None else map)(run, batches):
                     done += count
                     if progress is not None:
                         progress(done, len(order))

@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError, UnicodeDecodeError) as exc:
         print(f"minibert {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return int(result or 0)

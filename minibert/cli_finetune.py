@@ -96,6 +96,9 @@ def run_finetune(args) -> int:
 
     train = read(args.train)
     names = train.label_names
+    if len(names) < 2:
+        raise ValueError(f"{args.train}: column {args.label_column!r} holds {len(names)} distinct label(s) "
+                         f"({', '.join(names) or 'none'}); a classifier needs at least 2")
     if args.validation:
         validation = read(args.validation, names)
     else:

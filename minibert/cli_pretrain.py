@@ -9,6 +9,7 @@ import time
 
 from . import pretrain as job
 from .data.corpus import split_documents
+from .training import latest_checkpoint
 
 D = job.DEFAULTS
 
@@ -26,37 +27,46 @@ def add_pretrain_commands(subparsers) -> None:
     data.add_argument("--corpus-format", default="auto", choices=["auto", "lines", "paragraphs"],
                       help="'lines': one sentence per line, blank lines between documents")
     data.add_argument("--vocab", default=None, help="a vocab.txt (or tokenizer folder) instead of training one")
-    data.add_argument("--vocab-size", type=int, default=D["vocab_size"])
-    data.add_argument("--max-seq-length", type=int, default=D["max_seq_length"])
+    data.add_argument("--vocab-size", type=int, default=D["vocab_size"], help="tokens in the trained vocabulary")
+    data.add_argument("--max-seq-length", type=int, default=D["max_seq_length"],
+                      help="tokens per sentence pair, [CLS] and [SEP]s included")
     data.add_argument("--dupe-factor", type=int, default=D["dupe_factor"],
                       help="passes over the corpus when making sentence pairs")
-    data.add_argument("--whole-word-masking", action="store_true")
-    data.add_argument("--validation-fraction", type=float, default=D["validation_fraction"])
+    data.add_argument("--whole-word-masking", action="store_true",
+                      help="mask all the WordPieces of a chosen word together")
+    data.add_argument("--validation-fraction", type=float, default=D["validation_fraction"],
+                      help="share of the documents held out for validation")
     model = p.add_argument_group("model")
-    model.add_argument("--preset", default=D["preset"], choices=["tiny", "mini", "small", "medium", "base", "large"])
+    model.add_argument("--preset", default=D["preset"], choices=["tiny", "mini", "small", "medium", "base", "large"],
+                       help="model size: tiny L2 H128, mini L4 H256, small L4 H512, ... base L12 H768")
     model.add_argument("--config", default=None, help="a config.json to use instead of a preset")
-    model.add_argument("--attn-implementation", default="naive", choices=["naive", "flash"])
+    model.add_argument("--attn-implementation", default="naive", choices=["naive", "flash"],
+                       help="attention: the plain softmax, or the tiled flash version")
     model.add_argument("--device", default="cpu", help="cpu or cuda")
     model.add_argument("--fp16", action="store_true",
                        help="mixed precision: float16 matrix products, float32 weights, dynamic loss "
                             "scaling (for a GPU; NumPy's float16 products on the CPU are slow)")
     train = p.add_argument_group("training")
-    train.add_argument("--batch-size", type=int, default=D["batch_size"])
+    train.add_argument("--batch-size", type=int, default=D["batch_size"], help="sentence pairs per micro-batch")
     train.add_argument("--accumulation", type=int, default=D["accumulation"],
                        help="micro-batches per optimizer step (effective batch = batch size x this)")
-    train.add_argument("--lr", type=float, default=D["learning_rate"])
+    train.add_argument("--lr", type=float, default=D["learning_rate"], help="peak learning rate (AdamW)")
     train.add_argument("--warmup", type=float, default=D["warmup_fraction"],
                        help="warm-up: a fraction of the steps (< 1) or a number of steps")
-    train.add_argument("--schedule", default="linear", choices=["linear", "cosine", "constant"])
-    train.add_argument("--weight-decay", type=float, default=D["weight_decay"])
-    train.add_argument("--steps", type=int, default=D["max_steps"])
-    train.add_argument("--eval-every", type=int, default=D["eval_every"])
-    train.add_argument("--eval-batches", type=int, default=D["eval_batches"])
+    train.add_argument("--schedule", default="linear", choices=["linear", "cosine", "constant"],
+                       help="learning rate after the warm-up")
+    train.add_argument("--weight-decay", type=float, default=D["weight_decay"],
+                       help="AdamW weight decay (not on biases and LayerNorm)")
+    train.add_argument("--steps", type=int, default=D["max_steps"], help="optimizer steps")
+    train.add_argument("--eval-every", type=int, default=D["eval_every"],
+                       help="steps between validations (each one also writes a checkpoint)")
+    train.add_argument("--eval-batches", type=int, default=D["eval_batches"],
+                       help="validation batches per evaluation")
     train.add_argument("--patience", type=int, default=D["patience"],
-                       help="stop after this many evaluations without improvement (default: never)")
-    train.add_argument("--seed", type=int, default=D["seed"])
+                       help="stop after this many evaluations without improvement (default: %(default)s, never)")
+    train.add_argument("--seed", type=int, default=D["seed"], help="seed of the data, masks, weights and dropout")
     train.add_argument("--name", default="pretrain", help="the run folder: runs/<name>/")
-    train.add_argument("--output-root", default="runs")
+    train.add_argument("--output-root", default="runs", help="folder that holds the run folders")
     train.add_argument("--resume", action="store_true", help="continue runs/<name>/ from its last checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_pretrain)
@@ -71,6 +81,13 @@ def run_pretrain(args) -> int:
     if os.path.isdir(run_dir) and os.listdir(run_dir) and not args.resume:
         raise FileExistsError(f"{run_dir} already holds a run: pass --resume to continue it, "
                               "or --name to start another (nothing was overwritten)")
+    if not 0.0 < args.validation_fraction < 1.0:
+        raise ValueError(f"--validation-fraction must be between 0 and 1 (exclusive): the run is "
+                         f"evaluated on held-out documents; got {args.validation_fraction}")
+    if args.config and not os.path.isfile(args.config):        # before minutes of data preparation
+        raise FileNotFoundError(f"--config {args.config}: no such file")
+    if args.resume and latest_checkpoint(run_dir) is None:
+        print(f"--resume: {run_dir} has no checkpoint yet, so this run starts from step 0")
     os.makedirs(run_dir, exist_ok=True)
 
     t0 = time.perf_counter()

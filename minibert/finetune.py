@@ -190,6 +190,12 @@ class FineTuner:
         self.compute_metrics = compute_metrics
         self.tokenizer = tokenizer
         self.metric = args.metric or ("accuracy" if _is_classifier(model) else "loss")
+        if compute_metrics is None:                    # then evaluate() gives all there is
+            available = ["loss"] + (["accuracy", "macro_f1"] if _is_classifier(model) else
+                                    ["accuracy"] if isinstance(model, BertForMaskedLM) else [])
+            if self.metric not in available:
+                raise ValueError(f"metric {self.metric!r} is not measured for {type(model).__name__}; "
+                                 f"expected one of {available} (or give compute_metrics)")
         self.lower_is_better = _lower_is_better(self.metric)
         if args.patience is not None and val_set is None:
             raise ValueError("early stopping (patience) needs a validation set")
@@ -311,7 +317,13 @@ class FineTuner:
                         metrics = self.evaluate()
                         self.model.train()
                         self._log({"step": self.step, "split": "eval", "epoch": epoch, **metrics})
+                        if self.metric not in metrics:
+                            raise ValueError(f"metric {self.metric!r} is not among the validation "
+                                             f"metrics {sorted(metrics)}")
                         value = metrics[self.metric]
+                        if not (math.isfinite(metrics["loss"]) and math.isfinite(value)):
+                            raise TrainingDiverged(f"step {self.step}: the validation loss is {metrics['loss']} "
+                                                   f"and {self.metric} {value}: the weights have diverged")
                         improved = best_value is None or (value < best_value if self.lower_is_better
                                                           else value > best_value)
                         bar.write(f"step {self.step}: validation " + ", ".join(
@@ -330,12 +342,13 @@ class FineTuner:
                                 break
                 if stopped_early or self.step >= self.total_steps:
                     break
+        except TrainingDiverged as error:
+            raise self._keep_the_best(error, best_state, best_step) from None
         finally:
             bar.close()
         seconds = time.perf_counter() - start
         if args.restore_best and best_state is not None and best_step != self.step:
-            for name, p in self.model.named_parameters():
-                p.data[...] = best_state[name]
+            self._load_weights(best_state)
         self.model.eval()
         result = FineTuningResult(self.step, stopped_early, self.metric, best_value, best_step, best_metrics,
                                   self.history, seconds)
@@ -344,6 +357,23 @@ class FineTuner:
             save_pretrained(self.model, os.path.join(args.output_dir, "best_model" if args.restore_best
                                                      else "final_model"), self.tokenizer)
         return result
+
+    def _load_weights(self, state: dict) -> None:
+        for name, p in self.model.named_parameters():
+            p.data[...] = state[name]
+
+    def _keep_the_best(self, error: TrainingDiverged, best_state, best_step) -> TrainingDiverged:
+        """After divergence: put the best validated weights back (and save them), say where they are."""
+        if best_state is None:
+            return TrainingDiverged(f"{error}; no validation had passed yet, so there are no weights to keep.")
+        self._load_weights(best_state)
+        self.model.eval()
+        where = "the model holds them again"
+        if self.args.output_dir:
+            path = os.path.join(self.args.output_dir, "best_model")
+            save_pretrained(self.model, path, self.tokenizer)
+            where += f" and they are saved in {path}"
+        return TrainingDiverged(f"{error}. The weights of the best validation (step {best_step}) were kept: {where}.")
 
     def _log(self, record: dict) -> None:
         self.history.append(record)

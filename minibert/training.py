@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import safetensors as st
-from .backend import to_numpy
+from .backend import get_array_module, to_numpy
 from .checkpoint import save_pretrained
 from .nn import no_grad
 from .optim import AdamW, DynamicLossScaler, clip_grad_norm, get_schedule
@@ -252,12 +252,18 @@ class Trainer:
             bar.write(f"step {self.step}: validation MLM loss {metrics['mlm_loss']:.3f}, "
                       f"MLM accuracy {metrics['mlm_accuracy']:.3f}, NSP accuracy {metrics['nsp_accuracy']:.3f}")
             loss = metrics["loss"]
+            if not math.isfinite(loss):            # weights gone bad: keep the last checkpoint as it is
+                raise TrainingDiverged(
+                    f"step {self.step}: the validation loss is {loss}; training stopped without saving, "
+                    f"and the last checkpoint ({self.latest_checkpoint() or 'none yet'}) was kept. Lower "
+                    "the learning rate or check the data, then resume from the checkpoint.")
             if loss < self.best_eval_loss:
                 self.best_eval_loss = loss
                 self.evals_without_improvement = 0
                 save_pretrained(self.model, os.path.join(self.args.output_dir, "best_model"), self.tokenizer)
             else:
                 self.evals_without_improvement += 1
+        self._check_parameters_finite()
         self.save_checkpoint()
         patience = self.args.patience
         if patience is not None and self.evals_without_improvement >= patience:
@@ -282,6 +288,14 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def latest_checkpoint(self) -> str | None:
         return latest_checkpoint(self.args.output_dir)
+
+    def _check_parameters_finite(self) -> None:
+        """Raise TrainingDiverged, before anything is saved, if a parameter holds inf or NaN."""
+        for name, param in self.model.named_parameters():
+            if not bool(get_array_module(param.data).isfinite(param.data).all()):
+                raise TrainingDiverged(
+                    f"step {self.step}: parameter {name} holds inf or NaN; training stopped without "
+                    f"saving, and the last checkpoint ({self.latest_checkpoint() or 'none yet'}) was kept.")
 
     def save_checkpoint(self) -> str:
         """Write ``checkpoint-<step>/`` completely, then point ``latest_checkpoint.txt`` at it.
@@ -394,7 +408,13 @@ def latest_checkpoint(output_dir: str) -> str | None:
     if not os.path.isfile(pointer):
         return None
     with open(pointer, encoding="utf-8") as f:
-        name = json.load(f)
+        try:
+            name = json.load(f)
+        except ValueError:
+            name = None
+    if not isinstance(name, str):
+        raise ValueError(f"{pointer} is damaged: it should hold the checkpoint folder's name as a JSON "
+                         "string, such as \"checkpoint-500\"; write the latest good one there")
     path = os.path.join(output_dir, name)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{pointer} names {name}, which does not exist")

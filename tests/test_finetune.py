@@ -24,6 +24,7 @@ from minibert.finetune import (
 from minibert.data.finetuning import prepare_squad_features, read_squad
 from minibert.heads import BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification
 from minibert.modeling import BertConfig, BertForPreTraining
+from minibert.training import TrainingDiverged
 
 from test_finetuning_data import SENTIMENT, SQUAD, make_tokenizer
 
@@ -172,6 +173,34 @@ def test_early_stopping_restores_the_best_weights(tokenizer, sentiment, tmp_path
     assert result.plot == str(tmp_path / "loss_curve.png") and os.path.getsize(result.plot) > 0
 
 
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+@pytest.mark.parametrize("eval_every, seen_at", [(1, "validation loss is nan"), (2, "step 4: loss nan")])
+def test_divergence_keeps_and_saves_the_best_weights(tokenizer, sentiment, tmp_path, eval_every, seen_at):
+    """Ruined weights after step 3's update show in step 3's validation (a NaN loss, whatever
+    the accuracy of the NaN logits' argmax) or in step 4's training loss."""
+    data, encoded = sentiment
+    train, val = encoded.subset(np.arange(16)), encoded.subset(np.arange(16, 24))
+    model = BertForSequenceClassification(_config(tokenizer), num_labels=3, seed=2)
+    args = FineTuningArguments(epochs=10, batch_size=4, learning_rate=1e-3, eval_every=eval_every,
+                               metric="loss", progress=False, output_dir=str(tmp_path))
+    tuner = FineTuner(model, args, train, val)
+    update = tuner.optimizer.step
+
+    def ruinous_update():
+        update()
+        if tuner.step == 2:                                   # the update of step 3
+            model.bert.encoder.layer[0].output.dense.weight.data[0, 0] = np.inf
+
+    tuner.optimizer.step = ruinous_update
+    with pytest.raises(TrainingDiverged, match=seen_at) as error:
+        tuner.train()
+    assert "best validation (step 2) were kept" in str(error.value)
+    best = [r for r in tuner.history if r["split"] == "eval" and r["step"] == 2][0]
+    assert evaluate(model, val)["loss"] == pytest.approx(best["loss"], rel=1e-6)     # the model holds them
+    saved = BertForSequenceClassification.from_pretrained(tmp_path / "best_model")
+    assert evaluate(saved, val)["loss"] == pytest.approx(best["loss"], rel=1e-6)     # and they are on disk
+
+
 def test_question_answering_steps_with_exact_match_and_f1_validation():
     examples = read_squad(SQUAD)[:6]                          # includes the long context's questions
     tokenizer = make_tokenizer([e.question + " " + e.context for e in examples])
@@ -199,6 +228,13 @@ def test_plot_without_matplotlib_returns_none(monkeypatch, tmp_path):
     assert plot_finetuning_curves(history, str(tmp_path / "x.png")) is None
 
 
+def test_a_metric_that_is_not_measured_is_refused_before_training(tokenizer, sentiment):
+    _, encoded = sentiment
+    model = BertForSequenceClassification(_config(tokenizer), num_labels=3, seed=0)
+    with pytest.raises(ValueError, match=r"metric 'acc' is not measured .* \['loss', 'accuracy', 'macro_f1'\]"):
+        FineTuner(model, FineTuningArguments(metric="acc", progress=False), encoded, encoded)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="batch_size"):
         FineTuningArguments(batch_size=0)
@@ -224,3 +260,9 @@ def test_finetune_command_on_a_tiny_checkpoint(tokenizer, tmp_path, capsys):
     assert saved.id2label == {0: "negative", 1: "neutral", 2: "positive"}
     assert os.path.isfile(output / "best_model" / "vocab.txt")
     assert cli_main(["finetune", "--model", str(checkpoint), "--train", str(tmp_path / "none.csv")]) == 2
+    capsys.readouterr()
+    one_label = tmp_path / "one_label.csv"
+    one_label.write_text("text,sentiment\ngood film,positive\nfine day,positive\nnice,positive\n")
+    assert cli_main(["finetune", "--model", str(checkpoint), "--train", str(one_label), "--label-column",
+                     "sentiment", "--no-progress", "--output", str(tmp_path / "run1")]) == 2
+    assert "holds 1 distinct label(s) (positive); a classifier needs at least 2" in capsys.readouterr().err

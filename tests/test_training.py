@@ -156,6 +156,38 @@ def test_nan_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path):
     assert latest_checkpoint(trainer.args.output_dir) == good
 
 
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+@pytest.mark.parametrize("with_eval", [True, False])
+def test_an_update_that_breaks_the_weights_is_never_checkpointed(tmp_path, with_eval):
+    """The training loss of a step is computed before its update: an update that ruins the
+    weights shows first in the validation loss (or in the weights themselves)."""
+    trainer = Trainer(_model(), _args(tmp_path, max_steps=3, eval_every=3), dataset(20, masked=True),
+                      eval_dataset=dataset(8, seed=1, masked=True) if with_eval else None)
+    trainer.train()
+    good = latest_checkpoint(trainer.args.output_dir)
+    before = open(os.path.join(good, "model.safetensors"), "rb").read()
+    update = trainer.optimizer.step
+
+    def ruinous_update():
+        update()
+        if trainer.step == 5:                            # the update of step 6, just before its evaluation
+            trainer.model.bert.encoder.layer[0].output.dense.weight.data[0, 0] = np.inf
+
+    trainer.optimizer.step = ruinous_update
+    trainer.args.max_steps = 6
+    expected = "validation loss is nan" if with_eval else "bert.encoder.layer.0.output.dense.weight"
+    with pytest.raises(TrainingDiverged, match=expected):
+        trainer.train()
+    assert latest_checkpoint(trainer.args.output_dir) == good
+    assert open(os.path.join(good, "model.safetensors"), "rb").read() == before
+
+
+def test_a_damaged_checkpoint_pointer_is_named(tmp_path):
+    (tmp_path / "latest_checkpoint.txt").write_text("checkpoint-")
+    with pytest.raises(ValueError, match="latest_checkpoint.txt is damaged"):
+        latest_checkpoint(str(tmp_path))
+
+
 def test_early_stopping_with_patience(tmp_path):
     trainer = Trainer(_model(), _args(tmp_path, max_steps=50, eval_every=1, learning_rate=1e-9, warmup_steps=0,
                                       patience=2), dataset(20, masked=True),

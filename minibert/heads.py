@@ -249,6 +249,7 @@ class BertForSequenceClassification(_BertWithHead):
         self._finish_setup(device)
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None) -> SequenceClassifierOutput:
+        self.clear_caches()          # a forward that fails half-way leaves backward nothing stale
         # Only [CLS] is read: the last encoder layer computes no other row (output_positions=[]).
         _, pooled = self.bert.forward(input_ids, token_type_ids, attention_mask,
                                       output_positions=np.zeros(0, dtype=np.int64))  # (B, H)
@@ -316,6 +317,7 @@ class BertForTokenClassification(_BertWithHead):
         self._finish_setup(device)
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None) -> TokenClassifierOutput:
+        self.clear_caches()          # a forward that fails half-way leaves backward nothing stale
         seq, _ = self.bert.forward(input_ids, token_type_ids, attention_mask)        # (B, T, H)
         logits = self.classifier.forward(self.dropout.forward(seq))                  # (B, T, C)
         out = TokenClassifierOutput(logits)
@@ -358,6 +360,7 @@ class BertForQuestionAnswering(_BertWithHead):
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, start_positions=None,
                 end_positions=None) -> QuestionAnsweringOutput:
+        self.clear_caches()          # a forward that fails half-way leaves backward nothing stale
         seq, _ = self.bert.forward(input_ids, token_type_ids, attention_mask)        # (B, T, H)
         logits = self.qa_outputs.forward(seq)                                        # (B, T, 2)
         out = QuestionAnsweringOutput(logits)
@@ -422,6 +425,7 @@ class BertForMaskedLM(_BertWithHead):
         self._finish_setup(device)
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None) -> MaskedLMOutput:
+        self.clear_caches()          # a forward that fails half-way leaves backward nothing stale
         out = MaskedLMOutput(None)
         loss_cache = None
         if labels is None:

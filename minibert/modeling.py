@@ -77,14 +77,25 @@ class BertConfig:
                 f"BertConfig.hidden_size ({self.hidden_size}) must be divisible by "
                 f"num_attention_heads ({self.num_attention_heads})"
             )
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range",
+                     "layer_norm_eps"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool):
+                raise ValueError(f"BertConfig.{name} must be a number, got {value!r}")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"BertConfig.{name} must be in [0, 1), got {value!r}")
-        if self.hidden_act not in Activation.FUNCTIONS:
+        if not 0.0 <= self.initializer_range < math.inf:
+            raise ValueError(f"BertConfig.initializer_range must be 0 or more (finite), got {self.initializer_range!r}")
+        if not 0.0 < self.layer_norm_eps < math.inf:
+            raise ValueError(f"BertConfig.layer_norm_eps must be positive (finite), got {self.layer_norm_eps!r}")
+        if not isinstance(self.pad_token_id, (int, np.integer)) or isinstance(self.pad_token_id, bool):
+            raise ValueError(f"BertConfig.pad_token_id must be an integer, got {self.pad_token_id!r}")
+        if not isinstance(self.hidden_act, str) or self.hidden_act not in Activation.FUNCTIONS:
             raise ValueError(f"BertConfig.hidden_act {self.hidden_act!r} is not supported; "
                              f"expected one of {sorted(Activation.FUNCTIONS)}")
-        if self.attn_implementation not in ("naive", "flash"):
+        if not isinstance(self.attn_implementation, str) or self.attn_implementation not in ("naive", "flash"):
             raise ValueError(f"BertConfig.attn_implementation must be 'naive' or 'flash', "
                              f"got {self.attn_implementation!r}")
         if not 0 <= self.pad_token_id < self.vocab_size:
@@ -474,6 +485,10 @@ class BertPreTrainedModel(Module):
         else:
             attention_mask = xp.asarray(to_device(attention_mask, self.device))
             check_shape(attention_mask, ids.shape, "attention_mask")
+            if attention_mask.dtype.kind not in "biuf":
+                raise TypeError(f"attention_mask must hold numbers 0/1, got dtype {attention_mask.dtype}")
+            if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+                raise ValueError("attention_mask must hold only 1 (a real token) and 0 (padding)")
             additive_mask = (1.0 - attention_mask.astype(dtype)) * np.finfo(dtype).min
             additive_mask = additive_mask[:, None, None, :]                  # (B, 1, 1, T)
         return ids, token_type_ids, additive_mask
@@ -558,6 +573,7 @@ class BertModel(BertPreTrainedModel):
         output projection and the feed-forward block, three quarters of the layer's work,
         skip every other row. The result equals the full output at those rows.
         """
+        self.clear_caches()          # a forward that fails half-way leaves backward nothing stale
         ids, token_type_ids, mask = self.check_inputs(input_ids, token_type_ids, attention_mask)
         xp = get_array_module(ids)
         batch, length = ids.shape
@@ -695,6 +711,7 @@ class BertForPreTraining(BertPreTrainedModel):
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None,
                 next_sentence_label=None) -> PreTrainingOutput:
+        self.clear_caches()          # a forward that fails half-way leaves backward nothing stale
         ids, _, _ = self.check_inputs(input_ids, token_type_ids, attention_mask)
         batch, length = ids.shape
         xp = get_array_module(ids)

@@ -21,7 +21,11 @@ def test_heads_must_divide_hidden_size():
 
 @pytest.mark.parametrize("field, value", [("vocab_size", 0), ("num_hidden_layers", -1),
                                           ("hidden_dropout_prob", 1.0), ("hidden_act", "relu6"),
-                                          ("attn_implementation", "sparse")])
+                                          ("attn_implementation", "sparse"), ("layer_norm_eps", -1.0),
+                                          ("layer_norm_eps", 0.0), ("layer_norm_eps", "1e-12"),
+                                          ("initializer_range", float("nan")), ("initializer_range", -0.02),
+                                          ("initializer_range", "0.02"), ("hidden_dropout_prob", "0.1"),
+                                          ("pad_token_id", 1.5), ("hidden_act", ["gelu"])])
 def test_invalid_config_fields(field, value):
     with pytest.raises(ValueError, match=field):
         BertConfig(**{field: value})
@@ -73,6 +77,26 @@ def test_sequence_too_long(model):
 def test_mask_of_wrong_shape(model):
     with pytest.raises(ValueError, match=r"attention_mask must have shape \(2, 4\) like input_ids, got \(2, 3\)"):
         model.forward(np.zeros((2, 4), dtype=np.int64), attention_mask=np.ones((2, 3)))
+
+
+@pytest.mark.parametrize("mask", [[[1, 1, 2, 0]], [[1, 1, -1, 0]], [[1, np.nan, 1, 0]], [[1, 0.5, 1, 1]]])
+def test_mask_values_other_than_zero_and_one(model, mask):
+    with pytest.raises(ValueError, match=r"attention_mask must hold only 1 \(a real token\) and 0"):
+        model.forward(np.zeros((1, 4), dtype=np.int64), attention_mask=np.array(mask))
+    with pytest.raises(TypeError, match="attention_mask must hold numbers"):
+        model.forward(np.zeros((1, 4), dtype=np.int64), attention_mask=np.array([["1", "1", "1", "0"]]))
+
+
+def test_a_forward_that_fails_half_way_leaves_nothing_for_backward():
+    """The NSP labels are checked after the encoder ran: backward must not then mix the
+    failed batch's encoder caches with the previous batch's losses."""
+    model = BertForPreTraining(tiny_config(), seed=0)
+    ids = np.array([[2, 5, 6, 3], [2, 7, 8, 3]])
+    model.forward(ids, labels=np.array([[-100, 5, -100, -100]] * 2), next_sentence_label=np.array([0, 1]))
+    with pytest.raises(ValueError, match="next_sentence_label"):
+        model.forward(ids[:, :3], next_sentence_label=np.array([0, 1, 1]))
+    with pytest.raises(RuntimeError, match="without a forward pass"):
+        model.backward()
 
 
 def test_labels_of_wrong_shape_or_range(model):

@@ -331,6 +331,27 @@ def _count_vocab(path: str) -> int:
 
 
 # ============================================================================ public API
+# config.json fields that minibert reads besides BertConfig's own (task heads, pruning)
+EXTRA_CONFIG_FIELDS = ("num_labels", "id2label", "label2id", "problem_type", "classifier_dropout",
+                       "pruned_heads", "position_embedding_type")
+
+
+def _warn_about_unknown_overrides(config, overrides: dict) -> None:
+    """A keyword that is no config field and not in config.json is kept (in ``config.extra``,
+    as transformers keeps unknown attributes), but most often it is a typo: say so."""
+    import difflib
+    from dataclasses import fields
+
+    known = {f.name for f in fields(config)} | set(config.extra) | set(EXTRA_CONFIG_FIELDS)
+    candidates = sorted(known | {"device", "dtype", "seed", "strict", "output_loading_info"})
+    for key in overrides:
+        if key not in known:
+            close = difflib.get_close_matches(key, candidates, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            warnings.warn(f"from_pretrained: {key!r} is not a config field{hint}; it is kept in "
+                          "config.extra and saved with the model", UserWarning, stacklevel=4)
+
+
 def load_pretrained(model_class, directory, device: str = "cpu", dtype=np.float32, seed: int = 0,
                     strict: bool = False, output_loading_info: bool = False, **config_overrides):
     """Build ``model_class`` from a checkpoint folder and load its weights.
@@ -347,6 +368,7 @@ def load_pretrained(model_class, directory, device: str = "cpu", dtype=np.float3
     device = check_device(device)
     config = read_config(directory)
     if config_overrides:
+        _warn_about_unknown_overrides(config, config_overrides)
         values = config.to_dict()
         values.update(config_overrides)
         try:
@@ -422,6 +444,9 @@ def save_pretrained(model, directory, tokenizer=None, max_shard_size=None) -> st
     directory = os.fspath(directory)
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise NotADirectoryError(f"{directory} exists and is not a directory")
+    if tokenizer is not None and not (hasattr(tokenizer, "save_pretrained") or hasattr(tokenizer, "save_vocabulary")):
+        raise TypeError(f"tokenizer must be a BertTokenizer (or have save_vocabulary), got "
+                        f"{type(tokenizer).__name__}: load a vocab.txt with BertTokenizer(path) first")
     limit = None if max_shard_size is None else parse_size(max_shard_size)
     os.makedirs(directory, exist_ok=True)
     tensors = {name: to_numpy(array) for name, array in model.state_dict().items()}

@@ -93,6 +93,8 @@ class Optimizer:
             raise ValueError(f"parameter names must be unique, got duplicates {duplicates[:5]}")
         self.lr = lr
         self.weight_decay = _check_number("weight_decay", weight_decay, low=0.0)
+        if isinstance(no_decay, str) or not all(isinstance(p, str) and p for p in no_decay):
+            raise TypeError(f"no_decay must be a list of non-empty name patterns such as ['bias'], got {no_decay!r}")
         self.no_decay = tuple(no_decay)
         # A parameter is excluded from weight decay when any pattern is a substring of its name.
         self.decays = {name: not any(pattern in name for pattern in self.no_decay)
@@ -196,7 +198,7 @@ class SGD(Optimizer):
     buffer_names = ("momentum",)
 
     def __init__(self, named_parameters, lr, momentum=0.0, weight_decay=0.0, no_decay=DEFAULT_NO_DECAY):
-        self.momentum = _check_number("momentum", momentum, low=0.0)
+        self.momentum = _check_number("momentum", momentum, low=0.0, high=1.0, high_inclusive=False)
         super().__init__(named_parameters, lr, weight_decay, no_decay)
 
     def _update(self, name, param, buffers, weight_decay):

@@ -149,6 +149,23 @@ def test_save_into_a_file_is_refused(tmp_path):
         BertModel(small_config()).save_pretrained(target)
 
 
+def test_save_with_something_that_is_not_a_tokenizer_writes_nothing(tmp_path):
+    with pytest.raises(TypeError, match="tokenizer must be a BertTokenizer"):
+        BertModel(small_config()).save_pretrained(tmp_path / "out", tokenizer="vocab.txt")
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_misspelt_keyword_of_from_pretrained_is_reported(tmp_path):
+    BertModel(small_config()).save_pretrained(tmp_path)
+    with pytest.warns(UserWarning, match="'hiden_dropout_prob' is not a config field \\(did you mean "
+                                         "'hidden_dropout_prob'\\?\\)"):
+        model = BertModel.from_pretrained(tmp_path, hiden_dropout_prob=0.0)
+    assert model.config.extra["hiden_dropout_prob"] == 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                           # a known extra field: no warning
+        BertModel.from_pretrained(tmp_path, num_labels=3)
+
+
 # --------------------------------------------------------------------------- key variants
 def test_base_checkpoint_into_pretraining_model(tmp_path):
     base = BertModel(small_config(), seed=2)

@@ -207,6 +207,10 @@ def test_bad_lr_and_params():
         opt.lr = -1
     with pytest.raises(ValueError, match="momentum"):
         SGD(make_params(), lr=0.1, momentum=-0.5)
+    with pytest.raises(ValueError, match="momentum must be < 1"):
+        SGD(make_params(), lr=0.1, momentum=1.5)
+    with pytest.raises(TypeError, match="no_decay must be a list"):
+        AdamW(make_params(), lr=0.1, no_decay="bias")           # would be the patterns 'b', 'i', 'a', 's'
     with pytest.raises(ValueError, match="no parameters"):
         AdamW([])
     with pytest.raises(TypeError, match="named_parameters"):

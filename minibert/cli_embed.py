@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 
@@ -35,6 +36,10 @@ def _read_sentences(args) -> list[str]:
 def _embed_command(args) -> int:
     from .embeddings import SentenceEncoder, default_workers, semantic_search
 
+    if args.precision < 0:
+        raise ValueError(f"--precision must be 0 or more, got {args.precision}")
+    if args.output and os.path.isdir(args.output):
+        raise ValueError(f"--output {args.output} is a folder; give a file name such as vectors.npy")
     sentences = _read_sentences(args)
     if not sentences:
         raise ValueError("no sentences to embed (the input is empty)")
@@ -44,8 +49,9 @@ def _embed_command(args) -> int:
     out = sys.stdout
     if args.query is not None:
         embeddings = encoder.encode(sentences)
-        ranking = semantic_search(args.query, sentences, top_k=args.top_k or len(sentences),
-                                  encoder=encoder, sentence_embeddings=embeddings)
+        top_k = len(sentences) if args.top_k is None else args.top_k       # default: rank them all
+        ranking = semantic_search(args.query, sentences, top_k=top_k, encoder=encoder,
+                                  sentence_embeddings=embeddings)
         if args.json:
             json.dump([{"score": s, "index": i, "sentence": t} for s, i, t in ranking], out, indent=1)
             out.write("\n")
@@ -55,8 +61,9 @@ def _embed_command(args) -> int:
         return 0
     embeddings = encoder.encode(sentences)
     if args.output:
-        np.save(args.output, embeddings, allow_pickle=False)
-        print(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} float32 embeddings to {args.output}",
+        path = args.output if args.output.endswith(".npy") else args.output + ".npy"   # as np.save names it
+        np.save(path, embeddings, allow_pickle=False)
+        print(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} float32 embeddings to {path}",
               file=sys.stderr)
     elif args.json:
         json.dump([{"sentence": s, "embedding": [round(float(x), args.precision) for x in e]}

@@ -364,7 +364,7 @@ class SentenceEncoder:
         from .tokenization import BertTokenizer
 
         directory = os.fspath(directory) if directory is not None else find_minilm()
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if engine not in ("fast", "model"):
             raise ValueError(f"engine must be 'fast' or 'model', got {engine!r}")
@@ -383,10 +383,12 @@ class SentenceEncoder:
                              f"the model's embedding matrix only {config.vocab_size} rows")
         if max_length is None:
             st_config = _read_json(os.path.join(directory, "sentence_bert_config.json")) or {}
-            max_length = st_config.get("max_seq_length") or self.tokenizer.model_max_length
-        max_length = min(int(max_length or config.max_position_embeddings), config.max_position_embeddings)
-        if max_length < 2:
-            raise ValueError(f"max_length must leave room for [CLS] and [SEP], got {max_length}")
+            max_length = int(st_config.get("max_seq_length") or self.tokenizer.model_max_length
+                             or config.max_position_embeddings)
+        elif isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or max_length < 3:
+            raise ValueError(f"max_length must be an integer of at least 3 ([CLS], one token, [SEP]), "
+                             f"got {max_length!r}")
+        max_length = min(int(max_length), config.max_position_embeddings)
         if pooling is None:
             pool_config = _read_json(os.path.join(directory, "1_Pooling", "config.json")) or {}
             pooling = ("cls" if pool_config.get("pooling_mode_cls_token") else
@@ -408,11 +410,10 @@ class SentenceEncoder:
     def encode(self, sentences, batch_size: int | None = None, progress=None) -> np.ndarray:
         """(n, H) float32 embeddings of ``sentences`` (a list of str, or one str -> (H,))."""
         single = isinstance(sentences, str)
-        sentences = [sentences] if single else list(sentences)
-        for i, s in enumerate(sentences):
-            if not isinstance(s, str):
-                raise TypeError(f"sentence {i} is a {type(s).__name__}, not a str")
-        batch_size = batch_size or self.batch_size
+        sentences = [sentences] if single else _list_of_sentences(sentences, "sentences")
+        batch_size = self.batch_size if batch_size is None else batch_size
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         ids = self.tokenize(sentences)
         order = (sorted(range(len(ids)), key=lambda i: -len(ids[i])) if self.sort_by_length
                  else list(range(len(ids))))
@@ -500,6 +501,18 @@ def _segment_reduce(hidden, lengths, starts, how):
     return sums.astype(hidden.dtype)
 
 
+def _list_of_sentences(sentences, what: str) -> list:
+    """``sentences`` as a list of str; a clear error for bytes, a dict, a str or anything not a list of str."""
+    if isinstance(sentences, (str, bytes, dict)) or not hasattr(sentences, "__iter__"):
+        raise TypeError(f"{what} must be a list of str, got {type(sentences).__name__}")
+    sentences = list(sentences)
+    for i, s in enumerate(sentences):
+        if not isinstance(s, str):
+            hint = " (decode bytes first, e.g. b.decode('utf-8'))" if isinstance(s, bytes) else ""
+            raise TypeError(f"{what}[{i}] is a {type(s).__name__}, not a str{hint}")
+    return sentences
+
+
 def _is_text(x) -> bool:
     return isinstance(x, str) or (isinstance(x, (list, tuple)) and all(isinstance(s, str) for s in x))
 
@@ -518,11 +531,11 @@ def semantic_search(query, sentences, top_k: int = 5, encoder: SentenceEncoder |
     ``sentence_embeddings`` (from ``encoder.encode(sentences)``) avoids re-embedding a corpus
     searched many times.
     """
-    sentences = list(sentences)
+    sentences = _list_of_sentences(sentences, "sentences")
     if not isinstance(query, str):
         raise TypeError(f"query must be a str, got {type(query).__name__}")
-    if top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
     encoder = encoder or SentenceEncoder()
     if sentence_embeddings is None:
         sentence_embeddings = encoder.encode(sentences)
@@ -555,6 +568,9 @@ def fill_mask(model, tokenizer, text: str, top_k: int = 5):
     ids = tokenizer.encode(text, max_length=model.config.max_position_embeddings, truncation=True)
     positions = [i for i, t in enumerate(ids) if t == mask_id]
     if not positions:
+        if mask_token in text:
+            raise ValueError(f"the text is longer than the model's {model.config.max_position_embeddings} "
+                             f"tokens and its {mask_token} lies beyond them: shorten the text")
         raise ValueError(f"no {mask_token} in the text: write {mask_token} where a word should be guessed")
     model.eval()                                                              # no dropout
     with no_grad():

@@ -345,6 +345,8 @@ def load_vocab(path) -> list[str]:
     except UnicodeDecodeError as exc:
         line = data[:exc.start].count(b"\n") + 1
         raise ValueError(f"vocabulary file {path}: line {line} is not valid UTF-8") from None
+    if text.startswith("\ufeff"):
+        text = text[1:]                  # a byte-order mark some editors write: not part of token 0
     tokens = text.split("\n")
     if tokens and tokens[-1] == "":
         tokens.pop()                     # the newline that ends the last line
@@ -361,6 +363,9 @@ def _check_vocab(tokens, source="vocabulary"):
             raise TypeError(f"{source}: entry {i} is {type(token).__name__}, expected str")
         if token == "":
             raise ValueError(f"{source}: line {i + 1} is empty (every line must hold one token)")
+        if "\n" in token or "\r" in token:
+            raise ValueError(f"{source}: entry {i} ({token!r}) contains a line break; vocab.txt holds "
+                             "one token per line, so it could not be saved")
         if token in seen:
             raise ValueError(f"{source}: duplicate entry {token!r} on lines {seen[token] + 1} and {i + 1}")
         seen[token] = i
@@ -407,8 +412,25 @@ class BertTokenizer:
         self.unk_token, self.sep_token, self.pad_token = unk_token, sep_token, pad_token
         self.cls_token, self.mask_token = cls_token, mask_token
         if unk_token not in self.vocab:
-            raise ValueError(f"the vocabulary has no unknown token {unk_token!r}; "
+            padded = [i for i, t in enumerate(tokens) if t.strip() == unk_token]
+            hint = (f" (line {padded[0] + 1} holds {tokens[padded[0]]!r}: remove the spaces around it)"
+                    if padded else "")
+            raise ValueError(f"the vocabulary has no unknown token {unk_token!r}{hint}; "
                              "every WordPiece vocabulary needs one (usually on its own line '[UNK]')")
+        for name, value in (("do_lower_case", do_lower_case), ("tokenize_chinese_chars", tokenize_chinese_chars),
+                            ("strip_accents", True if strip_accents is None else strip_accents)):
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"{name} must be True or False, got {value!r}")
+        if isinstance(never_split, (str, bytes)):
+            raise TypeError(f"never_split must be a list of tokens, got the string {never_split!r} "
+                            f"(write [{never_split!r}] for one token)")
+        if model_max_length is not None and (isinstance(model_max_length, bool)
+                                             or not isinstance(model_max_length, (int, np.integer))
+                                             or model_max_length < 2):
+            raise ValueError(f"model_max_length must be an integer of at least 2 (or None), got {model_max_length!r}")
+        if isinstance(max_input_chars_per_word, bool) or not isinstance(max_input_chars_per_word, (int, np.integer)) \
+                or max_input_chars_per_word < 1:
+            raise ValueError(f"max_input_chars_per_word must be a positive integer, got {max_input_chars_per_word!r}")
         self.do_lower_case = bool(do_lower_case)
         self.strip_accents = strip_accents
         self.tokenize_chinese_chars = bool(tokenize_chinese_chars)
@@ -451,6 +473,8 @@ class BertTokenizer:
                     config = json.load(f)
                 except json.JSONDecodeError as exc:
                     raise ValueError(f"{config_path} is not valid JSON: {exc}") from None
+            if not isinstance(config, dict):
+                raise ValueError(f"{config_path} must hold a JSON object, got {type(config).__name__}")
             for key in ("do_lower_case", "strip_accents", "tokenize_chinese_chars", "never_split",
                         "model_max_length", "max_input_chars_per_word", *SPECIAL_TOKEN_NAMES):
                 value = config.get(key)
@@ -462,6 +486,12 @@ class BertTokenizer:
                 settings["strip_accents"] = config["strip_accents"]
             if isinstance(settings.get("model_max_length"), (int, float)) and settings["model_max_length"] > 1e9:
                 settings["model_max_length"] = None    # "no limit" written as a huge number
+            for key in ("do_lower_case", "strip_accents", "tokenize_chinese_chars"):
+                if key in settings and not isinstance(settings[key], bool) and settings[key] is not None:
+                    raise ValueError(f"{config_path}: {key} must be true or false, got {settings[key]!r}")
+            if isinstance(settings.get("never_split"), str):
+                raise ValueError(f"{config_path}: never_split must be a list of tokens, "
+                                 f"got the string {settings['never_split']!r}")
         settings.update(overrides)
         return cls(vocab_path, **settings)
 

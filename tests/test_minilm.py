@@ -77,6 +77,54 @@ def test_cosine_similarity():
     np.testing.assert_allclose(cosine_similarity(a, a), [[1, 2 ** -0.5], [2 ** -0.5, 1]])
 
 
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    from minibert.tokenization import BertTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-checkpoint")
+    tokenizer = BertTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(40)])
+    config = BertConfig(vocab_size=45, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=32)
+    BertModel(config, seed=0).save_pretrained(folder, tokenizer=tokenizer)
+    return folder
+
+
+def test_encode_and_search_refuse_bad_arguments(tiny_checkpoint):
+    encoder = SentenceEncoder(tiny_checkpoint)
+    for size in (-1, 0, 2.5):
+        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+            encoder.encode(["w1 w2", "w3"], batch_size=size)
+    with pytest.raises(TypeError, match=r"sentences\[0\] is a bytes, not a str \(decode bytes first"):
+        encoder.encode([b"w1 w2"])
+    for not_a_list in ({"w1": 1}, b"w1"):
+        with pytest.raises(TypeError, match="sentences must be a list of str"):
+            encoder.encode(not_a_list)
+    with pytest.raises(TypeError, match="sentences must be a list of str, got str"):
+        semantic_search("w1", "w1 w2 w3", encoder=encoder)      # would rank the characters
+    for top_k in (0, None, 2.5):
+        with pytest.raises(ValueError, match="top_k must be a positive integer"):
+            semantic_search("w1", ["w1 w2", "w3"], top_k=top_k, encoder=encoder)
+    for max_length in (0, 2, 2.9):
+        with pytest.raises(ValueError, match="max_length must be an integer of at least 3"):
+            SentenceEncoder(tiny_checkpoint, max_length=max_length)
+    assert SentenceEncoder(tiny_checkpoint, max_length=100).max_length == 32   # capped at the positions
+
+
+def test_embed_command_output_file_and_bad_options(tiny_checkpoint, tmp_path, capsys):
+    from minibert.cli import main
+
+    model = ["--model", str(tiny_checkpoint)]
+    assert main(["embed", "w1 w2", "w3", *model, "--output", str(tmp_path / "vectors")]) == 0
+    assert f"to {tmp_path / 'vectors.npy'}" in capsys.readouterr().err          # the file np.save wrote
+    assert np.load(tmp_path / "vectors.npy").shape == (2, 16)
+    for options, message in ((["--output", str(tmp_path)], "is a folder"),
+                             (["--query", "w1", "--top-k", "0"], "top_k must be a positive integer"),
+                             (["--precision", "-1"], "--precision must be 0 or more"),
+                             (["--max-length", "0"], "max_length must be an integer of at least 3")):
+        assert main(["embed", "w1 w2", *model, *options]) == 2
+        assert message in capsys.readouterr().err
+
+
 def test_workers_give_the_same_embeddings_with_one_blas_thread(tmp_path, monkeypatch):
     from threadpoolctl import threadpool_info
 

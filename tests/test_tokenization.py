@@ -297,6 +297,36 @@ def test_bad_vocabularies(tmp_path):
         BertTokenizer.from_pretrained(tmp_path / "cfg")
 
 
+def test_vocabulary_format_mistakes(tmp_path):
+    (tmp_path / "bom.txt").write_bytes("\ufeff[PAD]\n[UNK]\nhello\n".encode("utf-8"))   # an editor's BOM
+    with_bom = BertTokenizer(tmp_path / "bom.txt")
+    assert with_bom.ids_to_tokens[0] == "[PAD]" and with_bom.pad_token_id == 0
+    with pytest.raises(ValueError, match=r"entry 1 \('a\\nb'\) contains a line break"):
+        BertTokenizer(["[UNK]", "a\nb", "hello"])
+    with pytest.raises(ValueError, match=r"line 2 holds '\[UNK\] ': remove the spaces"):
+        BertTokenizer(write_vocab(tmp_path / "spaces.txt", ["[PAD]", "[UNK] ", "a"]))
+
+
+def test_tokenizer_settings_of_the_wrong_type(tmp_path):
+    with pytest.raises(TypeError, match="never_split must be a list of tokens, got the string 'hello'"):
+        BertTokenizer(tiny_vocab(), never_split="hello")
+    with pytest.raises(TypeError, match="do_lower_case must be True or False"):
+        BertTokenizer(tiny_vocab(), do_lower_case="false")
+    with pytest.raises(ValueError, match="model_max_length"):
+        BertTokenizer(tiny_vocab(), model_max_length=0)
+    with pytest.raises(ValueError, match="max_input_chars_per_word"):
+        BertTokenizer(tiny_vocab(), max_input_chars_per_word=0)
+    write_vocab(tmp_path / "vocab.txt", tiny_vocab())
+    config = tmp_path / "tokenizer_config.json"
+    for text, message in (('{"do_lower_case": "false"}', "do_lower_case must be true or false"),
+                          ('{"never_split": "hello"}', "never_split must be a list"),
+                          ("[1, 2]", "must hold a JSON object")):
+        config.write_text(text)
+        with pytest.raises(ValueError, match=message) as error:
+            BertTokenizer.from_pretrained(tmp_path)
+        assert "tokenizer_config.json" in str(error.value)
+
+
 def test_bad_inputs(tok):
     with pytest.raises(TypeError, match="bytes.*decode"):
         tok.tokenize(b"hello")

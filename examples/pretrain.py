@@ -1,14 +1,15 @@
 """Pretrain a tiny BERT on the Python standard library's docstrings, top to bottom.
 
-    python examples/pretrain.py            # ~10 minutes on two CPU cores
+    python examples/pretrain.py                       # ~10 minutes on two CPU cores
+    python examples/pretrain.py runs/quick --steps 100  # a one-minute look at every stage
 
 The same job as `minibert pretrain` with its defaults, written out step by step so you can
 read (and change) every stage: text -> WordPiece vocabulary -> sentence pairs with masks ->
 model -> training loop -> evaluation -> fill-in-the-mask.
 """
 
+import argparse
 import os
-import sys
 
 from minibert import pretrain as job
 from minibert.data.corpus import split_documents
@@ -16,8 +17,14 @@ from minibert.modeling import BertConfig, BertForPreTraining
 from minibert.training import Trainer, TrainingArguments
 
 SEED = 0
-RUN_DIR = sys.argv[1] if len(sys.argv) > 1 else "runs/example-pretrain"
 D = job.DEFAULTS
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("run_dir", nargs="?", default="runs/example-pretrain", help="where the run is written")
+parser.add_argument("--steps", type=int, default=D["max_steps"], help=f"training steps (default {D['max_steps']})")
+cli = parser.parse_args()
+if cli.steps < 1:
+    parser.error(f"--steps must be at least 1, got {cli.steps}")
+RUN_DIR, STEPS = cli.run_dir, cli.steps
 
 # 1. Text: every Python installation carries ~1.8 MB of English prose in its docstrings.
 #    One document per module; a document is a list of sentences.
@@ -46,9 +53,9 @@ print(f"{model.num_parameters():,} parameters")
 
 # 5. Training (minibert/training.py): AdamW, linear warm-up then decay, gradient clipping,
 #    evaluation every 250 steps, checkpoints in RUN_DIR.
-args = TrainingArguments(output_dir=RUN_DIR, max_steps=D["max_steps"], learning_rate=D["learning_rate"],
-                         warmup_steps=int(D["warmup_fraction"] * D["max_steps"]), weight_decay=D["weight_decay"],
-                         eval_every=D["eval_every"], eval_batches=D["eval_batches"], seed=SEED)
+args = TrainingArguments(output_dir=RUN_DIR, max_steps=STEPS, learning_rate=D["learning_rate"],
+                         warmup_steps=int(D["warmup_fraction"] * STEPS), weight_decay=D["weight_decay"],
+                         eval_every=min(D["eval_every"], STEPS), eval_batches=D["eval_batches"], seed=SEED)
 trainer = Trainer(model, args, data.train, data.validation, tokenizer, masking=data.masking)
 trainer.train()
 

@@ -255,4 +255,6 @@ if plt is not None:
     fig.tight_layout()
     fig.savefig(os.path.join(args.output, "pruning_tradeoff.png"), dpi=90)
     plt.close(fig)
-print(f"\nwall time {wall / 60:.1f} min; table, results.json and pruning_tradeoff.png in {args.output}")
+written = "table.md, results.json" + (" and pruning_tradeoff.png" if plt is not None else
+                                      " (pip install matplotlib for the plot)")
+print(f"\nwall time {wall / 60:.1f} min; {written} in {args.output}")

@@ -73,6 +73,32 @@ def add_pretrain_commands(subparsers) -> None:
 
 
 
+# the options that decide the examples and the model: a resumed run must keep them
+RUN_SHAPE = ("corpus", "corpus_format", "vocab", "vocab_size", "max_seq_length", "dupe_factor",
+             "whole_word_masking", "validation_fraction", "preset", "config", "attn_implementation",
+             "batch_size", "accumulation", "seed")
+RUN_SHAPE_FILE = "run_shape.json"
+
+
+def _check_same_data_and_model(args, run_dir) -> None:
+    """Write the run's shape on its first start; on --resume, refuse options that change it
+    (the checkpoint's data position and weights would no longer fit). --lr, --steps and the
+    evaluation options may change."""
+    path = os.path.join(run_dir, RUN_SHAPE_FILE)
+    shape = {name: getattr(args, name) for name in RUN_SHAPE}
+    if args.resume and os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            before = json.load(f)
+        changed = [f"--{name.replace('_', '-')} {before[name]!r} -> {shape[name]!r}"
+                   for name in RUN_SHAPE if name in before and before[name] != shape[name]]
+        if changed:
+            raise ValueError(f"--resume: {run_dir} was started with other data or model options "
+                             f"({'; '.join(changed)}); resume with the same ones, or start a new --name")
+    else:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(shape, f, indent=2)
+
+
 def run_pretrain(args) -> int:
     from .modeling import BertConfig, BertForPreTraining
     from .training import Trainer, TrainingArguments
@@ -89,6 +115,7 @@ def run_pretrain(args) -> int:
     if args.resume and latest_checkpoint(run_dir) is None:
         print(f"--resume: {run_dir} has no checkpoint yet, so this run starts from step 0")
     os.makedirs(run_dir, exist_ok=True)
+    _check_same_data_and_model(args, run_dir)
 
     t0 = time.perf_counter()
     documents = job.load_documents(args.corpus, args.corpus_format)
@@ -104,6 +131,10 @@ def run_pretrain(args) -> int:
           f"{sum(data.token_counts.values()):,} training tokens; vocabulary {len(tokenizer):,} tokens "
           f"({t_vocab:.1f} s incl. reading); examples: {data.train.num_examples:,} train, "
           f"{data.validation.num_examples:,} validation ({data.seconds:.1f} s)")
+    unknown = data.token_counts[tokenizer.unk_token_id] / max(1, sum(data.token_counts.values()))
+    if unknown > 0.2:
+        print(f"warning: {unknown:.0%} of the training tokens are {tokenizer.unk_token}: the vocabulary "
+              "does not fit this corpus (train one with minibert train-vocab, or leave out --vocab)")
 
     if args.config:
         config = BertConfig.from_json_file(args.config)
@@ -130,7 +161,8 @@ def run_pretrain(args) -> int:
           f"{args.batch_size * args.accumulation} sequences x {args.max_seq_length} tokens")
     trainer = Trainer(model, training_args, data.train, data.validation, tokenizer, masking=data.masking)
     t1 = time.perf_counter()
-    summary = trainer.train(resume_from=run_dir if args.resume and trainer.latest_checkpoint() else None)
+    resume = args.resume and trainer.latest_checkpoint() is not None
+    summary = trainer.train(resume_from=run_dir if resume else None)
     train_seconds = time.perf_counter() - t1
 
     final = trainer.evaluate()

@@ -501,16 +501,19 @@ def as_int_array(values, name, xp):
     return array
 
 
-def check_shape(array, expected, name):
+def check_shape(array, expected, name, like="like input_ids"):
     if tuple(array.shape) != tuple(expected):
-        raise ValueError(f"{name} must have shape {tuple(expected)} like input_ids, got {tuple(array.shape)}")
+        raise ValueError(f"{name} must have shape {tuple(expected)} {like}, got {tuple(array.shape)}")
 
 
 def check_range(array, low, high, name, limit_name):
+    """Every value in [low, high); ``limit_name`` says where ``high`` comes from: a config field
+    ("vocab_size" -> "config.vocab_size = 31") or words ("2 NSP classes")."""
     lowest, highest = int(array.min()), int(array.max())
     if lowest < low or highest >= high:
         bad = lowest if lowest < low else highest
-        raise ValueError(f"{name} contains {bad}, outside [{low}, {high}) (config.{limit_name} = {high})")
+        limit = f"config.{limit_name} = {high}" if limit_name.isidentifier() else limit_name
+        raise ValueError(f"{name} contains {bad}, outside [{low}, {high}) ({limit})")
 
 
 class BertModel(BertPreTrainedModel):
@@ -580,7 +583,7 @@ class BertModel(BertPreTrainedModel):
         if output_positions is not None:
             positions = as_int_array(output_positions, "output_positions", xp).reshape(-1)   # (P,)
             if positions.size:
-                check_range(positions, 0, batch * length, "output_positions", "the B*T positions")
+                check_range(positions, 0, batch * length, "output_positions", f"{batch} x {length} positions")
                 if xp.unique(positions).size != positions.size:
                     raise ValueError("output_positions must not repeat a position")
         h = self.embeddings.forward(ids, token_type_ids)                 # (B, T, H)
@@ -742,10 +745,10 @@ class BertForPreTraining(BertPreTrainedModel):
         out.seq_relationship_logits = self.cls.seq_relationship.forward(pooled)     # (B, 2)
         if next_sentence_label is not None:
             nsp = as_int_array(next_sentence_label, "next_sentence_label", xp).reshape(-1)
-            check_shape(nsp, (batch,), "next_sentence_label")
+            check_shape(nsp, (batch,), "next_sentence_label", "(one label per sequence)")
             valid = nsp[nsp != ops.IGNORE_INDEX]
             if valid.size:
-                check_range(valid, 0, 2, "next_sentence_label", "the 2 NSP classes")
+                check_range(valid, 0, 2, "next_sentence_label", "2 NSP classes: 0 B follows A, 1 B is random")
             out.nsp_loss, cache = ops.cross_entropy_forward(out.seq_relationship_logits, nsp)
             losses["nsp"] = (ops.cross_entropy_backward, cache)
 

@@ -36,6 +36,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
@@ -205,6 +206,9 @@ class Trainer:
         os.makedirs(args.output_dir, exist_ok=True)
         if resume_from is not None:
             self.load_checkpoint(resume_from)
+            if self.step >= args.max_steps:
+                warnings.warn(f"the checkpoint is at step {self.step} and max_steps is {args.max_steps}: "
+                              "nothing to train (raise max_steps to continue)", UserWarning, stacklevel=2)
         self.model.train()
         stopped_early = False
         window_loss, window_tokens, window_skipped, window_start = [], 0, 0, time.perf_counter()

@@ -266,3 +266,5 @@ def test_finetune_command_on_a_tiny_checkpoint(tokenizer, tmp_path, capsys):
     assert cli_main(["finetune", "--model", str(checkpoint), "--train", str(one_label), "--label-column",
                      "sentiment", "--no-progress", "--output", str(tmp_path / "run1")]) == 2
     assert "holds 1 distinct label(s) (positive); a classifier needs at least 2" in capsys.readouterr().err
+    assert cli_main(["finetune", "--model", str(checkpoint), "--train", SENTIMENT, "--max-length", "2"]) == 2
+    assert "--max-length must leave room for [CLS], a token and [SEP]" in capsys.readouterr().err

@@ -48,6 +48,11 @@ def test_a_short_run_then_resume(corpus, tmp_path, capsys):
     assert _pretrain(corpus, tmp_path, "--steps", "4", "--eval-every", "2", "--resume") == 0
     assert json.loads((run / "results.json").read_text())["steps"] == 4
     assert latest_checkpoint(str(run)).endswith("checkpoint-4")
+    capsys.readouterr()
+    assert _pretrain(corpus, tmp_path, "--steps", "6", "--resume", "--max-seq-length", "24") == 2
+    assert "--max-seq-length 32 -> 24" in capsys.readouterr().err              # other examples: refused
+    with pytest.warns(UserWarning, match="checkpoint is at step 4 and max_steps is 3: nothing to train"):
+        assert _pretrain(corpus, tmp_path, "--steps", "3", "--resume") == 0
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -63,6 +68,13 @@ def test_divergence_keeps_the_last_good_checkpoint(corpus, tmp_path, capsys):
     assert "was kept" in capsys.readouterr().err
     assert latest_checkpoint(run) == good
     assert open(os.path.join(good, "model.safetensors"), "rb").read() == weights
+
+
+def test_a_vocabulary_that_does_not_fit_the_corpus_is_pointed_out(corpus, tmp_path, capsys):
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nzebra\n")
+    assert _pretrain(corpus, tmp_path, "--vocab", str(vocab), "--steps", "1") == 0
+    assert "100% of the training tokens are [UNK]" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -136,3 +136,6 @@ def test_train_vocab_reports_invalid_utf8(tmp_path, capsys):
     assert f"{bad}: line 3: invalid UTF-8" in err and "Traceback" not in err
     assert cli_main(["train-vocab", str(tmp_path / "missing.txt"), "--output", str(tmp_path / "out")]) == 2
     assert "cannot read" in capsys.readouterr().err
+    (tmp_path / "blank.txt").write_text("\n  \n")
+    assert cli_main(["train-vocab", str(tmp_path / "blank.txt"), "--output", str(tmp_path / "out")]) == 2
+    assert "no words in" in capsys.readouterr().err and not (tmp_path / "out").exists()

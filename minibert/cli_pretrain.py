@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 
@@ -107,6 +108,8 @@ def run_pretrain(args) -> int:
     if os.path.isdir(run_dir) and os.listdir(run_dir) and not args.resume:
         raise FileExistsError(f"{run_dir} already holds a run: pass --resume to continue it, "
                               "or --name to start another (nothing was overwritten)")
+    if not (args.warmup >= 0 and math.isfinite(args.warmup)):
+        raise ValueError(f"--warmup must be a fraction of the steps (< 1) or a number of steps, got {args.warmup}")
     if not 0.0 < args.validation_fraction < 1.0:
         raise ValueError(f"--validation-fraction must be between 0 and 1 (exclusive): the run is "
                          f"evaluated on held-out documents; got {args.validation_fraction}")

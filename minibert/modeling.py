@@ -495,7 +495,11 @@ class BertPreTrainedModel(Module):
 
 
 def as_int_array(values, name, xp):
-    array = xp.asarray(to_device(values, "cpu" if xp is np else "cuda"))
+    try:
+        array = xp.asarray(to_device(values, "cpu" if xp is np else "cuda"))
+    except ValueError:                      # NumPy: "inhomogeneous shape"
+        raise ValueError(f"{name} must be a rectangular array; sequences of different lengths need "
+                         "padding (the tokenizer pads a batch, with an attention_mask)") from None
     if array.dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integers, got dtype {array.dtype}")
     return array

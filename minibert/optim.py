@@ -56,6 +56,8 @@ def _named(params) -> list[tuple[str, Parameter]]:
     Accepts ``model.named_parameters()``, a ``{name: Parameter}`` dict, or bare Parameters
     (which are then called "0", "1", ...: no name matches a no-decay pattern).
     """
+    if hasattr(params, "named_parameters") and callable(params.named_parameters):
+        raise TypeError(f"give the optimizer {type(params).__name__}.named_parameters(), not the model itself")
     if isinstance(params, dict):
         params = params.items()
     named = []

@@ -807,11 +807,17 @@ class BertTokenizer:
             texts = [texts]
             if text_pairs is not None:
                 text_pairs = [text_pairs]
+        if texts is None or not hasattr(texts, "__iter__"):
+            raise TypeError(f"texts must be a str or a list of str, got {type(texts).__name__}")
         texts = list(texts)
         if text_pairs is not None:
             text_pairs = list(text_pairs)
             if len(text_pairs) != len(texts):
                 raise ValueError(f"got {len(texts)} texts but {len(text_pairs)} text pairs")
+        if pad_to_multiple_of is not None and (isinstance(pad_to_multiple_of, bool)
+                                               or not isinstance(pad_to_multiple_of, (int, np.integer))
+                                               or pad_to_multiple_of < 1):
+            raise ValueError(f"pad_to_multiple_of must be a positive integer or None, got {pad_to_multiple_of!r}")
         if padding is True:
             padding = "longest"
         if padding in (False, None, "do_not_pad"):
@@ -902,6 +908,8 @@ def _id_list(ids) -> list[int]:
         return ids.tolist()
     if isinstance(ids, (int, np.integer)):
         return [int(ids)]
+    if ids is None or isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
+        raise TypeError(f"token ids must be a list of integers, got {type(ids).__name__}")
     out = []
     for i in ids:
         if isinstance(i, bool) or not isinstance(i, (int, np.integer)):

@@ -346,17 +346,23 @@ class Trainer:
                 state = json.load(f)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{state_file} is corrupt: {exc}") from exc
-        from .checkpoint import read_weights
+        from .checkpoint import read_config, read_weights
 
+        # read and check everything first, so that a damaged file leaves the trainer untouched
+        needed = ("step", "optimizer", "dropout_rng", "data_position", "best_eval_loss",
+                  "evals_without_improvement")
+        absent = [key for key in needed if not isinstance(state, dict) or key not in state]
+        if absent:
+            raise ValueError(f"{state_file} is incomplete: no {', '.join(absent)}")
         tensors, _, _ = read_weights(path)
-        saved_config = json.load(open(os.path.join(path, "config.json"), encoding="utf-8"))
+        saved_config = read_config(path)
         for field_name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads"):
-            if saved_config.get(field_name) != getattr(self.model.config, field_name):
-                raise ValueError(f"checkpoint {path} has {field_name}={saved_config.get(field_name)}, "
+            if getattr(saved_config, field_name) != getattr(self.model.config, field_name):
+                raise ValueError(f"checkpoint {path} has {field_name}={getattr(saved_config, field_name)}, "
                                  f"the model has {getattr(self.model.config, field_name)}: not the same model")
-        self.model.load_state_dict(tensors, strict=False)
         opt = dict(state["optimizer"])
         opt.update(st.load_file(os.path.join(path, "optimizer.safetensors")))
+        self.model.load_state_dict(tensors, strict=False)
         self.optimizer.load_state_dict(opt)
         self.model.random.set_state(state["dropout_rng"])
         if self.scaler is not None and state.get("loss_scaler") is not None:

@@ -64,6 +64,11 @@ def test_ids_outside_vocabulary(model):
         model.forward(np.array([[1, -1]]))
 
 
+def test_ragged_ids(model):
+    with pytest.raises(ValueError, match="input_ids must be a rectangular array; .* need padding"):
+        model.forward([[1, 2, 3], [1, 2]])
+
+
 def test_float_ids(model):
     with pytest.raises(TypeError, match="input_ids must hold integers"):
         model.forward(np.array([[1.0, 2.0]]))

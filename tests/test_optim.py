@@ -209,6 +209,11 @@ def test_bad_lr_and_params():
         SGD(make_params(), lr=0.1, momentum=-0.5)
     with pytest.raises(ValueError, match="momentum must be < 1"):
         SGD(make_params(), lr=0.1, momentum=1.5)
+    from minibert.modeling import BertConfig, BertModel
+
+    with pytest.raises(TypeError, match=r"BertModel.named_parameters\(\), not the model itself"):
+        AdamW(BertModel(BertConfig(vocab_size=10, hidden_size=4, num_hidden_layers=1, num_attention_heads=1,
+                                   intermediate_size=8, max_position_embeddings=8)), lr=0.1)
     with pytest.raises(TypeError, match="no_decay must be a list"):
         AdamW(make_params(), lr=0.1, no_decay="bias")           # would be the patterns 'b', 'i', 'a', 's'
     with pytest.raises(ValueError, match="no parameters"):

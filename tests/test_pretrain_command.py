@@ -80,6 +80,7 @@ def test_a_vocabulary_that_does_not_fit_the_corpus_is_pointed_out(corpus, tmp_pa
 @pytest.mark.parametrize("extra, message", [
     (["--validation-fraction", "0"], "--validation-fraction must be between 0 and 1"),
     (["--config", "no-such-config.json"], "--config no-such-config.json: no such file"),
+    (["--warmup", "nan"], "--warmup must be a fraction of the steps"),
 ])
 def test_bad_arguments_fail_before_any_work(corpus, tmp_path, capsys, extra, message):
     assert _pretrain(corpus, tmp_path, *extra) == 2

@@ -327,6 +327,16 @@ def test_tokenizer_settings_of_the_wrong_type(tmp_path):
         assert "tokenizer_config.json" in str(error.value)
 
 
+def test_none_and_bad_padding_arguments(tok):
+    with pytest.raises(TypeError, match="texts must be a str or a list of str, got NoneType"):
+        tok(None)
+    with pytest.raises(TypeError, match="token ids must be a list of integers, got NoneType"):
+        tok.decode(None)
+    for bad in (-8, 0, 2.5):
+        with pytest.raises(ValueError, match="pad_to_multiple_of must be a positive integer"):
+            tok(["hello"], pad_to_multiple_of=bad)
+
+
 def test_bad_inputs(tok):
     with pytest.raises(TypeError, match="bytes.*decode"):
         tok.tokenize(b"hello")

@@ -182,6 +182,29 @@ def test_an_update_that_breaks_the_weights_is_never_checkpointed(tmp_path, with_
     assert open(os.path.join(good, "model.safetensors"), "rb").read() == before
 
 
+def test_a_damaged_checkpoint_leaves_the_trainer_untouched(tmp_path):
+    trainer = Trainer(_model(), _args(tmp_path, max_steps=3, eval_every=3), dataset(20, masked=True))
+    trainer.train()
+    good = latest_checkpoint(trainer.args.output_dir)
+    fresh = Trainer(BertForPreTraining(tiny_config(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1),
+                                       seed=7), _args(tmp_path), dataset(20, masked=True))
+    before = {name: p.data.copy() for name, p in fresh.model.named_parameters()}
+    optimizer_file = os.path.join(good, "optimizer.safetensors")
+    data = open(optimizer_file, "rb").read()
+    with open(optimizer_file, "wb") as f:
+        f.write(data[: len(data) // 2])                     # truncated
+    with pytest.raises(ValueError, match="optimizer.safetensors"):
+        fresh.load_checkpoint(good)
+    assert fresh.step == 0
+    assert all(np.array_equal(p.data, before[name]) for name, p in fresh.model.named_parameters())
+    state_file = os.path.join(good, "trainer_state.json")
+    state = json.loads(open(state_file).read())
+    del state["step"]
+    open(state_file, "w").write(json.dumps(state))
+    with pytest.raises(ValueError, match="trainer_state.json is incomplete: no step"):
+        fresh.load_checkpoint(good)
+
+
 def test_a_damaged_checkpoint_pointer_is_named(tmp_path):
     (tmp_path / "latest_checkpoint.txt").write_text("checkpoint-")
     with pytest.raises(ValueError, match="latest_checkpoint.txt is damaged"):

@@ -541,6 +541,9 @@ def semantic_search(query, sentences, top_k: int = 5, encoder: SentenceEncoder |
         sentence_embeddings = encoder.encode(sentences)
     if len(sentence_embeddings) != len(sentences):
         raise ValueError(f"{len(sentences)} sentences but {len(sentence_embeddings)} embeddings")
+    if len(sentences) and np.shape(sentence_embeddings)[-1] != encoder.dimension:
+        raise ValueError(f"sentence_embeddings have {np.shape(sentence_embeddings)[-1]} values each but "
+                         f"the encoder makes {encoder.dimension}: were they made by another model?")
     if not sentences:
         return []
     scores = cosine_similarity(encoder.encode([query]), np.asarray(sentence_embeddings))[0]

@@ -414,6 +414,8 @@ class BertPreTrainedModel(Module):
     def _setup(self, config: BertConfig, seed: int, device: str, dtype):
         if not isinstance(config, BertConfig):
             raise TypeError(f"config must be a BertConfig, got {type(config).__name__}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
         self.config = config
         self.random = RandomSource(seed + 1)               # dropout masks
         return np.random.default_rng(seed), check_dtype(dtype), check_device(device)

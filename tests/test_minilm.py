@@ -101,6 +101,8 @@ def test_encode_and_search_refuse_bad_arguments(tiny_checkpoint):
             encoder.encode(not_a_list)
     with pytest.raises(TypeError, match="sentences must be a list of str, got str"):
         semantic_search("w1", "w1 w2 w3", encoder=encoder)      # would rank the characters
+    with pytest.raises(ValueError, match="sentence_embeddings have 8 values each but the encoder makes 16"):
+        semantic_search("w1", ["w1 w2", "w3"], encoder=encoder, sentence_embeddings=np.ones((2, 8)))
     for top_k in (0, None, 2.5):
         with pytest.raises(ValueError, match="top_k must be a positive integer"):
             semantic_search("w1", ["w1 w2", "w3"], top_k=top_k, encoder=encoder)

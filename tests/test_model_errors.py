@@ -173,6 +173,12 @@ def test_float64_and_dtype_errors():
     assert model.forward(np.zeros((1, 2), dtype=np.int64))[0].dtype == np.float32
 
 
+@pytest.mark.parametrize("seed", [None, "a", -5, 1.5])
+def test_bad_seed(seed):
+    with pytest.raises(ValueError, match="seed must be an integer >= 0"):
+        BertModel(tiny_config(), seed=seed)
+
+
 def test_unknown_device():
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
         BertModel(tiny_config(), device="tpu")

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from .backend import to_numpy
 from .plots import _pyplot
 from .prune import encoder, original_head_numbers

@@ -17,14 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 _cupy = None          # the cupy module once imported successfully
-_cupy_error = None    # why importing or using cupy failed, for the error message
 
 DEVICES = ("cpu", "cuda")
 
 
 def _import_cupy():
     """Import CuPy and check that a GPU is visible; raise a readable error otherwise."""
-    global _cupy, _cupy_error
+    global _cupy
     if _cupy is not None:
         return _cupy
     try:

@@ -73,7 +73,6 @@ def add_pretrain_commands(subparsers) -> None:
     p.set_defaults(func=run_pretrain)
 
 
-
 # the options that decide the examples and the model: a resumed run must keep them
 RUN_SHAPE = ("corpus", "corpus_format", "vocab", "vocab_size", "max_seq_length", "dupe_factor",
              "whole_word_masking", "validation_fraction", "preset", "config", "attn_implementation",

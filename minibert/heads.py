@@ -188,7 +188,7 @@ class _BertWithHead(BertPreTrainedModel):
 
     def _build_encoder(self, config, seed, device, dtype, add_pooling_layer: bool):
         rng, dtype, device = self._setup(config, seed, device, dtype)
-        self.bert = BertModel(config, _random_source=self.random, _rng=rng, dtype=dtype,
+        self.bert = BertModel(self.config, _random_source=self.random, _rng=rng, dtype=dtype,
                               add_pooling_layer=add_pooling_layer)
         return rng, dtype, device
 

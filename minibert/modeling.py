@@ -24,6 +24,7 @@ Parameter names are the Hugging Face state-dict keys.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
@@ -411,12 +412,15 @@ class BertPreTrainedModel(Module):
 
     base_model_prefix = "bert"
 
-    def _setup(self, config: BertConfig, seed: int, device: str, dtype):
+    def _setup(self, config: BertConfig, seed: int, device: str, dtype, share_config: bool = False):
+        """Check the arguments; keep a copy of ``config`` (pruning records itself in the
+        model's config, which must not reach other models built from the same one), or,
+        for an encoder built inside a model with heads, the parent's own copy."""
         if not isinstance(config, BertConfig):
             raise TypeError(f"config must be a BertConfig, got {type(config).__name__}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-        self.config = config
+        self.config = config if share_config else copy.deepcopy(config)
         self.random = RandomSource(seed + 1)               # dropout masks
         return np.random.default_rng(seed), check_dtype(dtype), check_device(device)
 
@@ -531,9 +535,11 @@ class BertModel(BertPreTrainedModel):
 
     def __init__(self, config: BertConfig, seed: int = 0, device: str = "cpu", dtype=np.float32,
                  add_pooling_layer: bool = True, _random_source=None, _rng=None):
-        rng, dtype, device = self._setup(config, seed, device, dtype)
-        if _random_source is not None:                # built inside a model with heads
+        inside = _random_source is not None             # built inside a model with heads
+        rng, dtype, device = self._setup(config, seed, device, dtype, share_config=inside)
+        if inside:
             self.random, rng = _random_source, _rng
+        config = self.config
         self.embeddings = BertEmbeddings(config, rng, self.random, dtype)
         self.encoder = BertEncoder(config, rng, self.random, dtype)
         self.pooler = BertPooler(config, rng, dtype) if add_pooling_layer else None
@@ -551,19 +557,23 @@ class BertModel(BertPreTrainedModel):
         saved model is rebuilt with the same shapes. Prune before creating the optimizer.
         """
         pruned = {int(k): set(v) for k, v in self.config.extra.get("pruned_heads", {}).items()}
+        n_heads = self.config.num_attention_heads
+        plan = {}                                  # every layer is checked before any is touched
         for layer_index, heads in heads_to_prune.items():
             layer_index = int(layer_index)
             if not 0 <= layer_index < len(self.encoder.layer):
                 raise ValueError(f"layer {layer_index} does not exist (the model has {len(self.encoder.layer)})")
             heads = set(int(h) for h in heads) - pruned.get(layer_index, set())
-            bad = [h for h in heads if not 0 <= h < self.config.num_attention_heads]
+            bad = [h for h in heads if not 0 <= h < n_heads]
             if bad:
-                raise ValueError(f"head(s) {bad} do not exist (num_attention_heads = {self.config.num_attention_heads})")
-            if len(heads | pruned.get(layer_index, set())) >= self.config.num_attention_heads:
+                raise ValueError(f"head(s) {bad} do not exist (num_attention_heads = {n_heads})")
+            if len(heads | pruned.get(layer_index, set()) | plan.get(layer_index, set())) >= n_heads:
                 raise ValueError(f"cannot prune every head of layer {layer_index} "
-                                 f"({self.config.num_attention_heads} heads): at least one must remain")
+                                 f"({n_heads} heads): at least one must remain")
+            plan[layer_index] = plan.get(layer_index, set()) | heads
+        for layer_index, heads in plan.items():
             already = sorted(pruned.get(layer_index, set()))
-            remaining = [h for h in range(self.config.num_attention_heads) if h not in already]
+            remaining = [h for h in range(n_heads) if h not in already]
             current = [remaining.index(h) for h in sorted(heads)]          # numbering among the kept heads
             attention = self.encoder.layer[layer_index].attention
             columns = attention.self.prune_heads(current)
@@ -714,6 +724,7 @@ class BertForPreTraining(BertPreTrainedModel):
 
     def __init__(self, config: BertConfig, seed: int = 0, device: str = "cpu", dtype=np.float32):
         rng, dtype, device = self._setup(config, seed, device, dtype)
+        config = self.config
         self.bert = BertModel(config, _random_source=self.random, _rng=rng, dtype=dtype)
         self.cls = BertPreTrainingHeads(config, self.bert.embeddings.word_embeddings, rng, dtype)
         self._finish_setup(device)

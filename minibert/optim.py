@@ -127,6 +127,10 @@ class Optimizer:
         for name, p in self.params:
             buffers = self.state[name]
             for b in self.buffer_names:
+                if buffers[b].shape != p.data.shape:
+                    raise ValueError(f"parameter {name} has shape {tuple(p.data.shape)} but its optimizer state "
+                                     f"{tuple(buffers[b].shape)}: the model changed (pruned?) after the "
+                                     "optimizer was made; make the optimizer afterwards")
                 if device_of(buffers[b]) != device_of(p.data) or buffers[b].dtype != p.data.dtype:
                     # The model was moved or cast (model.to(...)) after the optimizer was built.
                     buffers[b] = to_device(buffers[b], device_of(p.data)).astype(p.data.dtype)

@@ -266,3 +266,44 @@ def test_measure_reports_a_smaller_model_after_head_pruning(rng):
         - 3 * 3 * model.config.head_size                       # Q/K/V rows + biases and output columns
     assert after.file_bytes < before.file_bytes
     assert 0.0 <= after.accuracy <= 1.0 and after.seconds_per_batch > 0
+
+
+def test_pruning_one_model_leaves_others_built_from_the_same_config_alone(tmp_path):
+    from minibert.modeling import BertModel
+
+    config = tiny_config()
+    teacher, student = BertModel(config, seed=0), BertModel(config, seed=0)
+    student.prune_heads({0: [0]})
+    assert teacher.config.extra == {} and config.extra == {}
+    assert [layer.attention.self.num_heads for layer in teacher.encoder.layer] == [3, 3]
+    teacher.save_pretrained(tmp_path)
+    BertModel.from_pretrained(tmp_path)                           # loads: its config says nothing pruned
+    assert BertModel(config).encoder.layer[0].attention.self.num_heads == 3
+    classifier = BertForSequenceClassification(config, num_labels=2)
+    classifier.bert.prune_heads({1: [2]})                         # the head model saves what its encoder did
+    assert classifier.config.extra["pruned_heads"] == {"1": [2]}
+
+
+def test_a_prune_that_fails_changes_nothing():
+    from minibert.modeling import BertModel
+
+    model = BertModel(tiny_config(), seed=0)
+    before = {name: p.data.copy() for name, p in model.named_parameters()}
+    with pytest.raises(ValueError, match=r"head\(s\) \[9\] do not exist"):
+        model.prune_heads({0: [0], 1: [9]})
+    with pytest.raises(ValueError, match="cannot prune every head of layer 0"):
+        model.prune_heads({0: [0, 1], "0": [2]})                  # the same layer twice, all three heads
+    assert model.config.extra == {}
+    assert all(np.array_equal(p.data, before[name]) for name, p in model.named_parameters())
+
+
+def test_an_optimizer_made_before_pruning_says_so():
+    from minibert.modeling import BertModel
+
+    model = BertModel(tiny_config(), seed=0)
+    optimizer = AdamW(model.named_parameters(), lr=1e-3)
+    model.prune_heads({0: [1]})
+    for _, p in model.named_parameters():
+        p.grad = np.zeros_like(p.data)
+    with pytest.raises(ValueError, match="changed \\(pruned\\?\\) after the optimizer was made"):
+        optimizer.step()

@@ -112,31 +112,46 @@ def gradcheck(loss_fn, arrays: dict, grads: dict, *, samples: int | None = 30, e
 
     loss_fn:  a function of no arguments returning the scalar loss computed from the
               current contents of ``arrays`` (which the checker perturbs in place and restores).
-    arrays:   {name: float64 array} the variables to check.
+    arrays:   {name: float64 array} the variables to check (any memory layout).
     grads:    {name: array} the claimed dL/d(array), same shapes.
     samples:  how many coordinates to check per array (None = all).
     """
+    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
+        raise ValueError(f"samples must be a positive integer or None (all coordinates), got {samples!r}")
+    if not eps > 0:
+        raise ValueError(f"eps must be positive, got {eps!r}")
+    if not arrays:
+        raise ValueError("gradcheck got no arrays to check")
     rng = np.random.default_rng(seed)
     report = GradcheckReport()
+
+    def scalar_loss():
+        value = loss_fn()
+        if np.ndim(value) != 0:
+            raise TypeError(f"loss_fn must return a scalar, got an array of shape {np.shape(value)}")
+        return float(value)
+
     for name, array in arrays.items():
-        if array.dtype != np.float64:
-            raise TypeError(f"gradcheck needs float64 arrays for {name!r}, got {array.dtype}: "
+        if getattr(array, "dtype", None) != np.float64:
+            raise TypeError(f"gradcheck needs float64 arrays for {name!r}, got "
+                            f"{getattr(array, 'dtype', type(array).__name__)}: "
                             "float32 rounding is larger than the finite-difference error")
-        claimed = to_numpy(grads[name]).reshape(-1)
-        if claimed.size != array.size:
-            raise ValueError(f"gradient for {name!r} has {claimed.size} elements, the array has {array.size}")
-        flat = array.reshape(-1)                       # a view: writes go into the array
-        if flat.base is None and array.size and not np.shares_memory(flat, array):
-            raise ValueError(f"array {name!r} must be contiguous so it can be perturbed in place")
+        if name not in grads:
+            raise KeyError(f"no claimed gradient for {name!r}")
+        claimed = to_numpy(grads[name])
+        if tuple(claimed.shape) != tuple(array.shape):
+            raise ValueError(f"gradient for {name!r} has shape {tuple(claimed.shape)}, the array {tuple(array.shape)}")
+        claimed = claimed.reshape(-1)
         indices = _sample_indices(array.size, samples, rng)
         numeric = np.empty(len(indices))
         for n, i in enumerate(indices):
-            original = float(flat[i])
-            flat[i] = original + eps
-            plus = float(loss_fn())
-            flat[i] = original - eps
-            minus = float(loss_fn())
-            flat[i] = original
+            where = np.unravel_index(i, array.shape)       # any memory layout: written in place
+            original = float(array[where])
+            array[where] = original + eps
+            plus = scalar_loss()
+            array[where] = original - eps
+            minus = scalar_loss()
+            array[where] = original
             numeric[n] = (plus - minus) / (2 * eps)
         report.checks.append(ArrayCheck(name, tuple(array.shape), list(indices),
                                         claimed[indices].astype(np.float64), numeric, atol, rtol))
@@ -159,7 +174,11 @@ def check_op(forward, backward, inputs, wrt=None, *, names=None, seed: int = 0, 
     inputs = list(inputs)
     if wrt is None:
         wrt = [i for i, x in enumerate(inputs) if hasattr(x, "dtype") and x.dtype.kind == "f"]
+    if not wrt:
+        raise ValueError("check_op found no float array among the inputs to check (give wrt=...)")
     names = names or [f"input{i}" for i in wrt]
+    if len(names) != len(wrt):
+        raise ValueError(f"{len(names)} names for {len(wrt)} checked inputs (wrt = {list(wrt)})")
     y, cache = forward(*inputs)
     g = _random_like(y, np.random.default_rng(seed + 1))
     claimed = backward(g, cache)
@@ -186,6 +205,9 @@ def check_module(module, *inputs, wrt=(), parameters=True, seed: int = 0, **kwar
     Dropout must be off (``module.eval()`` or p = 0): the loss has to be a fixed function.
     """
     y = module.forward(*inputs)
+    if not hasattr(y, "shape"):
+        raise TypeError(f"check_module needs a forward that returns one array; {type(module).__name__}.forward "
+                        f"returned a {type(y).__name__} (wrap the module so it returns the output to check)")
     g = _random_like(y, np.random.default_rng(seed + 1))
     module.zero_grad()
     dinputs = module.backward(g)

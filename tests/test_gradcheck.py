@@ -54,3 +54,26 @@ def test_samples_limit_the_coordinates(rng):
     x = rng.standard_normal((50, 40))
     report = gradcheck(lambda: float((x ** 2).sum()), {"x": x}, {"x": 2 * x}, samples=25)
     assert report.ok and len(report.checks[0].indices) == 25
+
+
+def test_arrays_of_any_layout_are_perturbed_in_place(rng):
+    x = rng.standard_normal((3, 4)).T                      # not contiguous: a flat copy would hide errors
+    right = gradcheck(lambda: float((x ** 3).sum()), {"x": x}, {"x": 3 * x ** 2})
+    wrong = gradcheck(lambda: float((x ** 3).sum()), {"x": x}, {"x": np.zeros_like(x)})
+    assert right.ok and not wrong.ok
+
+
+def test_mistakes_in_calling_the_checker_are_refused(rng):
+    x = rng.standard_normal((2, 3))
+    with pytest.raises(ValueError, match=r"gradient for 'x' has shape \(3, 2\), the array \(2, 3\)"):
+        gradcheck(lambda: float(x.sum()), {"x": x}, {"x": np.ones((3, 2))})
+    with pytest.raises(TypeError, match=r"loss_fn must return a scalar, got an array of shape \(2, 3\)"):
+        gradcheck(lambda: x * 2, {"x": x}, {"x": np.ones((2, 3))})
+    with pytest.raises(ValueError, match="samples must be a positive integer"):
+        gradcheck(lambda: float(x.sum()), {"x": x}, {"x": np.ones((2, 3))}, samples=0)
+    a, b = rng.standard_normal(3), rng.standard_normal(3)
+    product = (lambda a, b: (a * b, (a, b)), lambda g, cache: (g * cache[1], g * cache[0]))
+    with pytest.raises(ValueError, match="1 names for 2 checked inputs"):
+        check_op(*product, [a, b], names=["a"])              # would have left b unchecked
+    with pytest.raises(ValueError, match="no float array among the inputs"):
+        check_op(*product, [[1.0, 2.0], [3.0, 4.0]])

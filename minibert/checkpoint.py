@@ -369,6 +369,9 @@ def load_pretrained(model_class, directory, device: str = "cpu", dtype=np.float3
     config = read_config(directory)
     if config_overrides:
         _warn_about_unknown_overrides(config, config_overrides)
+        given_names, given_count = config_overrides.get("id2label"), config_overrides.get("num_labels")
+        if given_names is not None and given_count is not None and len(given_names) != given_count:
+            raise ValueError(f"id2label names {len(given_names)} labels but num_labels is {given_count}")
         values = config.to_dict()
         values.update(config_overrides)
         try:

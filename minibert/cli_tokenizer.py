@@ -68,19 +68,13 @@ def _tokenize_command(args) -> int:
 def _train_vocab_command(args) -> int:
     from .vocab_trainer import save_vocab, train_wordpiece
 
-    words_seen = [0]
-
     def texts():
         for path in args.files:
-            for line in read_text_lines(path):
-                words_seen[0] += len(line.split())
-                yield line
+            yield from read_text_lines(path)
 
     start = time.perf_counter()
     vocab = train_wordpiece(texts(), vocab_size=args.vocab_size, min_frequency=args.min_frequency,
                             limit_alphabet=args.limit_alphabet, do_lower_case=not args.cased)
-    if words_seen[0] == 0:
-        raise ValueError(f"no words in {', '.join(args.files)}: nothing to learn a vocabulary from")
     path = save_vocab(vocab, args.output, do_lower_case=not args.cased)
     print(f"wrote {len(vocab)} tokens to {path} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return 0

@@ -176,6 +176,8 @@ class FineTuner:
                  tokenizer=None, optimizer=None, teacher_logits=None):
         if len(train_set) == 0:
             raise ValueError("the training set is empty")
+        if val_set is not None and len(val_set) == 0:
+            raise ValueError("the validation set is empty (give None to train without validation)")
         if teacher_logits is not None:
             if not (isinstance(model, BertForSequenceClassification) and model.problem_type != "regression"):
                 raise TypeError("distillation (teacher_logits) is for sequence classifiers, got "
@@ -464,6 +466,8 @@ def evaluate(model, dataset, batch_size: int = 32) -> dict:
 
     (The mean of the per-batch losses weighted by their item counts: the loss of the whole set.)
     """
+    if len(dataset) == 0:
+        raise ValueError("the evaluation data set is empty")
     model.eval()
     loss_sum, items = 0.0, 0
     predictions, labels = [], []

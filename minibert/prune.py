@@ -143,7 +143,7 @@ class MagnitudePruner:
         xp = get_array_module(next(iter(self.params.values())).data)
         magnitudes = xp.concatenate([xp.abs(p.data).reshape(-1) for p in self.params.values()])  # all weights
         keep = xp.ones(magnitudes.size, dtype=bool)
-        count = int(round(sparsity * magnitudes.size))
+        count = min(int(round(sparsity * magnitudes.size)), magnitudes.size - 1)   # never every weight
         if count > 0:
             smallest = xp.argpartition(magnitudes, count - 1)[:count]     # exactly `count` indices
             keep[smallest] = False

@@ -51,7 +51,9 @@ import json
 import os
 from collections import Counter, defaultdict
 
-from .tokenization import TOKENIZER_CONFIG_NAME, VOCAB_FILE_NAME, BasicTokenizer, _check_text
+import numpy as np
+
+from .tokenization import TOKENIZER_CONFIG_NAME, VOCAB_FILE_NAME, BasicTokenizer, _check_text, _check_vocab
 
 DEFAULT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -92,17 +94,20 @@ def train_wordpiece(texts, vocab_size: int, min_frequency: int = 2, limit_alphab
     ``texts``: an iterable of str (or one str). The tokenization options must be the ones
     the vocabulary will be used with; ``save_vocab`` records them.
     """
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
-        raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
-    if min_frequency < 1:
-        raise ValueError(f"min_frequency must be at least 1, got {min_frequency}")
-    if limit_alphabet < 1:
-        raise ValueError(f"limit_alphabet must be at least 1, got {limit_alphabet}")
+    for name, value in (("vocab_size", vocab_size), ("min_frequency", min_frequency),
+                        ("limit_alphabet", limit_alphabet)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    vocab_size = int(vocab_size)
+    if isinstance(special_tokens, str):
+        raise TypeError(f"special_tokens must be a list of tokens, got the string {special_tokens!r}")
     special_tokens = list(dict.fromkeys(special_tokens))
     if "[UNK]" not in special_tokens:
         raise ValueError("special_tokens must include '[UNK]' (BertTokenizer needs it)")
     basic = BasicTokenizer(do_lower_case, strip_accents, tokenize_chinese_chars, never_split=special_tokens)
     word_counts = count_words(texts, basic, special_tokens)
+    if not word_counts:
+        raise ValueError("the texts hold no words: nothing to learn a vocabulary from")
 
     alphabet = choose_alphabet(word_counts, limit_alphabet, initial_alphabet)
     vocab = list(special_tokens)
@@ -196,6 +201,7 @@ def save_vocab(vocab, output, do_lower_case: bool = True, strip_accents: bool | 
     config records the tokenization options so ``BertTokenizer.from_pretrained(output)``
     tokenizes exactly as the trainer did.
     """
+    vocab = _check_vocab(list(vocab))                     # one token per line: no empty, repeated or multi-line ones
     output = os.fspath(output)
     os.makedirs(output, exist_ok=True)
     path = os.path.join(output, VOCAB_FILE_NAME)

@@ -235,6 +235,16 @@ def test_a_metric_that_is_not_measured_is_refused_before_training(tokenizer, sen
         FineTuner(model, FineTuningArguments(metric="acc", progress=False), encoded, encoded)
 
 
+def test_an_empty_validation_set_is_refused(tokenizer, sentiment):
+    _, encoded = sentiment
+    model = BertForSequenceClassification(_config(tokenizer), num_labels=3, seed=0)
+    empty = encoded.subset([])
+    with pytest.raises(ValueError, match="the validation set is empty"):
+        FineTuner(model, FineTuningArguments(metric="loss", progress=False), encoded, empty)
+    with pytest.raises(ValueError, match="the evaluation data set is empty"):
+        evaluate(model, empty)                               # would report a perfect loss of 0
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="batch_size"):
         FineTuningArguments(batch_size=0)

@@ -8,6 +8,8 @@ import pytest
 
 from minibert.data.finetuning import (
     DataFormatError,
+    SquadAnswer,
+    SquadExample,
     best_span,
     encode_classification,
     encode_token_classification,
@@ -130,11 +132,28 @@ def test_skip_and_replace_modes(tmp_path):
     ("label,sentence\npos,good\n", r":1: no text column 'text'; the header has columns \['label', 'sentence'\]"),
     ("", r"empty"),
     ("label,text\n", r"no examples"),
+    ("text,label\nhello, world,pos\n", r":2: 3 fields but the header has 2: a text holding the delimiter"),
 ])
 def test_malformed_csv_rows_name_the_line(tmp_path, content, message):
     path = _write(tmp_path, "bad.csv", content)
     with pytest.raises(DataFormatError, match=message):
         read_classification_file(path, "text", "label", labels=["neg", "pos"])
+
+
+def test_label_sets_columns_and_lengths_that_cannot_work(tmp_path, tokenizer):
+    path = _write(tmp_path, "ok.csv", "text,label\ngood,pos\nbad,neg\n")
+    with pytest.raises(ValueError, match="labels must be distinct"):
+        read_classification_file(path, labels=["pos", "neg", "pos"])
+    data = read_classification_file(path)
+    with pytest.raises(ValueError, match="too few to split .* a part would be empty"):
+        data.split((0.8, 0.1, 0.1))
+    with pytest.raises(ValueError, match="max_length must leave room .* at least 3, got 2"):
+        encode_classification(data, tokenizer, max_length=2)
+    conll = _write(tmp_path, "tags.conll", "Paris B-LOC\nis O\n")
+    with pytest.raises(ValueError, match="differ from tag_column"):
+        read_conll(conll, token_column=0, tag_column=0)
+    with pytest.raises(DataFormatError, match="tag column -2 is the token column on this line"):
+        read_conll(conll, tag_column=-2)
 
 
 def test_encode_classification_and_trimmed_batches(tokenizer):
@@ -219,6 +238,43 @@ def test_answer_not_at_its_start_names_the_question(tmp_path):
     broken = _write(tmp_path, "broken.json", '{"data": [\n  {"title": "x",,}\n]}')
     with pytest.raises(DataFormatError, match=r"broken.json:2: not valid JSON"):
         read_squad(broken)
+
+
+def test_squad_2_negative_starts_and_hand_built_answers_are_refused(tmp_path, tokenizer):
+    path = _squad_file(tmp_path, {"id": "q2", "question": "Why?", "answers": [], "is_impossible": True})
+    with pytest.raises(DataFormatError, match="unanswerable question .*only SQuAD v1.1"):
+        read_squad(path)
+    path = _squad_file(tmp_path, {"id": "q3", "question": "Where?", "answers": [{"text": "mat.", "answer_start": -4}]})
+    with pytest.raises(DataFormatError, match="answer_start -4: a character offset >= 0"):
+        read_squad(path)                                # context[-4:] is "mat." all the same
+    example = SquadExample("q4", "What is it?", "Paris is the capital.", [SquadAnswer("Paris", 10)])
+    with pytest.raises(ValueError, match="answer 'Paris' is not at character 10"):
+        prepare_squad_features([example], tokenizer, max_length=32, doc_stride=8)
+    with pytest.raises(ValueError, match="no examples"):
+        prepare_squad_features([], tokenizer)
+
+
+def test_postprocessing_refuses_inputs_that_would_give_wrong_answers(tokenizer):
+    examples = read_squad(SQUAD)
+    features = prepare_squad_features(examples, tokenizer, max_length=48, doc_stride=16, max_query_length=12)
+    T = features.arrays["input_ids"].shape[1]
+    logits = np.zeros((len(features), T))
+    with pytest.raises(ValueError, match="max_answer_length must be a positive integer"):
+        postprocess_squad(examples, features, logits, logits, max_answer_length=0)
+    with pytest.raises(ValueError, match="not those the features were prepared from"):
+        postprocess_squad(examples[::-1], features, logits, logits)
+    with pytest.raises(ValueError, match="give logits for every position of the window"):
+        postprocess_squad(examples, features, logits[:, :4], logits[:, :4])
+    with pytest.raises(ValueError, match=r"1-D rows .* pass \[\.\.\., 0\] and \[\.\.\., 1\]"):
+        postprocess_squad(examples, features, np.zeros((len(features), T, 2)), np.zeros((len(features), T, 2)))
+    nan = logits.copy()
+    nan[0, :] = np.nan
+    with pytest.raises(ValueError, match="window 0: the logits hold NaN"):
+        postprocess_squad(examples, features, nan, logits)
+    with pytest.raises(TypeError, match="gold answers must be a list of str"):
+        squad_evaluate([("q1", "Paris")], {"q1": "Paris"})
+    with pytest.raises(ValueError, match="none of the 1 predictions is for a question id"):
+        squad_evaluate([("1", ["Paris"])], {1: "Paris"})
 
 
 def test_windows_cover_every_answer_and_spans_round_trip(tokenizer):

@@ -303,6 +303,8 @@ def test_a_saved_classifier_loads_back_with_its_labels(tmp_path, rng):
     regression = BertForSequenceClassification(config, num_labels=1)
     regression.save_pretrained(tmp_path / "regression")
     assert BertForSequenceClassification.from_pretrained(tmp_path / "regression").problem_type == "regression"
+    with pytest.raises(ValueError, match="id2label names 2 labels but num_labels is 3"):
+        BertForSequenceClassification.from_pretrained(tmp_path, id2label=["a", "b"], num_labels=3)
 
 
 # ---------------------------------------------------------------------------- transformers parity

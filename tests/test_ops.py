@@ -193,3 +193,12 @@ def test_ops_keep_float32(rng):
     assert ops.gelu_forward(x)[0].dtype == np.float32
     assert ops.gelu_backward(x, ops.gelu_forward(x)[1]).dtype == np.float32
     assert ops.softmax_forward(x)[0].dtype == np.float32
+
+
+def test_shapes_and_probabilities_the_ops_cannot_use(rng):
+    logits = rng.standard_normal((4, 3))
+    with pytest.raises(ValueError, match=r"logits \(R, C\) and labels \(R,\), got \(4, 3\) and \(4, 1\)"):
+        ops.cross_entropy_forward(logits, np.zeros((4, 1), dtype=np.int64))   # would broadcast to (4, 4)
+    for p in (1.0, 1.5, -0.5):
+        with pytest.raises(ValueError, match="dropout probability must be in"):
+            ops.dropout_forward(logits, p, np.random.default_rng(0))

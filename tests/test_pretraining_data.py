@@ -424,3 +424,13 @@ def test_with_bert_tokenizer(topics):
     assert documents[0][0] == tokenizer.convert_tokens_to_ids(tokenizer.tokenize(topics[0][0]))
     ex = examples_to_arrays(create_examples(documents, vocab, 32, masker=Masker(vocab, whole_word_masking=True)))
     assert ex["input_ids"].shape[1] == 32 and (ex["labels"] != IGNORE).any()
+
+
+def test_inputs_of_the_wrong_kind_are_refused(tokenizer, vocab):
+    with pytest.raises(TypeError, match=r"documents\[0\] must be a list of sentences \(str\), got a str"):
+        tokenize_documents(["The quick brown fox.", "Paris is nice."], tokenizer)
+    masker = Masker(vocab)
+    with pytest.raises(TypeError, match="input_ids must hold integers, got dtype float64"):
+        masker(np.array([[2.0, 7.6, 3.0]]), np.random.default_rng(0))
+    with pytest.raises(TypeError, match="rng must be a numpy.random.Generator"):
+        masker(np.array([[2, 7, 3]]), 0)

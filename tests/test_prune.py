@@ -307,3 +307,9 @@ def test_an_optimizer_made_before_pruning_says_so():
         p.grad = np.zeros_like(p.data)
     with pytest.raises(ValueError, match="changed \\(pruned\\?\\) after the optimizer was made"):
         optimizer.step()
+
+
+def test_a_sparsity_just_below_one_still_keeps_a_weight():
+    model = _classifier(dtype=np.float32)
+    pruner = MagnitudePruner(model, 0.9999999)              # rounds to every weight: one is kept
+    assert pruner.pruned == pruner.total - 1 and pruner.measured_sparsity() < 1.0

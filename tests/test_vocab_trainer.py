@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from minibert.cli_tokenizer import main as cli_main
 from minibert.tokenization import BasicTokenizer, BertTokenizer
-from minibert.vocab_trainer import DEFAULT_SPECIAL_TOKENS, save_vocab, train_wordpiece
+from minibert.vocab_trainer import DEFAULT_SPECIAL_TOKENS, count_words, save_vocab, train_wordpiece
 
 ALPHABET_AND_FORMS = ["b", "g", "h", "n", "p", "s", "u", "##b", "##g", "##h", "##n", "##p", "##s", "##u"]
 
@@ -104,6 +104,10 @@ def test_bad_input():
 @given(texts=st.lists(st.text(st.characters(blacklist_categories=("Cs",)), max_size=40), min_size=1, max_size=8),
        vocab_size=st.integers(100, 300))
 def test_any_corpus_trains_a_usable_vocabulary(texts, vocab_size):
+    if not count_words(texts, BasicTokenizer(never_split=DEFAULT_SPECIAL_TOKENS), DEFAULT_SPECIAL_TOKENS):
+        with pytest.raises(ValueError, match="the texts hold no words"):   # blank, or only control characters
+            train_wordpiece(texts, vocab_size=vocab_size, min_frequency=1)
+        return
     vocab = train_wordpiece(texts, vocab_size=vocab_size, min_frequency=1)
     assert len(vocab) == len(set(vocab)) <= vocab_size
     tok = BertTokenizer(vocab)
@@ -138,4 +142,12 @@ def test_train_vocab_reports_invalid_utf8(tmp_path, capsys):
     assert "cannot read" in capsys.readouterr().err
     (tmp_path / "blank.txt").write_text("\n  \n")
     assert cli_main(["train-vocab", str(tmp_path / "blank.txt"), "--output", str(tmp_path / "out")]) == 2
-    assert "no words in" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert "the texts hold no words" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_save_vocab_refuses_tokens_that_cannot_be_one_per_line(tmp_path):
+    with pytest.raises(ValueError, match="contains a line break"):
+        save_vocab(["[UNK]", "a\nb"], tmp_path / "v")
+    with pytest.raises(ValueError, match="duplicate entry"):
+        save_vocab(["[UNK]", "a", "a"], tmp_path / "v")
+    assert not (tmp_path / "v").exists()

@@ -70,7 +70,7 @@ class EncodedDataset:
 
     def get_batch(self, indices, rng=None) -> dict:
         """Rows ``indices`` of every array; ``rng`` is unused (the pretraining data sets need one)."""
-        indices = np.asarray(indices)
+        indices = np.asarray(indices, dtype=np.int64)
         width = int(self.arrays["attention_mask"][indices].sum(axis=1).max(initial=1))
         batch = {}
         for name, array in self.arrays.items():
@@ -81,7 +81,7 @@ class EncodedDataset:
         return batch
 
     def subset(self, indices) -> "EncodedDataset":
-        indices = np.asarray(indices)
+        indices = np.asarray(indices, dtype=np.int64)
         return EncodedDataset({name: a[indices] for name, a in self.arrays.items()})
 
 
@@ -129,6 +129,10 @@ class ClassificationData:
             raise ValueError(f"fractions must be >= 0 and sum to 1, got {fractions}")
         order = np.random.default_rng(seed).permutation(len(self))
         bounds = np.round(np.cumsum((0.0,) + tuple(fractions)) * len(self)).astype(int)
+        sizes = np.diff(bounds)
+        if any(size == 0 and f > 0 for size, f in zip(sizes, fractions)):
+            raise ValueError(f"{len(self)} examples are too few to split into fractions {tuple(fractions)}: "
+                             f"a part would be empty (sizes {sizes.tolist()})")
         return tuple(self.subset(order[a:b]) for a, b in zip(bounds[:-1], bounds[1:]))
 
 
@@ -183,6 +187,8 @@ def read_classification_file(path, text_column="text", label_column="label", tex
         delimiter = "\t" if path.lower().endswith(".tsv") else ","
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     known = None if labels is None else {str(name): i for i, name in enumerate(labels)}
+    if known is not None and len(known) != len(labels):
+        raise ValueError(f"labels must be distinct, got {list(labels)}")
 
     texts, pairs, raw_labels, lines, skipped = [], [], [], [], []
     with open(path, encoding=encoding + ("-sig" if encoding.lower() in ("utf-8", "utf8") else ""),
@@ -207,6 +213,9 @@ def read_classification_file(path, text_column="text", label_column="label", tex
                 if len(row) < width:
                     raise DataFormatError(path, line, f"expected at least {width} fields "
                                           f"(delimiter {delimiter!r}), got {len(row)}: {row!r}")
+                if head is not None and len(row) > len(head) and any(cell.strip() for cell in row[len(head):]):
+                    raise DataFormatError(path, line, f"{len(row)} fields but the header has {len(head)}: "
+                                          f"a text holding the delimiter {delimiter!r} must be quoted; {row!r}")
                 fields = {what: row[i] for what, i in index.items()}
                 if any(_SURROGATE.search(value) for value in fields.values()):
                     if invalid_utf8 == "error":
@@ -262,6 +271,10 @@ def encode_classification(data: ClassificationData, tokenizer, max_length: int =
     Returns input_ids, token_type_ids, attention_mask (N, max_length) int32 and labels (N,)
     (int64 class ids, or float64 values for regression).
     """
+    least = 3 if data.text_pairs is None else 5                        # [CLS] a [SEP] (b [SEP])
+    if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or max_length < least:
+        raise ValueError(f"max_length must leave room for the special tokens and some text: at least "
+                         f"{least}, got {max_length!r}")
     arrays = {key: np.zeros((len(data), max_length), dtype=np.int32) for key in SEQUENCE_KEYS}
     for start in range(0, len(data), chunk_size):
         stop = min(start + chunk_size, len(data))
@@ -305,6 +318,11 @@ def read_conll(path, token_column: int = 0, tag_column: int = -1, *, labels=None
     """
     path = os.fspath(path)
     known = None if labels is None else {str(name): i for i, name in enumerate(labels)}
+    if known is not None and len(known) != len(labels):
+        raise ValueError(f"labels must be distinct, got {list(labels)}")
+    if token_column < 0 or (tag_column if tag_column >= 0 else None) == token_column:
+        raise ValueError(f"token_column must be 0 or more and differ from tag_column; got token_column "
+                         f"{token_column}, tag_column {tag_column}")
     # a line needs both columns, and two distinct ones (with tag_column -1 a lone word is not its own tag)
     need = max(2, max(token_column, tag_column) + 1 if tag_column >= 0 else max(token_column + 1, -tag_column))
     sentences, tag_names, lines = [], [], []
@@ -327,6 +345,9 @@ def read_conll(path, token_column: int = 0, tag_column: int = -1, *, labels=None
                 raise DataFormatError(path, number, f"expected at least {need} whitespace-separated columns "
                                       f"(token column {token_column}, tag column {tag_column}), got "
                                       f"{len(columns)}: {text.strip()!r}")
+            if tag_column % len(columns) == token_column:
+                raise DataFormatError(path, number, f"tag column {tag_column} is the token column on this "
+                                      f"line ({len(columns)} columns): choose another tag_column")
             tag = columns[tag_column]
             if known is not None and tag not in known:
                 raise DataFormatError(path, number, f"unknown tag {tag!r}; the {len(known)} tags are {list(known)}")
@@ -490,10 +511,15 @@ def read_squad(path) -> list[SquadExample]:
                 question = get(qa, "question", str, where, needle)
                 if not question.strip():
                     fail(where, "empty question", needle)
+                if qa.get("is_impossible"):
+                    fail(where, "an unanswerable question (SQuAD 2.0's is_impossible); only SQuAD v1.1, "
+                                "where every question has an answer in its context, is supported", needle)
                 answers = []
                 for k, answer in enumerate(get(qa, "answers", list, where, needle)):
                     text = get(answer, "text", str, f"{where} answer {k}", needle)
                     start = get(answer, "answer_start", int, f"{where} answer {k}", needle)
+                    if isinstance(start, bool) or start < 0:
+                        fail(where, f"answer {k} has answer_start {start!r}: a character offset >= 0", needle)
                     if not text.strip():
                         fail(where, f"answer {k} is empty", needle)
                     if context[start:start + len(text)] != text:
@@ -517,10 +543,11 @@ class SquadFeatures(EncodedDataset):
     position (special tokens, question, padding). ``offsets`` is not part of a batch.
     """
 
-    def __init__(self, arrays: dict, example_index: np.ndarray, offsets: np.ndarray):
+    def __init__(self, arrays: dict, example_index: np.ndarray, offsets: np.ndarray, example_ids=None):
         super().__init__(arrays)
         self.example_index = example_index
         self.offsets = offsets
+        self.example_ids = example_ids      # the examples' ids in order, to check postprocess's examples
 
 
 def _answer_token_span(offsets, start_char: int, end_char: int):
@@ -547,8 +574,20 @@ def prepare_squad_features(examples, tokenizer, max_length: int = 384, doc_strid
     offsets); a window that does not contain the whole answer points both positions at
     [CLS] (index 0). Examples without answers are for prediction only (both positions 0).
     """
-    if doc_stride <= 0 or max_query_length <= 0:
-        raise ValueError(f"doc_stride and max_query_length must be positive, got {doc_stride}, {max_query_length}")
+    for name, value in (("max_length", max_length), ("doc_stride", doc_stride), ("max_query_length", max_query_length)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    examples = list(examples)
+    if not examples:
+        raise ValueError("no examples to prepare")
+    for example in examples:                           # hand-built examples are checked as read_squad does
+        for answer in example.answers:
+            if not isinstance(answer, SquadAnswer):
+                raise TypeError(f"example {example.id!r}: answers must be SquadAnswer(text, start), "
+                                f"got {type(answer).__name__}")
+            if answer.start < 0 or example.context[answer.start:answer.start + len(answer.text)] != answer.text:
+                raise ValueError(f"example {example.id!r}: answer {answer.text!r} is not at character "
+                                 f"{answer.start} of its context")
     cls_id, sep_id, pad_id = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id
     rows, types, starts, ends, owners, offset_rows = [], [], [], [], [], []
     for index, example in enumerate(examples):
@@ -589,7 +628,8 @@ def prepare_squad_features(examples, tokenizer, max_length: int = 384, doc_strid
     if any(example.answers for example in examples):
         arrays["start_positions"] = np.asarray(starts, dtype=np.int64)
         arrays["end_positions"] = np.asarray(ends, dtype=np.int64)
-    return SquadFeatures(arrays, np.asarray(owners, dtype=np.int64), offsets)
+    return SquadFeatures(arrays, np.asarray(owners, dtype=np.int64), offsets,
+                         example_ids=[example.id for example in examples])
 
 
 def best_span(start_logits, end_logits, max_answer_length: int):
@@ -612,13 +652,31 @@ def postprocess_squad(examples, features: SquadFeatures, start_logits, end_logit
     (original case, accents and spacing). ``start_logits`` / ``end_logits``: one row per
     window, (F, T') with T' at least the window's length (or a list of 1-D rows).
     """
+    if isinstance(max_answer_length, bool) or not isinstance(max_answer_length, (int, np.integer)) \
+            or max_answer_length < 1:
+        raise ValueError(f"max_answer_length must be a positive integer, got {max_answer_length!r}")
     if len(start_logits) != len(features) or len(end_logits) != len(features):
         raise ValueError(f"expected logits for {len(features)} windows, got {len(start_logits)} and {len(end_logits)}")
+    ids = features.example_ids
+    if ids is not None and [example.id for example in examples] != list(ids):
+        raise ValueError("the examples are not those the features were prepared from (or not in the same "
+                         "order): pass the same list to prepare_squad_features and postprocess_squad")
+    if len(features) and int(features.example_index.max()) >= len(examples):
+        raise ValueError(f"the features come from {int(features.example_index.max()) + 1} or more examples, "
+                         f"but {len(examples)} were given")
     best = {}                                           # example index -> (score, text)
     for f in range(len(features)):
         starts, ends = np.asarray(start_logits[f], dtype=np.float64), np.asarray(end_logits[f], dtype=np.float64)
-        offsets = features.offsets[f][:len(starts)]
-        context_positions = np.flatnonzero(offsets[:, 0] >= 0)        # (K,)
+        context_positions = np.flatnonzero(features.offsets[f][:, 0] >= 0)          # (K,)
+        if starts.ndim != 1 or starts.shape != ends.shape:
+            raise ValueError(f"window {f}: start and end logits must be 1-D rows of equal length, got shapes "
+                             f"{starts.shape} and {ends.shape} (for (F, T, 2) logits pass [..., 0] and [..., 1])")
+        if context_positions.size and starts.size <= context_positions[-1]:
+            raise ValueError(f"window {f}: {starts.size} logits, but its context reaches position "
+                             f"{int(context_positions[-1])}: give logits for every position of the window")
+        if not (np.isfinite(starts[context_positions]).all() and np.isfinite(ends[context_positions]).all()):
+            raise ValueError(f"window {f}: the logits hold NaN or infinity")
+        offsets = features.offsets[f]
         if context_positions.size == 0:
             continue
         i, j, score = best_span(starts[context_positions], ends[context_positions], max_answer_length)

@@ -124,7 +124,11 @@ def tokenize_documents(documents, tokenizer) -> list[list[list[int]]]:
         def encode(text):
             return tokenizer.convert_tokens_to_ids(tokenizer.tokenize(text))
     result = []
-    for document in documents:
+    for d, document in enumerate(documents):
+        if isinstance(document, str) or not all(isinstance(sentence, str) for sentence in document):
+            raise TypeError(f"documents[{d}] must be a list of sentences (str), got "
+                            f"{'a str' if isinstance(document, str) else type(document).__name__}: "
+                            "a corpus is a list of documents, each a list of sentences")
         ids_document = [list(ids) for ids in map(encode, document)]
         ids_document = [ids for ids in ids_document if ids]
         if ids_document:
@@ -272,6 +276,11 @@ class Masker:
     def __call__(self, input_ids, rng) -> tuple[np.ndarray, np.ndarray]:
         """(masked input_ids, labels) for ``input_ids`` of shape (B, T) or (T,); the input is not changed."""
         input_ids = np.asarray(input_ids)
+        if input_ids.dtype.kind not in "iu":
+            raise TypeError(f"input_ids must hold integers, got dtype {input_ids.dtype}")
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError(f"rng must be a numpy.random.Generator (np.random.default_rng(seed)), "
+                            f"got {type(rng).__name__}")
         squeeze = input_ids.ndim == 1
         original = np.atleast_2d(input_ids)                                       # (B, T)
         if original.size and (original.min() < 0 or original.max() >= self.vocab.vocab_size):

@@ -55,11 +55,15 @@ def squad_evaluate(examples, predictions: dict) -> dict:
     ``examples``: SquadExample objects (minibert.data.finetuning) or (id, [gold texts]) pairs;
     ``predictions``: {question id: predicted text}.
     """
+    if not isinstance(predictions, dict):
+        raise TypeError(f"predictions must be a dict {{question id: text}}, got {type(predictions).__name__}")
     em = f1 = 0.0
-    count = 0
+    count = answered = 0
     for example in examples:
         if isinstance(example, tuple):
             qid, golds = example
+            if isinstance(golds, str):
+                raise TypeError(f"question {qid!r}: the gold answers must be a list of str, got the str {golds!r}")
         else:
             qid, golds = example.id, [answer.text for answer in example.answers]
         if not golds:
@@ -67,8 +71,12 @@ def squad_evaluate(examples, predictions: dict) -> dict:
         count += 1
         if qid not in predictions:
             continue                                   # unanswered: scores 0
+        answered += 1
         em += max_over_gold(exact_match_score, predictions[qid], golds)
         f1 += max_over_gold(f1_score, predictions[qid], golds)
     if count == 0:
         raise ValueError("no question with a gold answer to evaluate")
+    if answered == 0 and predictions:
+        raise ValueError(f"none of the {len(predictions)} predictions is for a question id of the examples "
+                         f"(e.g. {next(iter(predictions))!r} against {qid!r}): are the ids of the same type?")
     return {"exact_match": 100.0 * em / count, "f1": 100.0 * f1 / count, "questions": count}

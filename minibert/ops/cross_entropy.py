@@ -15,6 +15,9 @@ IGNORE_INDEX = -100
 
 def cross_entropy_forward(logits, labels, ignore_index=IGNORE_INDEX):
     xp = get_array_module(logits)
+    if logits.ndim != 2 or getattr(labels, "shape", None) != logits.shape[:1]:
+        raise ValueError(f"cross_entropy_forward needs logits (R, C) and labels (R,), got {logits.shape} "
+                         f"and {getattr(labels, 'shape', type(labels).__name__)}")
     counted = labels != ignore_index                    # (R,)
     count = int(counted.sum())
     safe_labels = xp.where(counted, labels, 0)          # any valid class for ignored rows

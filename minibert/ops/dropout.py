@@ -11,6 +11,8 @@ generator gives reproducible masks.
 
 
 def dropout_forward(x, p, rng, training=True):
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p!r}")
     if not training or p == 0.0:
         return x, None
     keep = rng.random(x.shape, dtype=x.dtype) >= p

@@ -236,3 +236,10 @@ def test_bad_split_input():
         split_documents([], 0.1)
     with pytest.raises(CorpusError, match="at least 2 documents"):
         split_documents(documents_named(1), 0.1)
+
+
+@pytest.mark.parametrize("separator", ["\n\n", "\n\x0c\n", "\n\u00a0 \n", "\r\r", "\r\n\r\n"])
+def test_any_blank_looking_line_separates_documents(separator):
+    newline = "\r" if separator.startswith("\r") and "\n" not in separator else "\n"
+    text = f"One sentence here.{newline}Another one here.{separator}A second document.{newline}"
+    assert parse_text(text, "lines") == [["One sentence here.", "Another one here."], ["A second document."]]

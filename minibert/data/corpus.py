@@ -69,7 +69,8 @@ class CorpusError(ValueError):
 
 
 # ----------------------------------------------------------------------------- sentences
-_BLANK_LINES = re.compile(r"\n[ \t]*\n")                  # paragraph separator
+_BLANK_LINES = re.compile(r"\n[ \t]*\n")                  # paragraph separator in docstrings
+_BLANK_TEXT_LINES = re.compile(r"\n\s*\n")                 # in text files: any blank-looking line (\f, NBSP...)
 _UNDERLINE = re.compile(r"^\s*([-=~^*#+`'\".:_])\1{2,}\s*$")  # reST title under/overlines
 _TABLE_ROW = re.compile(r"^\s*(\||\+[-=])")                    # reST grid-table rows and borders
 _SENTENCE_END = re.compile(
@@ -306,7 +307,7 @@ def parse_text(text: str, format: str = "auto") -> Corpus:
     if format == "auto":
         format = detect_format(text)
     documents = []
-    for block in _BLANK_LINES.split(text.replace("\r\n", "\n")):
+    for block in _BLANK_TEXT_LINES.split(text.replace("\r\n", "\n").replace("\r", "\n")):
         if format == "lines":
             sentences = [_WHITESPACE.sub(" ", line).strip() for line in block.splitlines()]
             sentences = [s for s in sentences if s]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 
 from .backend import to_numpy
+from .nn import grad_enabled
 from .plots import _pyplot
 from .prune import encoder, original_head_numbers
 
@@ -35,6 +36,9 @@ def attention_probabilities(model, tokenizer, text: str, text_pair: str | None =
 
     ``model``: a BertModel or any model with one in ``.bert`` (a fine-tuning head's).
     """
+    if not grad_enabled():
+        raise RuntimeError("attention_probabilities reads the probabilities from the attention caches, "
+                           "which no_grad() does not keep: call it outside the no_grad() block")
     bert = encoder(model)
     encoded = tokenizer([text], None if text_pair is None else [text_pair],
                         max_length=bert.config.max_position_embeddings, truncation=True)

@@ -381,6 +381,11 @@ def prune_heads_by_importance(model, importance, count: int) -> dict[int, list[i
     config records them (``config.extra["pruned_heads"]``), so it saves and loads back.
     Create the optimizer afterwards: the parameters have new shapes.
     """
+    config = encoder(model).config
+    expected = (config.num_hidden_layers, config.num_attention_heads)
+    if np.shape(importance) != expected:
+        raise ValueError(f"importance must have shape (layers, heads) = {expected} for this model, "
+                         f"got {np.shape(importance)}")
     heads = select_heads_to_prune(importance, count)
     if heads:
         encoder(model).prune_heads(heads)

@@ -307,9 +307,14 @@ def _load_mmap(path: str, infos: dict[str, TensorInfo], file_size: int) -> dict[
 
 # --------------------------------------------------------------------------- writing
 def _as_host_array(name, value) -> np.ndarray:
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(f"tensor {name!r}: a masked array would lose its mask; save .filled(...) "
+                        "or the data and the mask as two tensors")
     arr = to_numpy(value)
-    if not isinstance(arr, np.ndarray) or arr.dtype == object:
+    if not isinstance(arr, np.ndarray):
         raise TypeError(f"tensor {name!r}: expected an array, got {type(value).__name__}")
+    if arr.dtype == object:
+        raise TypeError(f"tensor {name!r}: an array of Python objects cannot be written (numbers only)")
     dtype = arr.dtype
     if dtype.byteorder not in ("=", "|", "<") or (dtype.byteorder == "=" and sys.byteorder == "big"):
         arr = arr.astype(dtype.newbyteorder("<"))
@@ -381,6 +386,8 @@ def save_file(tensors: Mapping[str, object], path, metadata: Mapping[str, str] |
     directory = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path} is a directory, not a file name")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"cannot write {path}: the folder {directory} does not exist")
     base = os.path.basename(path)
     # Create the temporary file with O_EXCL and mode 0o666 so the umask applies as for
     # any ordinary new file (mkstemp would force 0o600).

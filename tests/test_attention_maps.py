@@ -64,3 +64,10 @@ def test_plots_are_written_for_one_layer_and_for_all(tmp_path):
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="layer 5 does not exist"):
         plot_attention_map(model, tokenizer, "the cat", str(tmp_path / "x.png"), layer=5)
+
+
+def test_under_no_grad_the_error_says_why():
+    from minibert.nn import no_grad
+
+    with no_grad(), pytest.raises(RuntimeError, match="which no_grad\\(\\) does not keep"):
+        attention_probabilities(_model(), BertTokenizer(VOCAB), "the cat")

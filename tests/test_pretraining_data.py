@@ -434,3 +434,8 @@ def test_inputs_of_the_wrong_kind_are_refused(tokenizer, vocab):
         masker(np.array([[2.0, 7.6, 3.0]]), np.random.default_rng(0))
     with pytest.raises(TypeError, match="rng must be a numpy.random.Generator"):
         masker(np.array([[2, 7, 3]]), 0)
+
+    with pytest.raises(ValueError, match=r"documents\[1\] must be a non-empty list of sentences"):
+        list(create_examples([[[5, 6, 7]] * 20, [], [[8, 9, 10]] * 20], vocab, 16))
+    with pytest.raises(ValueError, match="seed must be an integer >= 0"):
+        ArrayDataset({"input_ids": np.zeros((4, 3), np.int64)}, 2, seed=-1)

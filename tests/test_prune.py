@@ -313,3 +313,10 @@ def test_a_sparsity_just_below_one_still_keeps_a_weight():
     model = _classifier(dtype=np.float32)
     pruner = MagnitudePruner(model, 0.9999999)              # rounds to every weight: one is kept
     assert pruner.pruned == pruner.total - 1 and pruner.measured_sparsity() < 1.0
+
+
+def test_importance_of_another_shape_is_named():
+    from minibert.modeling import BertModel
+
+    with pytest.raises(ValueError, match=r"importance must have shape \(layers, heads\) = \(2, 3\)"):
+        prune_heads_by_importance(BertModel(tiny_config()), np.ones((2, 5)), 3)

@@ -330,3 +330,12 @@ def test_bf16_matches_torch(tmp_path):
     storch.save_file({"x": x}, str(path))
     got = st.load_file(path)["x"]
     np.testing.assert_array_equal(got, x.float().numpy())
+
+
+def test_values_that_cannot_be_written_faithfully(tmp_path):
+    with pytest.raises(TypeError, match="a masked array would lose its mask"):
+        st.save_file({"m": np.ma.masked_array([1.0, 2.0], mask=[0, 1])}, tmp_path / "m.safetensors")
+    with pytest.raises(TypeError, match="an array of Python objects"):
+        st.save_file({"o": np.array([1, "a"], dtype=object)}, tmp_path / "o.safetensors")
+    with pytest.raises(FileNotFoundError, match="the folder .*missing does not exist"):
+        st.save_file({"x": np.zeros(2)}, tmp_path / "missing" / "x.safetensors")

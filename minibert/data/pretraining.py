@@ -391,6 +391,11 @@ def create_examples(documents, vocab: VocabularyInfo, max_seq_length: int = 128,
                           f"another document); the corpus has {len(documents)}")
     if documents[0] and isinstance(documents[0][0], str):
         raise TypeError("create_examples needs token ids: pass the documents through tokenize_documents first")
+    for d, document in enumerate(documents):
+        if not document or not all(isinstance(sentence, (list, tuple, np.ndarray)) and len(sentence)
+                                    for sentence in document):
+            raise ValueError(f"documents[{d}] must be a non-empty list of sentences, each a non-empty list of "
+                             "token ids (tokenize_documents drops empty ones)")
     num_tokens = sum(len(s) for doc in documents for s in doc)
     if num_tokens < max_seq_length:
         raise CorpusError(f"the corpus holds {num_tokens} tokens, fewer than one sequence of "
@@ -530,6 +535,8 @@ class _Batches:
         self.num_examples = sum(self.part_sizes)
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
         self.seed = int(seed)
         self.drop_last = bool(drop_last)
         self.epoch = 0

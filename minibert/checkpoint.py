@@ -320,6 +320,9 @@ def _shape_error(model, key, name, got, want, where):
         message += (f": the vocabulary size disagrees with the embedding matrix "
                     f"(config.json says vocab_size = {config.vocab_size}, the matrix has {got[0]} "
                     "rows); fix vocab_size in config.json to match the checkpoint")
+    elif name.startswith(("classifier.", "qa_outputs.")) and config is not None and got[0] != want[0]:
+        message += (f": the checkpoint's head has {got[0]} outputs, this model {want[0]} (num_labels); "
+                    f"give num_labels={got[0]} to load the head as it was trained")
     elif config is not None and len(got) >= 1 and len(want) >= 1 and got[-1] != want[-1]:
         message += f" (does config.json's hidden_size = {config.hidden_size} match the weights?)"
     return message

@@ -305,6 +305,8 @@ def test_a_saved_classifier_loads_back_with_its_labels(tmp_path, rng):
     assert BertForSequenceClassification.from_pretrained(tmp_path / "regression").problem_type == "regression"
     with pytest.raises(ValueError, match="id2label names 2 labels but num_labels is 3"):
         BertForSequenceClassification.from_pretrained(tmp_path, id2label=["a", "b"], num_labels=3)
+    with pytest.raises(ValueError, match="the checkpoint's head has 2 outputs, this model 3 .* num_labels=2"):
+        BertForSequenceClassification.from_pretrained(tmp_path, num_labels=3)
 
 
 # ---------------------------------------------------------------------------- transformers parity

@@ -335,7 +335,9 @@ def read_text_corpus(path: str | os.PathLike, format: str = "auto") -> Corpus:
     for file in files:
         documents += parse_text(_read_utf8(file), format)
     if not documents:
-        raise CorpusError(f"the corpus at {path} holds no sentences (are the files empty?)")
+        raise CorpusError(f"the corpus at {path} holds no sentences: the files are empty, or (read as "
+                          f"paragraphs) every sentence is shorter than {MIN_SENTENCE_WORDS} words; "
+                          "format='lines' keeps every non-blank line")
     return documents
 
 

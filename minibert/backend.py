@@ -138,6 +138,11 @@ def erf(x):
     return _erf(x)
 
 
+def is_int_at_least(value, minimum: int) -> bool:
+    """True for an integer (a Python or NumPy int, never a bool) of at least ``minimum``."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= minimum
+
+
 def check_dtype(dtype):
     """float32 (default) or float64 (gradient checks); anything else is refused."""
     dtype = np.dtype(dtype)

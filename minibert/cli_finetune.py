@@ -66,7 +66,8 @@ def _check_arguments(args) -> None:
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.max_length < 3:
-        raise ValueError(f"--max-length must leave room for [CLS], a token and [SEP]: at least 3, got {args.max_length}")
+        raise ValueError(f"--max-length must leave room for [CLS], a token and [SEP]: at least 3, "
+                         f"got {args.max_length}")
     if not 0.0 < args.validation_fraction < 1.0:
         raise ValueError(f"--validation-fraction must be in (0, 1), got {args.validation_fraction}")
     if args.limit is not None and args.limit <= 0:

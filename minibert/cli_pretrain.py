@@ -10,7 +10,6 @@ import time
 
 from . import pretrain as job
 from .data.corpus import split_documents
-from .training import latest_checkpoint
 
 D = job.DEFAULTS
 
@@ -101,7 +100,7 @@ def _check_same_data_and_model(args, run_dir) -> None:
 
 def run_pretrain(args) -> int:
     from .modeling import BertConfig, BertForPreTraining
-    from .training import Trainer, TrainingArguments
+    from .training import Trainer, TrainingArguments, latest_checkpoint
 
     run_dir = os.path.join(args.output_root, args.name)
     if os.path.isdir(run_dir) and os.listdir(run_dir) and not args.resume:

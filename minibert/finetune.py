@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import ops
-from .backend import get_array_module, to_device, to_numpy
+from .backend import get_array_module, is_int_at_least, to_device, to_numpy
 from .checkpoint import save_pretrained
 from .heads import BertForMaskedLM, BertForSequenceClassification, BertForTokenClassification
 from .nn import no_grad
@@ -120,7 +120,7 @@ class FineTuningArguments:
     def __post_init__(self):
         for name in ("epochs", "batch_size", "gradient_accumulation_steps"):
             value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
+            if not is_int_at_least(value, 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         for name in ("max_steps", "eval_every", "eval_batch_size", "patience", "log_every"):
             value = getattr(self, name)

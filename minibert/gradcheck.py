@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .backend import get_array_module, to_numpy
+from .backend import get_array_module, is_int_at_least, to_numpy
 
 
 @dataclass
@@ -116,7 +116,7 @@ def gradcheck(loss_fn, arrays: dict, grads: dict, *, samples: int | None = 30, e
     grads:    {name: array} the claimed dL/d(array), same shapes.
     samples:  how many coordinates to check per array (None = all).
     """
-    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
+    if samples is not None and not is_int_at_least(samples, 1):
         raise ValueError(f"samples must be a positive integer or None (all coordinates), got {samples!r}")
     if not eps > 0:
         raise ValueError(f"eps must be positive, got {eps!r}")

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import cuda_kernels, ops
-from .backend import get_array_module, to_device
+from .backend import get_array_module, is_int_at_least, to_device
 from .layers import Dropout, Linear
 from .modeling import (
     BertConfig,
@@ -145,7 +145,7 @@ def _config_with_labels(config: BertConfig, num_labels, id2label) -> tuple[BertC
         num_labels = extra.get("num_labels")
     if num_labels is None:
         num_labels = len(names) if names else 2
-    if not isinstance(num_labels, (int, np.integer)) or isinstance(num_labels, bool) or num_labels <= 0:
+    if not is_int_at_least(num_labels, 1):
         raise ValueError(f"num_labels must be a positive integer, got {num_labels!r}")
     num_labels = int(num_labels)
     names = _label_names(names, num_labels, explicit)

@@ -33,7 +33,8 @@ import numpy as np
 
 from . import ops
 from . import cuda_kernels
-from .backend import RandomSource, check_device, check_dtype, get_array_module, to_device, xp_for_device
+from .backend import (RandomSource, check_device, check_dtype, get_array_module, is_int_at_least, to_device,
+                      xp_for_device)
 from .layers import Activation, Dropout, Embedding, LayerNorm, Linear
 from .nn import Module, ModuleList, Parameter
 
@@ -71,7 +72,7 @@ class BertConfig:
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                      "intermediate_size", "max_position_embeddings", "type_vocab_size"):
             value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
+            if not is_int_at_least(value, 1):
                 raise ValueError(f"BertConfig.{name} must be a positive integer, got {value!r}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
@@ -418,7 +419,7 @@ class BertPreTrainedModel(Module):
         for an encoder built inside a model with heads, the parent's own copy."""
         if not isinstance(config, BertConfig):
             raise TypeError(f"config must be a BertConfig, got {type(config).__name__}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        if not is_int_at_least(seed, 0):
             raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
         self.config = config if share_config else copy.deepcopy(config)
         self.random = RandomSource(seed + 1)               # dropout masks
@@ -516,14 +517,14 @@ def check_shape(array, expected, name, like="like input_ids"):
         raise ValueError(f"{name} must have shape {tuple(expected)} {like}, got {tuple(array.shape)}")
 
 
-def check_range(array, low, high, name, limit_name):
-    """Every value in [low, high); ``limit_name`` says where ``high`` comes from: a config field
-    ("vocab_size" -> "config.vocab_size = 31") or words ("2 NSP classes")."""
+def check_range(array, low, high, name, limit_name=None, *, limit=None):
+    """Every value in [low, high); the message says where ``high`` comes from: the config
+    field ``limit_name`` ("config.vocab_size = 31"), or the words ``limit``."""
     lowest, highest = int(array.min()), int(array.max())
     if lowest < low or highest >= high:
         bad = lowest if lowest < low else highest
-        limit = f"config.{limit_name} = {high}" if limit_name.isidentifier() else limit_name
-        raise ValueError(f"{name} contains {bad}, outside [{low}, {high}) ({limit})")
+        raise ValueError(f"{name} contains {bad}, outside [{low}, {high}) "
+                         f"({limit or f'config.{limit_name} = {high}'})")
 
 
 class BertModel(BertPreTrainedModel):
@@ -599,7 +600,7 @@ class BertModel(BertPreTrainedModel):
         if output_positions is not None:
             positions = as_int_array(output_positions, "output_positions", xp).reshape(-1)   # (P,)
             if positions.size:
-                check_range(positions, 0, batch * length, "output_positions", f"{batch} x {length} positions")
+                check_range(positions, 0, batch * length, "output_positions", limit=f"{batch} x {length} positions")
                 if xp.unique(positions).size != positions.size:
                     raise ValueError("output_positions must not repeat a position")
         h = self.embeddings.forward(ids, token_type_ids)                 # (B, T, H)
@@ -765,7 +766,7 @@ class BertForPreTraining(BertPreTrainedModel):
             check_shape(nsp, (batch,), "next_sentence_label", "(one label per sequence)")
             valid = nsp[nsp != ops.IGNORE_INDEX]
             if valid.size:
-                check_range(valid, 0, 2, "next_sentence_label", "2 NSP classes: 0 B follows A, 1 B is random")
+                check_range(valid, 0, 2, "next_sentence_label", limit="2 NSP classes: 0 B follows A, 1 B is random")
             out.nsp_loss, cache = ops.cross_entropy_forward(out.seq_relationship_logits, nsp)
             losses["nsp"] = (ops.cross_entropy_backward, cache)
 

@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 
 from . import cuda_kernels
-from .backend import get_array_module, to_device, device_of, to_numpy
+from .backend import device_of, get_array_module, is_int_at_least, to_device, to_numpy
 from .nn import Parameter
 
 # Original BERT (and Hugging Face's examples) exclude biases and LayerNorm parameters from
@@ -431,8 +431,7 @@ class DynamicLossScaler:
         self.growth_factor = _check_number("growth_factor", growth_factor, low=1.0, low_inclusive=False)
         self.backoff_factor = _check_number("backoff_factor", backoff_factor, low=0.0, high=1.0,
                                             low_inclusive=False)
-        if isinstance(growth_interval, bool) or not isinstance(growth_interval, (int, np.integer)) \
-                or growth_interval <= 0:
+        if not is_int_at_least(growth_interval, 1):
             raise ValueError(f"growth_interval must be a positive integer, got {growth_interval!r}")
         self.growth_interval = int(growth_interval)
         self.min_scale = _check_number("min_scale", min_scale, low=0.0, low_inclusive=False)

@@ -48,7 +48,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .backend import get_array_module, to_numpy
+from .backend import get_array_module, is_int_at_least, to_numpy
 from .nn import no_grad
 
 def encoder(model):
@@ -106,7 +106,7 @@ class MagnitudePruner:
 
     def __init__(self, model, sparsity: float, names=None, *, ramp_steps: int = 0):
         self.sparsity = check_sparsity(sparsity)
-        if not isinstance(ramp_steps, (int, np.integer)) or isinstance(ramp_steps, bool) or ramp_steps < 0:
+        if not is_int_at_least(ramp_steps, 0):
             raise ValueError(f"ramp_steps must be a non-negative integer, got {ramp_steps!r}")
         self.ramp_steps = int(ramp_steps)
         self.steps = 0                                       # optimizer steps seen (advance calls)
@@ -347,7 +347,7 @@ def select_heads_to_prune(importance, count: int) -> dict[int, list[int]]:
     alive = ~np.isnan(importance)
     left = alive.sum(axis=1)                                     # heads remaining per layer
     removable = int((left - 1).clip(min=0).sum())
-    if not isinstance(count, (int, np.integer)) or isinstance(count, bool) or count < 0:
+    if not is_int_at_least(count, 0):
         raise ValueError(f"count must be a non-negative integer, got {count!r}")
     if count > removable:
         raise ValueError(f"cannot prune {count} heads: keeping at least one head in each of the "

@@ -41,6 +41,8 @@ from itertools import chain
 
 import numpy as np
 
+from .backend import is_int_at_least
+
 SPECIAL_TOKEN_NAMES = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 VOCAB_FILE_NAME = "vocab.txt"
 TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
@@ -424,12 +426,9 @@ class BertTokenizer:
         if isinstance(never_split, (str, bytes)):
             raise TypeError(f"never_split must be a list of tokens, got the string {never_split!r} "
                             f"(write [{never_split!r}] for one token)")
-        if model_max_length is not None and (isinstance(model_max_length, bool)
-                                             or not isinstance(model_max_length, (int, np.integer))
-                                             or model_max_length < 2):
+        if model_max_length is not None and not is_int_at_least(model_max_length, 2):
             raise ValueError(f"model_max_length must be an integer of at least 2 (or None), got {model_max_length!r}")
-        if isinstance(max_input_chars_per_word, bool) or not isinstance(max_input_chars_per_word, (int, np.integer)) \
-                or max_input_chars_per_word < 1:
+        if not is_int_at_least(max_input_chars_per_word, 1):
             raise ValueError(f"max_input_chars_per_word must be a positive integer, got {max_input_chars_per_word!r}")
         self.do_lower_case = bool(do_lower_case)
         self.strip_accents = strip_accents
@@ -814,9 +813,7 @@ class BertTokenizer:
             text_pairs = list(text_pairs)
             if len(text_pairs) != len(texts):
                 raise ValueError(f"got {len(texts)} texts but {len(text_pairs)} text pairs")
-        if pad_to_multiple_of is not None and (isinstance(pad_to_multiple_of, bool)
-                                               or not isinstance(pad_to_multiple_of, (int, np.integer))
-                                               or pad_to_multiple_of < 1):
+        if pad_to_multiple_of is not None and not is_int_at_least(pad_to_multiple_of, 1):
             raise ValueError(f"pad_to_multiple_of must be a positive integer or None, got {pad_to_multiple_of!r}")
         if padding is True:
             padding = "longest"

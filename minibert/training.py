@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import safetensors as st
-from .backend import get_array_module, to_numpy
+from .backend import get_array_module, is_int_at_least, to_numpy
 from .checkpoint import save_pretrained
 from .nn import no_grad
 from .optim import AdamW, DynamicLossScaler, clip_grad_norm, get_schedule
@@ -83,7 +83,7 @@ class TrainingArguments:
         positive = ("gradient_accumulation_steps", "max_steps", "eval_every", "log_every")
         for name in positive:
             value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
+            if not is_int_at_least(value, 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0
                 and math.isfinite(self.learning_rate)):

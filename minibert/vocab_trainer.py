@@ -51,8 +51,7 @@ import json
 import os
 from collections import Counter, defaultdict
 
-import numpy as np
-
+from .backend import is_int_at_least
 from .tokenization import TOKENIZER_CONFIG_NAME, VOCAB_FILE_NAME, BasicTokenizer, _check_text, _check_vocab
 
 DEFAULT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -96,7 +95,7 @@ def train_wordpiece(texts, vocab_size: int, min_frequency: int = 2, limit_alphab
     """
     for name, value in (("vocab_size", vocab_size), ("min_frequency", min_frequency),
                         ("limit_alphabet", limit_alphabet)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        if not is_int_at_least(value, 1):
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     vocab_size = int(vocab_size)
     if isinstance(special_tokens, str):

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..backend import is_int_at_least
 from ..ops.cross_entropy import IGNORE_INDEX
 
 
@@ -152,6 +153,16 @@ def _column_index(header, column, path, what):
     return names.index(column)
 
 
+def _label_ids(labels) -> dict | None:
+    """{label name: id} of a given label set (None: none given); the names must be distinct."""
+    if labels is None:
+        return None
+    known = {str(name): i for i, name in enumerate(labels)}
+    if len(known) != len(labels):
+        raise ValueError(f"labels must be distinct, got {list(labels)}")
+    return known
+
+
 def _sort_label_names(names) -> list[str]:
     """Integers in numeric order ("2" < "10"), otherwise alphabetical."""
     names = list(names)
@@ -186,9 +197,7 @@ def read_classification_file(path, text_column="text", label_column="label", tex
     if delimiter is None:
         delimiter = "\t" if path.lower().endswith(".tsv") else ","
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    known = None if labels is None else {str(name): i for i, name in enumerate(labels)}
-    if known is not None and len(known) != len(labels):
-        raise ValueError(f"labels must be distinct, got {list(labels)}")
+    known = _label_ids(labels)
 
     texts, pairs, raw_labels, lines, skipped = [], [], [], [], []
     with open(path, encoding=encoding + ("-sig" if encoding.lower() in ("utf-8", "utf8") else ""),
@@ -272,7 +281,7 @@ def encode_classification(data: ClassificationData, tokenizer, max_length: int =
     (int64 class ids, or float64 values for regression).
     """
     least = 3 if data.text_pairs is None else 5                        # [CLS] a [SEP] (b [SEP])
-    if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or max_length < least:
+    if not is_int_at_least(max_length, least):
         raise ValueError(f"max_length must leave room for the special tokens and some text: at least "
                          f"{least}, got {max_length!r}")
     arrays = {key: np.zeros((len(data), max_length), dtype=np.int32) for key in SEQUENCE_KEYS}
@@ -317,9 +326,7 @@ def read_conll(path, token_column: int = 0, tag_column: int = -1, *, labels=None
     sorted, with "O" first when present); an unknown tag is an error naming the line.
     """
     path = os.fspath(path)
-    known = None if labels is None else {str(name): i for i, name in enumerate(labels)}
-    if known is not None and len(known) != len(labels):
-        raise ValueError(f"labels must be distinct, got {list(labels)}")
+    known = _label_ids(labels)
     if token_column < 0 or (tag_column if tag_column >= 0 else None) == token_column:
         raise ValueError(f"token_column must be 0 or more and differ from tag_column; got token_column "
                          f"{token_column}, tag_column {tag_column}")
@@ -575,7 +582,7 @@ def prepare_squad_features(examples, tokenizer, max_length: int = 384, doc_strid
     [CLS] (index 0). Examples without answers are for prediction only (both positions 0).
     """
     for name, value in (("max_length", max_length), ("doc_stride", doc_stride), ("max_query_length", max_query_length)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        if not is_int_at_least(value, 1):
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     examples = list(examples)
     if not examples:
@@ -652,16 +659,15 @@ def postprocess_squad(examples, features: SquadFeatures, start_logits, end_logit
     (original case, accents and spacing). ``start_logits`` / ``end_logits``: one row per
     window, (F, T') with T' at least the window's length (or a list of 1-D rows).
     """
-    if isinstance(max_answer_length, bool) or not isinstance(max_answer_length, (int, np.integer)) \
-            or max_answer_length < 1:
+    if not is_int_at_least(max_answer_length, 1):
         raise ValueError(f"max_answer_length must be a positive integer, got {max_answer_length!r}")
     if len(start_logits) != len(features) or len(end_logits) != len(features):
         raise ValueError(f"expected logits for {len(features)} windows, got {len(start_logits)} and {len(end_logits)}")
-    ids = features.example_ids
-    if ids is not None and [example.id for example in examples] != list(ids):
-        raise ValueError("the examples are not those the features were prepared from (or not in the same "
-                         "order): pass the same list to prepare_squad_features and postprocess_squad")
-    if len(features) and int(features.example_index.max()) >= len(examples):
+    if features.example_ids is not None:
+        if [example.id for example in examples] != list(features.example_ids):
+            raise ValueError("the examples are not those the features were prepared from (or not in the "
+                             "same order): pass the same list to prepare_squad_features and postprocess_squad")
+    elif len(features) and int(features.example_index.max()) >= len(examples):       # hand-made features
         raise ValueError(f"the features come from {int(features.example_index.max()) + 1} or more examples, "
                          f"but {len(examples)} were given")
     best = {}                                           # example index -> (score, text)

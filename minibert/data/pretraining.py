@@ -34,6 +34,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from ..backend import is_int_at_least
 from ..ops.cross_entropy import IGNORE_INDEX
 from .corpus import CorpusError
 
@@ -535,7 +536,7 @@ class _Batches:
         self.num_examples = sum(self.part_sizes)
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        if not is_int_at_least(seed, 0):
             raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
         self.seed = int(seed)
         self.drop_last = bool(drop_last)

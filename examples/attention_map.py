@@ -15,6 +15,7 @@ other pieces or to a related word, and heads that spread out evenly (mostly in l
 """
 
 import argparse
+import importlib.util
 import os
 import warnings
 
@@ -37,7 +38,8 @@ tokenizer = BertTokenizer.from_pretrained(directory)
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)        # a fine-tuned model's head is not needed here
     model = BertModel.from_pretrained(directory)
-os.makedirs(args.output, exist_ok=True)
+if importlib.util.find_spec("matplotlib"):                  # the pictures need it; the summary does not
+    os.makedirs(args.output, exist_ok=True)
 
 tokens, maps = attention_probabilities(model, tokenizer, args.text)
 print(f"{len(tokens)} tokens: {' '.join(tokens)}")

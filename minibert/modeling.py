@@ -112,6 +112,11 @@ class BertConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "BertConfig":
+        if not isinstance(values, dict):
+            raise ValueError(f"a BERT config must be a JSON object (a dict), got {type(values).__name__}")
+        if not isinstance(values.get("extra", {}), dict):
+            raise ValueError(f"the config's 'extra' must be a JSON object (a dict), "
+                             f"got {type(values['extra']).__name__}")
         known = {f.name for f in fields(cls)} - {"extra"}
         values = dict(values)
         # transformers' own attention choice ("eager", "sdpa", ...) is not ours: both compute the same

@@ -40,6 +40,12 @@ def test_config_json_round_trip_keeps_unknown_fields(tmp_path):
     assert (again.num_hidden_layers, again.hidden_size, again.num_attention_heads) == (4, 256, 4)
 
 
+@pytest.mark.parametrize("values, message", [([1, 2], "JSON object"), ({"extra": [1]}, "'extra'")])
+def test_config_that_is_not_an_object(values, message):
+    with pytest.raises(ValueError, match=message):
+        BertConfig.from_dict(values)
+
+
 def test_config_for_another_architecture():
     with pytest.raises(ValueError, match="model_type 'gpt2'"):
         BertConfig.from_dict({"model_type": "gpt2"})

@@ -64,6 +64,11 @@ def test_inference_encoder_equals_model_forward(act):
         hidden, _ = model.forward(ids, attention_mask=mask)
     expected = np.concatenate([hidden[j, :n] for j, n in enumerate(lengths)])
     np.testing.assert_allclose(packed, expected, atol=2e-6)   # the GELU's erf is good to ~1.5e-7
+    order = np.argsort(lengths, kind="stable")                  # equal lengths side by side: views, not gathers
+    by_length, _ = fast.forward([sequences[j] for j in order])
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    np.testing.assert_allclose(by_length, np.concatenate([packed[starts[j]:starts[j] + lengths[j]] for j in order]),
+                               atol=1e-12)
     fast.ATTENTION_SCORES_LIMIT = 1                             # attention one sequence at a time
     np.testing.assert_allclose(fast.forward(sequences)[0], packed, atol=1e-12)
     with pytest.raises(ValueError, match="max_position_embeddings"):

@@ -502,3 +502,19 @@ def test_fill_mask_matches_transformers(tmp_path):
         best = np.argsort(-probs[position])[:3]
         assert [tokens[i] for i in best] == [t for t, _ in row]
         np.testing.assert_allclose([p for _, p in row], probs[position][best], atol=1e-5)
+
+
+def test_own_name_wins_over_a_differing_tied_decoder_without_prefix(tmp_path):
+    # keys without "bert.": the decoder copy no longer sorts after the word embeddings by chance
+    model = BertForPreTraining(small_config(), seed=4)
+    model.save_pretrained(tmp_path)
+
+    def base_names_and_a_different_decoder(tensors):
+        tensors = {(k[5:] if k.startswith("bert.") else k): v for k, v in tensors.items()}
+        tensors["cls.predictions.decoder.weight"] = tensors["embeddings.word_embeddings.weight"] + 1.0
+        return tensors
+
+    _rewrite(tmp_path, base_names_and_a_different_decoder)
+    loaded, _ = _load_quietly(BertForPreTraining, tmp_path)
+    np.testing.assert_array_equal(loaded.bert.embeddings.word_embeddings.weight.data,
+                                  model.bert.embeddings.word_embeddings.weight.data)

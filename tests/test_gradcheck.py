@@ -4,7 +4,11 @@ import numpy as np
 import pytest
 
 from minibert import ops
-from minibert.gradcheck import check_op, gradcheck
+from minibert.backend import RandomSource
+from minibert.gradcheck import check_module, check_op, gradcheck
+from minibert.modeling import BertLayer
+
+from conftest import tiny_config
 
 
 def test_a_wrong_backward_is_caught_and_reported(rng):
@@ -77,3 +81,26 @@ def test_mistakes_in_calling_the_checker_are_refused(rng):
         check_op(*product, [a, b], names=["a"])              # would have left b unchecked
     with pytest.raises(ValueError, match="no float array among the inputs"):
         check_op(*product, [[1.0, 2.0], [3.0, 4.0]])
+
+
+def test_sampled_coordinates_cover_the_whole_array():
+    x = np.random.default_rng(0).standard_normal(100)
+    wrong = 2 * x
+    wrong[50:] = 0                                              # wrong in the second half only
+    assert not gradcheck(lambda: float((x ** 2).sum()), {"x": x}, {"x": wrong}, samples=50).ok
+
+
+def test_one_wrong_coordinate_fails_the_check():
+    x = np.random.default_rng(0).standard_normal(20)
+    wrong = 2 * x
+    wrong[7] += 1.0
+    assert not gradcheck(lambda: float((x ** 2).sum()), {"x": x}, {"x": wrong}, samples=None).ok
+
+
+def test_check_module_twice_on_the_same_module():
+    # the second call must not add its gradients to the first call's
+    config = tiny_config()
+    layer = BertLayer(config, np.random.default_rng(0), RandomSource(0), np.float64)
+    hidden = np.random.default_rng(1).standard_normal((2, 4, config.hidden_size))
+    check_module(layer, hidden, None, wrt=(0,), samples=5).raise_if_failed()
+    check_module(layer, hidden, None, wrt=(0,), samples=5).raise_if_failed()

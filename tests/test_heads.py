@@ -383,3 +383,60 @@ def test_transformers_reads_a_saved_classifier_with_its_labels(tmp_path):
         ref = theirs(input_ids=torch.from_numpy(ids), token_type_ids=torch.from_numpy(types),
                      attention_mask=torch.from_numpy(mask)).logits.numpy()
     np.testing.assert_allclose(ours.eval().forward(ids, types, mask).logits, ref, rtol=1e-6, atol=1e-7)
+
+
+def test_classifier_dropout_gradient_in_training_mode():
+    # the heads' other gradient checks run in eval mode; here the classifier's dropout is live
+    rng = np.random.default_rng(0)
+    config = tiny_config()
+    config.extra["classifier_dropout"] = 0.5
+    model = BertForSequenceClassification(config, num_labels=3, seed=2, dtype=F64).train()
+    for _, p in model.named_parameters():
+        p.data += 0.05 * rng.standard_normal(p.data.shape)
+    ids, types, mask = _batch(config, rng)
+    labels = np.array([2, 0, 1])
+    state = model.random.get_state()
+
+    def loss():
+        model.random.set_state(state)                          # the same dropout masks every call
+        return model.forward(ids, types, mask, labels=labels).loss
+
+    loss()
+    model.zero_grad()
+    model.backward()
+    params = dict(model.named_parameters())
+    names = ["classifier.weight", "bert.pooler.dense.weight"]
+    gradcheck(loss, {n: params[n].data for n in names}, {n: params[n].grad.copy() for n in names},
+              samples=10).raise_if_failed()
+
+
+def test_loss_weight_scales_a_given_logits_gradient():
+    rng = np.random.default_rng(0)
+    config = tiny_config()
+    model = BertForSequenceClassification(config, num_labels=3, seed=1, dtype=F64)
+    ids, types, mask = _batch(config, rng)
+    dlogits = rng.standard_normal((3, 3))
+    model.forward(ids, types, mask)
+    model.zero_grad()
+    model.backward(dlogits)
+    full = {n: p.grad.copy() for n, p in model.named_parameters()}
+    model.forward(ids, types, mask)
+    model.zero_grad()
+    model.backward(dlogits, loss_weight=0.25)
+    for n, p in model.named_parameters():
+        np.testing.assert_allclose(p.grad, 0.25 * full[n], rtol=1e-12, atol=1e-15, err_msg=n)
+
+
+def test_masked_lm_label_zero_is_a_label_and_other_negatives_are_refused():
+    rng = np.random.default_rng(0)
+    config = tiny_config()
+    model = BertForMaskedLM(config, seed=1, dtype=F64)
+    ids, types, mask = _batch(config, rng)
+    labels = np.full(ids.shape, -100)
+    labels[0, 2] = 0                                           # token id 0 is a real target
+    labels[1, 1] = 5
+    out = model.forward(ids, types, mask, labels=labels)
+    np.testing.assert_array_equal(out.masked_positions, [2, 9])
+    labels[2, 1] = -5
+    with pytest.raises(ValueError, match="-5"):
+        model.forward(ids, types, mask, labels=labels)

@@ -244,3 +244,18 @@ def test_minilm_command_line(minilm, capsys):
     assert len(out) == 1 and out[0].endswith("A man is eating food.")
     assert main(["fill-mask", minilm, "Paris is the [MASK] of France."]) == 2
     assert "no masked-LM head" in capsys.readouterr().err
+
+
+def test_layer_norm_inplace_eps_sits_inside_the_square_root():
+    x = 0.05 * np.random.default_rng(0).standard_normal((4, 8))
+    mean, var = x.mean(1, keepdims=True), x.var(1, keepdims=True)
+    np.testing.assert_allclose(layer_norm_inplace(x.copy(), np.ones(8), np.zeros(8), 1e-2),
+                               (x - mean) / np.sqrt(var + 1e-2), rtol=1e-12)
+
+
+def test_model_engine_mean_pooling_ignores_padding(tiny_checkpoint):
+    # a batch of three different lengths: the padded model forward must pool real tokens only
+    sentences = ["w1 w2 w3 w4 w5 w6", "w7", "w8 w9"]
+    fast = SentenceEncoder(tiny_checkpoint, engine="fast").encode(sentences)
+    padded = SentenceEncoder(tiny_checkpoint, engine="model", batch_size=3).encode(sentences)
+    np.testing.assert_allclose(padded, fast, atol=1e-5)

@@ -43,6 +43,17 @@ def test_linear_in_mixed_precision_matches_float64_to_float16_rounding(rng):
     np.testing.assert_allclose(db, db64, rtol=1e-5)                        # the bias sum stays float32
 
 
+def test_linear_backward_in_mixed_precision_rounds_dy_to_float16(rng):
+    # the backward products run on float16 operands: dy is rounded too, not only the cached x and W
+    x, w = rng.standard_normal((5, 8)).astype(np.float32), rng.standard_normal((4, 8)).astype(np.float32)
+    _, cache = ops.linear_forward(x, w, None, compute_dtype=np.float16)
+    dy = rng.standard_normal((5, 4)).astype(np.float32)
+    dx, dw, _ = ops.linear_backward(dy, cache)
+    dy16 = dy.astype(np.float16)
+    np.testing.assert_array_equal(dx, (dy16 @ w.astype(np.float16)).astype(np.float32))
+    np.testing.assert_array_equal(dw, (dy16.T @ x.astype(np.float16)).astype(np.float32))
+
+
 def test_embedding_sums_repeated_ids(rng):
     table = rng.standard_normal((9, 4))
     ids = np.array([[1, 3, 1], [8, 1, 0]])                    # id 1 appears three times
@@ -93,6 +104,12 @@ def test_tanh(rng):
 
 def test_softmax(rng):
     check_op(ops.softmax_forward, ops.softmax_backward, [rng.standard_normal((2, 3, 7)) * 4]).raise_if_failed()
+
+
+def test_softmax_of_large_scores_does_not_overflow():
+    p, _ = ops.softmax_forward(np.array([[1000.0, 1001.0], [-1000.0, -1001.0]], dtype=np.float32))
+    e = np.exp(-1.0)
+    np.testing.assert_allclose(p, [[e / (1 + e), 1 / (1 + e)], [1 / (1 + e), e / (1 + e)]], rtol=1e-6)
 
 
 def test_dropout_backward_uses_the_cached_mask(rng):
@@ -202,3 +219,11 @@ def test_shapes_and_probabilities_the_ops_cannot_use(rng):
     for p in (1.0, 1.5, -0.5):
         with pytest.raises(ValueError, match="dropout probability must be in"):
             ops.dropout_forward(logits, p, np.random.default_rng(0))
+
+
+def test_layer_norm_eps_sits_inside_the_square_root():
+    # eps = 1e-12 elsewhere hides where it goes; with a small variance and eps = 1e-2 it shows
+    x = 0.05 * np.random.default_rng(0).standard_normal((4, 8))
+    y, _ = ops.layer_norm_forward(x, np.ones(8), np.zeros(8), 1e-2)
+    mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    np.testing.assert_allclose(y, (x - mean) / np.sqrt(var + 1e-2), rtol=1e-12)

@@ -241,6 +241,11 @@ def test_cosine_schedule_key_steps():
     assert f(110) == pytest.approx(0.2) and f(1000) == pytest.approx(0.2)
 
 
+def test_schedules_without_warm_up_start_at_the_full_rate():
+    assert linear_warmup_linear_decay(0, 1.0, warmup_steps=0, total_steps=10) == 1.0
+    assert warmup_cosine(0, 2.0, warmup_steps=0, total_steps=10, min_lr=0.2) == pytest.approx(2.0)
+
+
 def test_constant_and_get_schedule():
     assert constant(0, 0.3) == 0.3 and constant(10**6, 0.3) == 0.3
     assert constant(2, 0.3, warmup_steps=4) == pytest.approx(0.15)
@@ -361,3 +366,11 @@ def test_set_matmul_dtype_refuses_what_it_cannot_do():
         BertForPreTraining(tiny_config(), dtype=np.float64).set_matmul_dtype(np.float16)
     with pytest.raises(ValueError, match="float16 or None"):
         BertForPreTraining(tiny_config()).set_matmul_dtype(np.float32)
+
+
+def test_loss_scaler_overflow_restarts_the_growth_interval():
+    scaler = DynamicLossScaler(init_scale=8.0, growth_interval=2)
+    for overflow in (False, True, False):                       # good, overflow (halve), good
+        scaler.found_overflow = overflow
+        scaler.update()
+    assert scaler.scale == 4.0 and scaler.good_steps == 1

@@ -10,12 +10,14 @@ from minibert.data.corpus import CorpusError, pydoc_topic_documents
 from minibert.data.pretraining import (
     MASK_TOKEN_PROB,
     RANDOM_TOKEN_PROB,
+    SentencePair,
     ArrayDataset,
     DynamicMasking,
     Masker,
     ShardDataset,
     VocabularyInfo,
     create_examples,
+    encode_pair,
     examples_to_arrays,
     pairs_from_document,
     tokenize_documents,
@@ -439,3 +441,40 @@ def test_inputs_of_the_wrong_kind_are_refused(tokenizer, vocab):
         list(create_examples([[[5, 6, 7]] * 20, [], [[8, 9, 10]] * 20], vocab, 16))
     with pytest.raises(ValueError, match="seed must be an integer >= 0"):
         ArrayDataset({"input_ids": np.zeros((4, 3), np.int64)}, 2, seed=-1)
+
+
+def test_masking_proportions_are_berts_80_10_10():
+    # the statistics test reads these constants, so it cannot see them change
+    assert (MASK_TOKEN_PROB, RANDOM_TOKEN_PROB) == (0.8, 0.1)
+
+
+def _five_token_vocab():
+    """0 [PAD] 1 [UNK] 2 [CLS] 3 [SEP] 4 [MASK] 5 a 6 b 7 ##b"""
+    return VocabularyInfo(vocab_size=8, pad_id=0, cls_id=2, sep_id=3, mask_id=4,
+                          never_selected=np.array([0, 2, 3, 4], np.int32),
+                          replacement_ids=np.array([5, 6, 7], np.int32),
+                          is_continuation=np.array([False] * 7 + [True]))
+
+
+def test_nsp_label_one_means_b_is_random():
+    vocab = _five_token_vocab()
+    assert int(encode_pair(SentencePair([5], [6], True), 8, vocab)["next_sentence_label"]) == 1
+    assert int(encode_pair(SentencePair([5], [6], False), 8, vocab)["next_sentence_label"]) == 0
+
+
+def test_truncation_cuts_b_when_both_are_equally_long():
+    a, b = truncate_pair([1, 2, 3], [4, 5, 6], 5, np.random.default_rng(0))
+    assert (len(a), len(b)) == (3, 2)
+
+
+def test_whole_word_masking_a_continuation_after_sep_is_its_own_word():
+    # front truncation can leave a segment starting with a ## piece: it must not join the word before [SEP]
+    masker = Masker(_five_token_vocab(), whole_word_masking=True)
+    ids = np.array([[2, 5, 3, 7, 3]])                           # [CLS] a [SEP] ##b [SEP]: one prediction
+    picked = set()
+    for seed in range(40):
+        _, labels = masker(ids, np.random.default_rng(seed))
+        chosen = np.flatnonzero(labels[0] != IGNORE)
+        assert len(chosen) == 1
+        picked |= set(chosen.tolist())
+    assert picked == {1, 3}

@@ -339,3 +339,16 @@ def test_values_that_cannot_be_written_faithfully(tmp_path):
         st.save_file({"o": np.array([1, "a"], dtype=object)}, tmp_path / "o.safetensors")
     with pytest.raises(FileNotFoundError, match="the folder .*missing does not exist"):
         st.save_file({"x": np.zeros(2)}, tmp_path / "missing" / "x.safetensors")
+
+
+def test_one_byte_hole_between_tensors(tmp_path):
+    header = {"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+              "b": {"dtype": "U8", "shape": [1], "data_offsets": [5, 6]}}
+    with pytest.raises(ValueError, match="hole"):
+        st.read_header(_raw_file(tmp_path / "hole.safetensors", header, bytes(6)))
+
+
+def test_more_bytes_than_the_shape_needs(tmp_path):
+    header = {"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 8]}}
+    with pytest.raises(ValueError, match="needs 4 bytes"):
+        st.read_header(_raw_file(tmp_path / "extra.safetensors", header, bytes(8)))

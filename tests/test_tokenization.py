@@ -761,3 +761,8 @@ def test_decode_round_trip_on_the_real_vocabulary():
     for line in generated_lines(3_000, seed=5) + stdlib_source_lines(limit_bytes=300_000)[:3_000]:
         tokens = tok.tokenize(line)
         assert tok.tokenize(tok.decode(tok.encode(line), skip_special_tokens=False)) == ["[CLS]", *tokens, "[SEP]"], line
+
+
+def test_the_longest_special_token_wins_over_a_never_split_prefix():
+    tok = BertTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "[MA"], never_split=["[MA"])
+    assert tok.tokenize("a [MASK] a") == ["a", "[MASK]", "a"]

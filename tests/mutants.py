@@ -1,0 +1,293 @@
+"""Mutation audit: small deliberate bugs that the tests must catch.
+
+A test that cannot fail proves nothing. Each entry below plants one plausible bug (a sign,
+a dropped term, a wrong axis, ``=`` for ``+=``, an off-by-one) in one file of the library
+and names the tests that should notice. The audit runs each one and reports which tests
+caught it::
+
+    python tests/mutants.py              # all of them, ~30 minutes on 2 cores
+    python tests/mutants.py T1 F7 O15    # a few, by id
+    python tests/mutants.py --list
+
+It works on a copy of the tracked files in a temporary folder, never on your checkout. A
+mutant the named tests miss is tried against the whole suite before it counts as a
+survivor; the exit status is 1 if any mutant not marked ``equivalent`` survives.
+``tests/test_mutants.py`` checks, in the default test run, that every mutation still
+applies to the current source (exactly one match), so the list cannot rot unnoticed.
+
+When you fix a bug or add a feature, add the mutant that would have slipped through.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import NamedTuple
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Mutant(NamedTuple):
+    id: str
+    file: str               # path from the repository root
+    old: str                # text that must occur exactly once in ``file``
+    new: str                # what it becomes
+    tests: list             # test files (or node ids) that should catch it
+    what: str               # the bug, in words
+    also: list = []         # further (old, new) replacements in the same file
+    equivalent: str = ""    # why no test can catch it, for a mutant that changes nothing observable
+
+
+OPS = ["tests/test_ops.py"]
+MODULES = ["tests/test_modules.py", "tests/test_heads.py", "tests/test_reference.py"]
+FLASH = ["tests/test_flash_attention.py"]
+OPTIM = ["tests/test_optim.py", "tests/test_training.py"]
+TOKENIZER = ["tests/test_tokenization.py"]
+CHECKPOINT = ["tests/test_safetensors.py", "tests/test_checkpoint.py"]
+EMBED = ["tests/test_minilm.py"]
+PRETRAIN_DATA = ["tests/test_pretraining_data.py"]
+GRADCHECK = ["tests/test_gradcheck.py", "tests/test_ops.py"]
+
+A, L, E = "minibert/ops/activations.py", "minibert/ops/linear.py", "minibert/ops/embedding.py"
+N, S, D = "minibert/ops/layer_norm.py", "minibert/ops/softmax.py", "minibert/ops/dropout.py"
+T, F, C = "minibert/ops/attention.py", "minibert/ops/flash_attention.py", "minibert/ops/cross_entropy.py"
+DI, MS = "minibert/ops/distillation.py", "minibert/ops/mse.py"
+M, LY, H, NN = "minibert/modeling.py", "minibert/layers.py", "minibert/heads.py", "minibert/nn.py"
+O, P, K = "minibert/optim.py", "minibert/data/pretraining.py", "minibert/tokenization.py"
+X, CK, Y, G = "minibert/safetensors.py", "minibert/checkpoint.py", "minibert/embeddings.py", "minibert/gradcheck.py"
+
+MUTANTS = [
+    Mutant('A1', A, '    pdf *= -0.5\n', '    pdf *= 0.5\n', OPS, 'gelu_backward: pdf exponent sign flipped exp(+x^2/2)'),
+    Mutant('A2', A, '    pdf += cdf ', '    pass ', OPS, 'gelu_backward: drop Phi(x) term (only x*phi(x))'),
+    Mutant('A3', A, '    pdf *= INV_SQRT_2PI\n', '', OPS, 'gelu_backward: drop 1/sqrt(2pi) constant'),
+    Mutant('A4', A, '(1.0 + 3.0 * GELU_TANH_COEF * x * x)', '(1.0 + GELU_TANH_COEF * x * x)', OPS, 'gelu_tanh_backward: du/dx missing factor 3'),
+    Mutant('A5', A, '0.5 * x * (1.0 - t * t) * du_dx', '0.5 * x * (1.0 + t * t) * du_dx', OPS, 'gelu_tanh_backward: 1-t^2 -> 1+t^2'),
+    Mutant('A6', A, 'return dy * (1.0 - y * y)', 'return dy * (1.0 - y)', OPS, 'tanh_backward: 1-y^2 -> 1-y'),
+    Mutant('A7', A, '"gelu_new": (gelu_tanh_forward, gelu_tanh_backward)', '"gelu_new": (gelu_forward, gelu_backward)', OPS + ['tests/test_modules.py', 'tests/test_heads.py', 'tests/test_reference.py'], 'ACTIVATIONS: gelu_new mapped to exact erf GELU'),
+    Mutant('L1', L, 'dbias = dy2.sum(axis=0) if has_bias', 'dbias = dy2.mean(axis=0) if has_bias', OPS, 'linear_backward: db = mean instead of sum over positions'),
+    Mutant('L2', L, '    dy2 = dy2.astype(weight.dtype, copy=False)         # float16 under mixed precision\n', '', OPS, 'linear_backward: mixed precision, no cast of dy to float16 before the products'),
+    Mutant('L3', L, '    if weight.dtype != dtype:\n        dx, dweight', '    if weight.dtype == dtype:\n        dx, dweight', OPS, 'linear_backward: cast of dx/dW back to master dtype inverted'),
+    Mutant('L4', LY, '        self.weight.grad += dweight\n', '        self.weight.grad[...] = dweight\n', MODULES + ['tests/test_training.py'], 'Linear.backward: weight.grad = instead of += (tied decoder / accumulation)'),
+    Mutant('L5', LY, '            self.bias.grad += dbias\n', '            self.bias.grad[...] = dbias\n', MODULES + ['tests/test_training.py'], 'Linear.backward: bias.grad = instead of +='),
+    Mutant('E1', E, '    xp.add.at(drows, which_row.reshape(-1), dy.reshape(-1, hidden))', '    drows[which_row.reshape(-1)] = dy.reshape(-1, hidden)', OPS, 'embedding_backward: repeated ids assigned, not summed'),
+    Mutant('E2', LY, '        self.weight.grad[rows] += drows ', '        self.weight.grad[rows] = drows ', MODULES, 'Embedding.backward: grad[rows] = instead of += (overwrites tied decoder grad)'),
+    Mutant('E3', LY, '            keep = rows != self.padding_idx\n', '            keep = rows == rows\n', MODULES, 'Embedding.backward: padding_idx row gets gradient'),
+    Mutant('E4', M, 'self.position_embeddings.backward(dx.sum(axis=0, keepdims=True))', 'self.position_embeddings.backward(dx[:1])', MODULES, 'BertEmbeddings.backward: position grad from first sequence only'),
+    Mutant('E5', M, '        dx = self.LayerNorm.backward(self.dropout.backward(dy))', '        dx = self.LayerNorm.backward(dy)', MODULES, 'BertEmbeddings.backward: dropout backward skipped'),
+    Mutant('N1', N, '    dx -= mean_gx\n', '', OPS, 'layer_norm_backward: drop -mean(gx) term'),
+    Mutant('N2', N, '(gx * xhat).sum(axis=-1, keepdims=True) / hidden', '(gx * xhat).sum(axis=-1, keepdims=True)', OPS, 'layer_norm_backward: sum instead of mean for gx*xhat'),
+    Mutant('N3', N, 'dgamma = (dy * xhat).sum(axis=lead)', 'dgamma = dy.sum(axis=lead)', OPS, 'layer_norm_backward: dgamma without xhat'),
+    Mutant('N4', N, '    dx *= rstd\n', '', OPS, 'layer_norm_backward: forget *rstd'),
+    Mutant('N5', N, 'rstd = 1.0 / (var + eps) ** 0.5', 'rstd = 1.0 / (var ** 0.5 + eps)', OPS + ['tests/test_modules.py', 'tests/test_heads.py', 'tests/test_reference.py'], 'layer_norm_forward: eps outside sqrt'),
+    Mutant('N6', N, '    dbeta = dy.sum(axis=lead)  ', '    dbeta = dy.sum(axis=0)  ', OPS + ['tests/test_modules.py', 'tests/test_heads.py', 'tests/test_reference.py'], 'layer_norm_backward: dbeta summed over axis 0 only'),
+    Mutant('S1', S, 'ds = dp - (dp * p).sum(axis=-1, keepdims=True)', 'ds = dp - dp.sum(axis=-1, keepdims=True)', OPS, 'softmax_backward: sum(g) instead of sum(g*p)'),
+    Mutant('S2', S, '    ds *= p\n', '', OPS, 'softmax_backward: forget *p'),
+    Mutant('S3', S, 'ds = dp - (dp * p).sum(axis=-1, keepdims=True)', 'ds = dp - (dp * p).sum(axis=-2, keepdims=True)', OPS, 'softmax_backward: row sum over wrong axis (-2)'),
+    Mutant('S4', S, '    p = s - s.max(axis=-1, keepdims=True)\n', '    p = s.copy()\n', OPS + ['tests/test_modules.py', 'tests/test_heads.py', 'tests/test_reference.py'], 'softmax_forward: max not subtracted (overflow)'),
+    Mutant('D1', D, '    dx = dy * keep\n    dx *= scale\n', '    dx = dy * keep\n', OPS, 'dropout_backward: forget 1/(1-p) scale'),
+    Mutant('D2', D, '    scale = 1.0 / (1.0 - p)\n', '    scale = 1.0\n', OPS, 'dropout_forward: no inverted scaling'),
+    Mutant('D3', D, 'keep = rng.random(x.shape, dtype=x.dtype) >= p', 'keep = rng.random(x.shape, dtype=x.dtype) < p', OPS, 'dropout_forward: keeps with probability p'),
+    Mutant('D4', D, 'keep = rng.random(x.shape, dtype=x.dtype) >= p', 'keep = rng.random(x.shape, dtype=x.dtype) > p', OPS, 'dropout_forward: >= p -> > p', equivalent="a float32 draw equals p exactly with probability ~2**-24"),
+    Mutant('T1', T, '    dq *= scale\n', '', OPS, 'attention_backward: dq missing 1/sqrt(D)'),
+    Mutant('T2', T, 'dk = ds.swapaxes(-1, -2) @ q_scaled ', 'dk = ds.swapaxes(-1, -2) @ q_scaled * scale ', OPS, 'attention_backward: dk scaled twice'),
+    Mutant('T3', T, 'dv = p_dropped.swapaxes(-1, -2) @ do ', 'dv = p.swapaxes(-1, -2) @ do ', OPS, 'attention_backward: dv uses p not dropped p'),
+    Mutant('T4', T, '    dp = dropout_backward(dp, dropout_cache)\n', '', OPS, 'attention_backward: no dropout backward on dp'),
+    Mutant('T5', T, 'dv = p_dropped.swapaxes(-1, -2) @ do ', 'dv = p_dropped @ do ', OPS, 'attention_backward: dv missing transpose'),
+    Mutant('T6', T, 'scale = 1.0 / math.sqrt(q.shape[-1])', 'scale = 1.0 / q.shape[-1]', OPS + ['tests/test_modules.py', 'tests/test_heads.py', 'tests/test_reference.py'], 'attention_forward: scale 1/D instead of 1/sqrt(D)'),
+    Mutant('T7', T, '    if mask is not None:\n        s += mask\n', '', OPS + ['tests/test_modules.py', 'tests/test_heads.py', 'tests/test_reference.py'], 'attention_forward: mask ignored'),
+    Mutant('F1', F, '            l_i *= alpha\n', '', FLASH, 'flash fwd: running sum not rescaled'),
+    Mutant('F2', F, '            acc *= alpha[..., None]\n', '', FLASH, 'flash fwd: accumulator not rescaled'),
+    Mutant('F3', F, 'm_new = xp.maximum(m_i, s.max(axis=-1))', 'm_new = s.max(axis=-1)', FLASH, 'flash fwd: running max forgets previous tiles'),
+    Mutant('F4', F, "            l_i += p.sum(axis=-1)                    # l' = alpha l + sum_J exp(s - m')\n            if dropout is not None:                  # dropout acts after the sum: l counts every key\n                p *= _dropout_keep_tile(row_keys[:, :, i0:i1], j0, j1, threshold, xp)\n", '            if dropout is not None:\n                p *= _dropout_keep_tile(row_keys[:, :, i0:i1], j0, j1, threshold, xp)\n            l_i += p.sum(axis=-1)\n', FLASH, 'flash fwd: l summed after dropout (counts kept keys only)'),
+    Mutant('F5', F, "            acc *= 1.0 / (1.0 - dropout_p)           # inverted dropout's scale, once per output\n", '            pass\n', FLASH, 'flash fwd: missing 1/(1-p) dropout scale'),
+    Mutant('F6', F, '        l_i = xp.where(l_i == 0, 1, l_i)\n', '', FLASH, 'flash fwd: fully masked row 0/0'),
+    Mutant('F7', F, '            dk[:, :, j0:j1] += ds.swapaxes', '            dk[:, :, j0:j1] = ds.swapaxes', FLASH, 'flash bwd: dk assigned not accumulated over query tiles'),
+    Mutant('F8', F, '        dq_i *= scale\n', '', FLASH, 'flash bwd: dq missing scale'),
+    Mutant('F9', F, '            ds -= d_i\n', '', FLASH, 'flash bwd: ds missing -D term'),
+    Mutant('F10', F, 'd_i = (do_i * o[:, :, i0:i1]).sum(axis=-1)', 'd_i = (do[:, :, i0:i1] * o[:, :, i0:i1]).sum(axis=-1)', FLASH, 'flash bwd: D not divided by l'),
+    Mutant('F11', F, '                dp *= z                              # gradient through the dropout\n', '', FLASH, 'flash bwd: dp not through dropout'),
+    Mutant('F12', F, 'dv[:, :, j0:j1] += (e * z).swapaxes(-1, -2) @ do_i', 'dv[:, :, j0:j1] += e.swapaxes(-1, -2) @ do_i', FLASH, 'flash bwd: dv ignores dropout mask'),
+    Mutant('F13', F, '                z *= keep_scale                      # z = keep / (1 - p_drop): dropped p = p z\n', '', FLASH, 'flash bwd: dropout keep scale missing'),
+    Mutant('F14', F, '    rows = slice(i0, i1) if mask.shape[2] > 1 else slice(None)', '    rows = slice(j0, j1) if mask.shape[2] > 1 else slice(None)', FLASH, 'flash _mask_tile: query rows cut with key indices'),
+    Mutant('F15', F, 'm_i = xp.full((batch, heads, i1 - i0), np.finfo(dtype).min, dtype=dtype)', 'm_i = xp.full((batch, heads, i1 - i0), -np.inf, dtype=dtype)', FLASH, 'flash fwd: running max starts at -inf'),
+    Mutant('F16', F, '        dq[:, :, i0:i1] = dq_i\n', '        dq[:, :, i0:i1] += dq_i\n', FLASH, 'flash bwd: dq += into xp.empty (uninitialised)'),
+    Mutant('C1', C, 'dlogits *= (counted * (dloss / max(count, 1)))', 'dlogits *= (counted * (dloss / probs.shape[0]))', OPS, 'ce_backward: divide by all rows incl. ignored'),
+    Mutant('C2', C, 'loss = -float((logp_label * counted).sum()) / max(count, 1)', 'loss = -float((logp_label * counted).sum()) / logits.shape[0]', OPS, 'ce_forward: mean over all rows incl. ignored'),
+    Mutant('C3', C, 'dlogits *= (counted * (dloss / max(count, 1)))', 'dlogits *= ((dloss / max(count, 1)) + 0 * counted)', OPS, 'ce_backward: ignored rows get gradient'),
+    Mutant('C4', DI, 'return (q - p) * (dloss * temperature / max(rows, 1))', 'return (q - p) * (dloss * temperature ** 2 / max(rows, 1))', OPS, 'distillation_backward: T^2 instead of T'),
+    Mutant('C5', MS, 'return diff * (2.0 * dloss / max(count, 1))', 'return diff * (dloss / max(count, 1))', ['tests/test_heads.py'], 'mse_backward: missing factor 2'),
+    Mutant('M1', M, '        dh += self.key.backward(self._merge_heads(dk))\n', '        self.key.backward(self._merge_heads(dk))\n', MODULES, 'BertSelfAttention.backward: key path gradient not added to dh'),
+    Mutant('M2', M, '        dh = self.self.backward(dcontext)\n        dh += dresidual\n', '        dh = self.self.backward(dcontext)\n', MODULES, 'BertAttention.backward: residual gradient dropped'),
+    Mutant('M3', M, '        da += self.intermediate.backward(dintermediate)', '        da = self.intermediate.backward(dintermediate)', MODULES, 'BertLayer.backward: FFN residual gradient dropped'),
+    Mutant('M4', M, 'dh[:, 0] = self.dense.backward(self.activation.backward(dpooled))', 'dh[:, 0] = self.dense.backward(dpooled)', MODULES, 'BertPooler.backward: tanh derivative skipped'),
+    Mutant('M5', M, '                dh[where_first] += self.pooler.backward(dpooled)[:, 0]', '                dh[where_first] = self.pooler.backward(dpooled)[:, 0]', MODULES, 'BertModel.backward (output_positions): pooler grad overwrites sequence grad at [CLS]'),
+    Mutant('M6', M, '                dh = dh + self.pooler.backward(dpooled)', '                dh = self.pooler.backward(dpooled)', MODULES, 'BertModel.backward (full): dsequence dropped when dpooled given'),
+    Mutant('M7', M, 'first_tokens = xp.arange(batch) * length ', 'first_tokens = xp.arange(batch) ', MODULES, 'BertModel.forward: [CLS] rows = arange(B) not arange(B)*T'),
+    Mutant('M8', M, 'additive_mask = (1.0 - attention_mask.astype(dtype)) * np.finfo(dtype).min', 'additive_mask = attention_mask.astype(dtype) * np.finfo(dtype).min', MODULES, 'check_inputs: attention mask inverted'),
+    Mutant('M9', M, '                dprediction_logits = ce_backward(mlm_weight, cache)', '                dprediction_logits = ce_backward(nsp_weight, cache)', MODULES + ['tests/test_training.py'], 'BertForPreTraining.backward: MLM uses nsp_weight'),
+    Mutant('M10', M, '            dresidual = scatter_rows(dresidual, rows, h_shape)\n', '            dresidual = scatter_rows(dresidual, rows[::-1].copy(), h_shape)\n', MODULES, 'BertAttention.backward: residual rows scattered in wrong order'),
+    Mutant('M11', M, '        dx = self.dense.backward(self.dropout.backward(dsum))', '        dx = self.dense.backward(dsum)', MODULES, 'BertAddNorm.backward: dropout backward skipped'),
+    Mutant('H1', H, 'dpooled = self.dropout.backward(self.classifier.backward(dlogits))', 'dpooled = self.classifier.backward(dlogits)', ['tests/test_heads.py'], 'SeqCls.backward: classifier dropout backward skipped'),
+    Mutant('H2', H, '            dstart = ops.cross_entropy_backward(weight / 2, start_cache) ', '            dstart = ops.cross_entropy_backward(weight, start_cache) ', ['tests/test_heads.py'], 'QA.backward: start gradient not halved'),
+    Mutant('H3', H, '            out.loss = (losses[0] + losses[1]) / 2', '            out.loss = losses[0] + losses[1]', ['tests/test_heads.py'], 'QA.forward: loss sum not mean'),
+    Mutant('H4', H, '        return dlogits * loss_weight if loss_weight != 1.0 else dlogits', '        return dlogits', ['tests/test_heads.py'], '_output_gradient: loss_weight ignored for given dlogits'),
+    Mutant('H5', H, '            (lambda w: ops.cross_entropy_backward(w, loss_cache).reshape(shape))', '            (lambda w: ops.cross_entropy_backward(1.0, loss_cache).reshape(shape))', ['tests/test_heads.py'], 'TokenCls.backward: loss_weight ignored'),
+    Mutant('H6', H, '            positions = xp.flatnonzero(flat != IGNORE_INDEX)                          # (M,)', '            positions = xp.flatnonzero(flat > 0)', ['tests/test_heads.py'], 'MaskedLM.forward: label id 0 treated as ignored'),
+    Mutant('O1', O, '        t = self.step_count\n', '        t = self.step_count + 1\n', OPTIM, 'AdamW: bias-correction step off by one'),
+    Mutant('O2', O, '            tmp /= math.sqrt(c2)\n', '            tmp /= c2\n', OPTIM, 'AdamW: v_hat correction without sqrt'),
+    Mutant('O3', O, '        tmp += self.eps                          # tmp = denominator\n', '        xp.sqrt(tmp * tmp + self.eps, out=tmp)\n', OPTIM, 'AdamW: eps inside sqrt (sqrt(v_hat+eps))'),
+    Mutant('O4', O, 'self._update(name, p, buffers, self.weight_decay if self.decays[name] else 0.0)', 'self._update(name, p, buffers, self.weight_decay)', OPTIM, 'Optimizer.step: weight decay applied to no_decay params'),
+    Mutant('O5', O, 'DEFAULT_NO_DECAY = ("bias", "LayerNorm.weight", "LayerNorm.bias")', 'DEFAULT_NO_DECAY = ("bias", "LayerNorm.bias")', OPTIM, 'DEFAULT_NO_DECAY: LayerNorm.weight decayed'),
+    Mutant('O6', O, '            p *= 1.0 - self.lr * weight_decay\n', '            p *= 1.0 - weight_decay\n', OPTIM, 'AdamW: decay not multiplied by lr'),
+    Mutant('O7', O, '        if weight_decay:\n            p *= 1.0 - self.lr * weight_decay\n\n        # m = beta1', '        # m = beta1', OPTIM, 'AdamW: weight decay dropped entirely'),
+    Mutant('O7b', O, '        if weight_decay:\n            p *= 1.0 - self.lr * weight_decay\n\n        # m = beta1', '        # m = beta1', OPTIM, 'AdamW: decoupled decay moved after the Adam step (p_new*(1-lr*wd))', also=[('        tmp *= step_size\n        p -= tmp\n', '        tmp *= step_size\n        p -= tmp\n        if weight_decay:\n            p *= 1.0 - self.lr * weight_decay\n')]),
+    Mutant('O8', O, '        m *= beta1\n', '        m *= beta2\n', OPTIM, 'AdamW: first moment decays with beta2'),
+    Mutant('O9', O, '    if step < warmup_steps:\n        return base_lr * step / warmup_steps\n    return base_lr * max(0.0,', '    if step < warmup_steps:\n        return base_lr * (step + 1) / warmup_steps\n    return base_lr * max(0.0,', OPTIM, 'linear schedule: warmup off by one (step+1)'),
+    Mutant('O10', O, '(total_steps - step) / max(1, total_steps - warmup_steps)', '(total_steps - step) / max(1, total_steps)', OPTIM, 'linear schedule: decay denominator ignores warmup'),
+    Mutant('O11', O, '    if step < warmup_steps:\n        return base_lr * step / warmup_steps\n    return base_lr * max(0.0,', '    if step <= warmup_steps:\n        return base_lr * step / warmup_steps\n    return base_lr * max(0.0,', OPTIM, 'linear schedule: warmup test <= (0/0 when warmup=0)'),
+    Mutant('O12', O, '    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))', '    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)', OPTIM, 'cosine schedule: progress not capped at 1'),
+    Mutant('O13', O, '    total_norm = float(xp.sqrt(squares.sum()))', '    total_norm = float(squares.sum())', OPTIM, 'clip_grad_norm: squared norm (no sqrt)'),
+    Mutant('O14', O, '        xp.multiply(buf, self.lr, out=tmp)\n', '        xp.multiply(g, self.lr, out=tmp)\n', OPTIM, 'SGD: update uses g, ignores momentum buffer'),
+    Mutant('O15', O, '            self.scale = max(self.scale * self.backoff_factor, self.min_scale)\n            self.good_steps = 0\n', '            self.scale = max(self.scale * self.backoff_factor, self.min_scale)\n', OPTIM, 'DynamicLossScaler: good_steps not reset on overflow'),
+    Mutant('O16', O, '        xp.multiply(g, 1.0 - beta1, out=tmp)\n', '        xp.multiply(g, 1.0 - beta2, out=tmp)\n', OPTIM, 'AdamW: m uses (1-beta2)'),
+    Mutant('P1', P, 'MASK_TOKEN_PROB = 0.8\n', 'MASK_TOKEN_PROB = 0.9\n', PRETRAIN_DATA, '80/10/10 -> 90/10/0'),
+    Mutant('P2', P, 'to_random = chosen & (u >= MASK_TOKEN_PROB) & (u < MASK_TOKEN_PROB + RANDOM_TOKEN_PROB)', 'to_random = chosen & (u >= MASK_TOKEN_PROB)', PRETRAIN_DATA, 'masking: 80/20/0 (never keep)'),
+    Mutant('P3', P, 'MASKED_LM_PROB = 0.15\n', 'MASKED_LM_PROB = 0.2\n', PRETRAIN_DATA, 'masked_lm_prob 0.15 -> 0.2'),
+    Mutant('P4', P, 'num_tokens = np.count_nonzero(ids != self.vocab.pad_id, axis=1)', 'num_tokens = np.full(batch, length)', PRETRAIN_DATA, 'k counts padding positions'),
+    Mutant('P5', P, 'candidate = ~np.isin(ids, self.vocab.never_selected)', 'candidate = ids != self.vocab.pad_id', PRETRAIN_DATA, 'special tokens ([CLS]/[SEP]/[MASK]) may be chosen'),
+    Mutant('P6', P, 'never_selected=np.array(sorted(set(ids.values())), dtype=ID_DTYPE)', "never_selected=np.array(sorted({ids['pad_id'], ids['cls_id'], ids['sep_id']}), dtype=ID_DTYPE)", PRETRAIN_DATA, 'never_selected lacks [MASK]'),
+    Mutant('P7', P, '"next_sentence_label": np.array(int(pair.is_random_next), dtype=ID_DTYPE)', '"next_sentence_label": np.array(int(not pair.is_random_next), dtype=ID_DTYPE)', PRETRAIN_DATA, 'NSP label inverted'),
+    Mutant('P8', P, 'starts = candidate & (~self.vocab.is_continuation[ids] | ~previous_is_candidate)', 'starts = candidate', PRETRAIN_DATA, 'whole-word masking: every token its own word'),
+    Mutant('P9', P, 'fits = (r < num_words) & (count + n <= k)', 'fits = (r < num_words) & (count < k)', PRETRAIN_DATA, 'whole-word masking: may exceed k'),
+    Mutant('P10', P, 'token_type_ids[len(pair.tokens_a) + 2: n] = 1', 'token_type_ids[len(pair.tokens_a) + 1: n] = 1', PRETRAIN_DATA, "segment B starts at A's [SEP]"),
+    Mutant('P11', P, 'masked[to_random] = rng.choice(self.vocab.replacement_ids, size=int(to_random.sum()))', 'masked[to_random] = rng.integers(0, self.vocab.vocab_size, size=int(to_random.sum()))', PRETRAIN_DATA, 'random replacement may be a special/[unused] token'),
+    Mutant('P12', P, '        if len_a > len_b:\n', '        if len_a >= len_b:\n', PRETRAIN_DATA, 'truncate_pair: A shortened on a tie'),
+    Mutant('P13', P, '    j += j >= exclude ', '    j += 0 ', PRETRAIN_DATA, '_random_segment: may pick the same document'),
+    Mutant('P14', P, '    starts = candidate & (~self.vocab.is_continuation[ids] | ~previous_is_candidate)', '    starts = candidate & ~self.vocab.is_continuation[ids]', PRETRAIN_DATA, 'whole-word: ## piece after non-candidate is not a word start'),
+    Mutant('K1', K, 'if unicodedata.category(c) != "Mn")', 'if unicodedata.category(c) != "Mc")', TOKENIZER, 'strip_accents drops Mc not Mn'),
+    Mutant('K2', K, '    if "\\u03a3" in text:\n        text = text.replace("\\u03a3", "\\u03c3")\n', '', TOKENIZER, 'lowercase: final sigma special case removed'),
+    Mutant('K3', K, 'or 123 <= cp <= 126:', 'or 123 <= cp <= 125:', TOKENIZER, "is_punctuation: '~' not punctuation"),
+    Mutant('K4', K, '(0x4E00, 0x9FFF), (0x3400, 0x4DBF), ', '(0x4E00, 0x9FFF), ', TOKENIZER, 'CJK: Extension A block dropped'),
+    Mutant('K5', K, 'piece = word[start:end] if start == 0 else prefix + word[start:end]', 'piece = word[start:end]', TOKENIZER, 'wordpiece: no ## prefix on continuations'),
+    Mutant('K6', K, '    if n > max_input_chars_per_word:\n', '    if n >= max_input_chars_per_word:\n', TOKENIZER, 'wordpiece: max chars off by one'),
+    Mutant('K7', K, '        else:                       # nothing matched at `start`: the whole word is unknown\n            return [unk_token]\n', '        else:\n            piece, end = unk_token, start + 1\n', TOKENIZER, 'wordpiece: per-character [UNK] instead of whole word'),
+    Mutant('K8', K, '        end = min(n, start + limit)\n', '        end = min(n, start + limit - 1)\n', TOKENIZER, 'wordpiece: longest candidate off by one'),
+    Mutant('K9', K, '        if char == "\\x00" or char == "\\ufffd" or is_control(char):', '        if char == "\\x00" or is_control(char):', TOKENIZER, 'clean_text keeps U+FFFD'),
+    Mutant('K10', K, '            lower = self.do_lower_case\n', '            lower = False\n', TOKENIZER, 'ASCII fast path does not lower-case'),
+    Mutant('K11', K, 'alternatives = sorted(self.never_split, key=lambda t: (-len(t), t))', 'alternatives = sorted(self.never_split, key=lambda t: (len(t), t))', TOKENIZER, 'special tokens matched shortest first'),
+    Mutant('K12', K, 'self._strip = self.do_lower_case if strip_accents is None else bool(strip_accents)', 'self._strip = False if strip_accents is None else bool(strip_accents)', TOKENIZER, 'uncased default does not strip accents'),
+    Mutant('K13', K, '        end = min(n, start + limit)\n        while end > start:\n            piece = word[start:end] if start == 0 else prefix + word[start:end]\n            if piece in vocab:\n                break\n            end -= 1\n', '        end = start + 1\n        while end <= min(n, start + limit):\n            piece = word[start:end] if start == 0 else prefix + word[start:end]\n            if piece in vocab:\n                break\n            end += 1\n', TOKENIZER, 'wordpiece: shortest-match-first'),
+    Mutant('X1', X, '        if begin < position:\n', '        if end < position:\n', CHECKPOINT, 'header: overlap check compares end'),
+    Mutant('X2', X, '        if begin > position:\n', '        if begin > position + 1:\n', CHECKPOINT, 'header: 1-byte hole allowed'),
+    Mutant('X3', X, '        if expected != end - begin:\n', '        if expected > end - begin:\n', CHECKPOINT, 'header: too many bytes for shape allowed'),
+    Mutant('X4', X, 'flat = (flat.astype(np.uint32) << 16).view(np.float32)', 'flat = (flat.astype(np.uint32) << 16).astype(np.float32)', CHECKPOINT, 'bf16: value cast instead of bit reinterpret'),
+    Mutant('X5', X, '        if end > data_size:\n', '        if begin > data_size:\n', CHECKPOINT, 'header: end past data area only checked via begin'),
+    Mutant('X6', X, '        if dtype not in _STORED:\n', '        if dtype not in _STORED and dtype not in _KNOWN_UNSUPPORTED:\n', CHECKPOINT, 'header: unsupported dtype (e.g. F8) passes validation'),
+    Mutant('X7', CK, 'stripped = key[len("bert."):] if key.startswith("bert.") else None', 'stripped = key[len("bert"):] if key.startswith("bert.") else None', CHECKPOINT, "map_state_dict: bert. prefix stripped leaving '.'"),
+    Mutant('X8', NN, '                aliases[name[: -len("weight")] + "gamma"] = name', '                aliases[name[: -len("weight")] + "beta"] = name', CHECKPOINT, 'aliases: gamma/beta swapped (weight<-beta)'),
+    Mutant('X9', CK, '            if first.shape == value.shape and np.array_equal(first, value):', '            if first.shape == value.shape:', CHECKPOINT, 'map_state_dict: differing tied duplicate silently ignored'),
+    Mutant('X10', CK, '    for key in sorted(tensors, key=lambda k: not resolved[k][1]):', '    for key in sorted(tensors):', CHECKPOINT, 'map_state_dict: aliases not resolved after own names'),
+    Mutant('X11', CK, '        for candidate in (key, "bert." + key, stripped):\n            if candidate in params:', '        for candidate in (key, stripped):\n            if candidate in params:', CHECKPOINT, 'map_state_dict: no bert. prefix added for base checkpoints'),
+    Mutant('Y1', Y, 'pooled = (hidden * m).sum(axis=1) / m.sum(axis=1)', 'pooled = hidden.sum(axis=1) / m.sum(axis=1)', EMBED, 'model engine mean pooling includes padding'),
+    Mutant('Y2', Y, '    sums /= xp.asarray(lengths, dtype=xp.float64)[:, None]', '    sums /= xp.asarray(lengths.max(), dtype=xp.float64)', EMBED, 'fast mean pooling divides by max length'),
+    Mutant('Y3', Y, 'norms = xp.sqrt((pooled * pooled).sum(axis=1, keepdims=True))', 'norms = (pooled * pooled).sum(axis=1, keepdims=True)', EMBED, 'normalise by squared norm'),
+    Mutant('Y4', Y, '    t *= -0.5\n', '    t *= -1.0\n', EMBED, '_gelu_chunk: exp(-x^2) instead of exp(-x^2/2)'),
+    Mutant('Y5', Y, 'xp.multiply(a, _ERF_P * _SQRT_HALF, out=t)', 'xp.multiply(a, _ERF_P, out=t)', EMBED, '_gelu_chunk: t = 1/(1+p|x|) without 1/sqrt2'),
+    Mutant('Y6', Y, '    var *= 1.0 / x.shape[1]\n', '    var *= 1.0 / (x.shape[1] - 1)\n', EMBED, 'layer_norm_inplace: unbiased variance'),
+    Mutant('Y7', Y, '    var += eps\n    xp.sqrt(var, out=var)\n', '    xp.sqrt(var, out=var)\n    var += eps\n', EMBED, 'layer_norm_inplace: eps after sqrt'),
+    Mutant('Y8', Y, 'np.split(order, np.flatnonzero(np.diff(lengths[order])) + 1)', 'np.split(order, np.flatnonzero(np.diff(lengths[order])))', EMBED, 'attention grouping: split off by one'),
+    Mutant('Y9', Y, 'contiguous = b == 1 or bool((np.diff(starts) == t).all())', 'contiguous = True', EMBED, 'attention: non-contiguous equal-length group read as contiguous'),
+    Mutant('Y10', Y, 'b_qkv = xp.concatenate([s.query.bias.data * scale, s.key.bias.data', 'b_qkv = xp.concatenate([s.query.bias.data, s.key.bias.data', EMBED, 'fused qkv: query bias not scaled'),
+    Mutant('Y11', Y, '    norms = xp.sqrt((pooled * pooled).sum(axis=1, keepdims=True))', '    norms = xp.sqrt((pooled * pooled).sum(axis=0, keepdims=True))', EMBED, 'normalise over the batch axis'),
+    Mutant('G1', G, 'numeric[n] = (plus - minus) / (2 * eps)', 'numeric[n] = (plus - minus) / eps', GRADCHECK, 'central difference missing factor 2'),
+    Mutant('G2', G, '              atol: float = 1e-7, rtol: float = 1e-5, seed: int = 0)', '              atol: float = 1e-3, rtol: float = 1e-2, seed: int = 0)', GRADCHECK, 'default tolerances 1e-7/1e-5 -> 1e-3/1e-2'),
+    Mutant('G3', G, '            array[where] = original\n', '', GRADCHECK, 'perturbed coordinate not restored'),
+    Mutant('G4', G, '    return np.sort(rng.choice(size, size=samples, replace=False))', '    return np.arange(samples)', GRADCHECK, 'sampling always the first coordinates'),
+    Mutant('G5', G, '    module.zero_grad()\n', '', GRADCHECK + ['tests/test_modules.py', 'tests/test_heads.py'], 'check_module: no zero_grad before backward'),
+    Mutant('G6', G, '        return bool(np.all(self.errors <= self.allowed))', '        return bool(np.mean(self.errors <= self.allowed) >= 0.5)', GRADCHECK, 'ok if most coordinates agree'),
+    Mutant('G7', G, '            array[where] = original - eps\n            minus = scalar_loss()\n            array[where] = original\n            numeric[n] = (plus - minus) / (2 * eps)', '            array[where] = original\n            minus = scalar_loss()\n            numeric[n] = (plus - minus) / eps', GRADCHECK, 'one-sided forward difference instead of central'),
+    Mutant('Y12', Y, '        s *= xp.reciprocal(s.sum(axis=0))\n', '        s *= xp.reciprocal(s.sum())\n', EMBED, 'keys-first softmax: one sum over the whole group, not per query'),
+]
+
+
+def mutated_source(mutant: Mutant, source: str) -> str:
+    """``source`` with the mutant planted; ValueError if a replacement does not match exactly once."""
+    for old, new in [(mutant.old, mutant.new), *mutant.also]:
+        count = source.count(old)
+        if count != 1:
+            raise ValueError(f"{mutant.id}: {old!r} occurs {count} times in {mutant.file}, expected once")
+        source = source.replace(old, new)
+    return source
+
+
+def _copy_tracked_files(destination: str) -> None:
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, check=True,
+                            capture_output=True, text=True).stdout.splitlines()
+    for name in listed:
+        if os.path.isfile(os.path.join(ROOT, name)):
+            os.makedirs(os.path.dirname(os.path.join(destination, name)), exist_ok=True)
+            shutil.copy2(os.path.join(ROOT, name), os.path.join(destination, name))
+
+
+def _pytest(copy: str, tests: list) -> tuple[bool, str]:
+    """Run pytest in the copy; (failed, the first failing test or the last line of output)."""
+    env = dict(os.environ, PYTHONPATH=copy)
+    done = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+                          cwd=copy, env=env, capture_output=True, text=True, timeout=900)
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    first_failure = next((line.split()[1] for line in lines if line.startswith(("FAILED ", "ERROR "))), None)
+    return done.returncode != 0, first_failure or (lines[-1] if lines else f"exit status {done.returncode}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Plant each mutant in a copy of the code and run its tests.")
+    parser.add_argument("ids", nargs="*", help="mutant ids (default: all)")
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    args = parser.parse_args(argv)
+    known = {m.id: m for m in MUTANTS}
+    unknown = [i for i in args.ids if i not in known]
+    if unknown:
+        parser.error(f"unknown mutant id(s): {', '.join(unknown)}")
+    chosen = [known[i] for i in args.ids] if args.ids else MUTANTS
+    if args.list:
+        for m in chosen:
+            print(f"{m.id:5s} {m.file:32s} {m.what}")
+        return 0
+    with tempfile.TemporaryDirectory(prefix="minibert-mutants-") as copy:
+        _copy_tracked_files(copy)
+        where = subprocess.run([sys.executable, "-c", "import minibert; print(minibert.__file__)"], cwd=copy,
+                               env=dict(os.environ, PYTHONPATH=copy), capture_output=True, text=True).stdout
+        if not where.startswith(copy):
+            raise SystemExit(f"the copy's minibert is not the one imported ({where.strip()}); not running")
+        survivors = []
+        for m in chosen:
+            path = os.path.join(copy, m.file)
+            with open(path, encoding="utf-8") as f:
+                original = f.read()
+            start = time.perf_counter()
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(mutated_source(m, original))
+            try:
+                caught, by = _pytest(copy, m.tests)
+                if not caught:                                     # maybe another test file notices
+                    caught, by = _pytest(copy, [])
+            finally:
+                with open(path, "w", encoding="utf-8") as f:
+                    f.write(original)
+            verdict = "caught" if caught else ("equivalent" if m.equivalent else "SURVIVED")
+            if verdict == "SURVIVED":
+                survivors.append(m.id)
+            print(f"{m.id:5s} {verdict:10s} {time.perf_counter() - start:5.0f} s  {m.what}  "
+                  f"[{by if caught else m.equivalent or 'no test failed'}]", flush=True)
+    print(f"\n{len(chosen)} mutants: {len(chosen) - len(survivors)} caught or equivalent, "
+          f"{len(survivors)} survived{': ' + ' '.join(survivors) if survivors else ''}")
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

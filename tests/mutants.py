@@ -5,7 +5,7 @@ a dropped term, a wrong axis, ``=`` for ``+=``, an off-by-one) in one file of th
 and names the tests that should notice. The audit runs each one and reports which tests
 caught it::
 
-    python tests/mutants.py              # all of them, ~16 minutes on 2 cores
+    python tests/mutants.py              # all of them, ~20 minutes on 2 cores
     python tests/mutants.py T1 F7 O15    # a few, by id
     python tests/mutants.py --list
 
@@ -52,6 +52,12 @@ CHECKPOINT = ["tests/test_safetensors.py", "tests/test_checkpoint.py"]
 EMBED = ["tests/test_minilm.py"]
 PRETRAIN_DATA = ["tests/test_pretraining_data.py"]
 GRADCHECK = ["tests/test_gradcheck.py", "tests/test_ops.py"]
+TRAINING = ["tests/test_training.py", "tests/test_pretrain_command.py"]
+FINETUNE = ["tests/test_finetune.py"]
+PRUNE = ["tests/test_prune.py"]
+VOCAB = ["tests/test_vocab_trainer.py"]
+CORPUS = ["tests/test_corpus.py"]
+FINETUNE_DATA = ["tests/test_finetuning_data.py"]          # also the SQuAD metric's tests
 
 A, L, E = "minibert/ops/activations.py", "minibert/ops/linear.py", "minibert/ops/embedding.py"
 N, S, D = "minibert/ops/layer_norm.py", "minibert/ops/softmax.py", "minibert/ops/dropout.py"
@@ -60,6 +66,8 @@ DI, MS = "minibert/ops/distillation.py", "minibert/ops/mse.py"
 M, LY, H, NN = "minibert/modeling.py", "minibert/layers.py", "minibert/heads.py", "minibert/nn.py"
 O, P, K = "minibert/optim.py", "minibert/data/pretraining.py", "minibert/tokenization.py"
 X, CK, Y, G = "minibert/safetensors.py", "minibert/checkpoint.py", "minibert/embeddings.py", "minibert/gradcheck.py"
+TR, FT, PR, V = "minibert/training.py", "minibert/finetune.py", "minibert/prune.py", "minibert/vocab_trainer.py"
+CO, FD, SQ = "minibert/data/corpus.py", "minibert/data/finetuning.py", "minibert/data/squad_metric.py"
 
 MUTANTS = [
     Mutant('A1', A, '    pdf *= -0.5\n', '    pdf *= 0.5\n', OPS, 'gelu_backward: pdf exponent sign flipped exp(+x^2/2)'),
@@ -212,6 +220,59 @@ MUTANTS = [
     Mutant('G6', G, '        return bool(np.all(self.errors <= self.allowed))', '        return bool(np.mean(self.errors <= self.allowed) >= 0.5)', GRADCHECK, 'ok if most coordinates agree'),
     Mutant('G7', G, '            array[where] = original - eps\n            minus = scalar_loss()\n            array[where] = original\n            numeric[n] = (plus - minus) / (2 * eps)', '            array[where] = original\n            minus = scalar_loss()\n            numeric[n] = (plus - minus) / eps', GRADCHECK, 'one-sided forward difference instead of central'),
     Mutant('Y12', Y, '        s *= xp.reciprocal(s.sum(axis=0))\n', '        s *= xp.reciprocal(s.sum())\n', EMBED, 'keys-first softmax: one sum over the whole group, not per query'),
+    # training.py: the pretraining loop
+    Mutant('TR1', TR, 'mlm_share = masked / max(total_masked, 1)', 'mlm_share = 1.0 / len(batches)', TRAINING, 'accumulation: micro-batch MLM losses averaged equally, not by masked tokens'),
+    Mutant('TR2', TR, 'nsp_share = len(batch["input_ids"]) / total_sequences', 'nsp_share = 1.0', TRAINING, 'accumulation: NSP gradients of the micro-batches summed, not averaged'),
+    Mutant('TR3', TR, 'if not (math.isfinite(loss) and math.isfinite(grad_norm)):', 'if not math.isfinite(loss):', TRAINING, 'non-finite gradient norm with a finite loss not detected'),
+    Mutant('TR4', TR, 'self.optimizer.lr = self.schedule(self.step)', 'self.optimizer.lr = self.schedule(self.step + 1)', TRAINING, 'learning-rate schedule read one step ahead'),
+    Mutant('TR5', TR, '        os.replace(tmp, final)\n        _write_json_atomic(os.path.join(out, CHECKPOINT_POINTER), os.path.basename(final))\n', '        _write_json_atomic(os.path.join(out, CHECKPOINT_POINTER), os.path.basename(final))\n        os.replace(tmp, final)\n', TRAINING, 'checkpoint pointer moved before the folder is in place'),
+    Mutant('TR6', TR, '        self.model.random.set_state(state["dropout_rng"])\n', '', TRAINING, 'resume: dropout generator state not restored'),
+    Mutant('TR7', TR, '        self.train_dataset.position = state["data_position"]\n', '', TRAINING, 'resume: data position not restored (batches from the start)'),
+    Mutant('TR8', TR, 'if patience is not None and self.evals_without_improvement >= patience:', 'if patience is not None and self.evals_without_improvement > patience:', TRAINING, 'early stopping one evaluation late'),
+    Mutant('TR9', TR, 'mlm_loss = mlm_loss_sum / max(masked, 1)', 'mlm_loss = mlm_loss_sum / max(sequences, 1)', TRAINING, 'evaluation MLM loss divided by sequences, not masked tokens'),
+    Mutant('TR10', TR, '                shutil.rmtree(os.path.join(out, name), ignore_errors=True)\n', '                pass\n', TRAINING, 'older checkpoints never removed'),
+    # finetune.py
+    Mutant('FT1', FT, 'else value > best_value)', 'else value < best_value)', FINETUNE, 'higher-is-better metric (accuracy) compared the wrong way'),
+    Mutant('FT2', FT, 'best_state = {n: p.data.copy() for n, p in self.model.named_parameters()}', 'best_state = {n: p.data for n, p in self.model.named_parameters()}', FINETUNE, 'best weights kept by reference, not copied'),
+    Mutant('FT3', FT, 'if args.restore_best and best_state is not None and best_step != self.step:', 'if best_state is not None and best_step != self.step:', FINETUNE, 'restore_best=False ignored'),
+    Mutant('FT4', FT, 'if args.patience is not None and bad_evals >= args.patience:', 'if args.patience is not None and bad_evals > args.patience:', FINETUNE, 'early stopping one validation late'),
+    Mutant('FT5', FT, '            loss_sum += out.loss * count\n            items += count\n', '            loss_sum += out.loss\n            items += 1\n', FINETUNE, 'evaluate: loss is the mean of batch means, not over items'),
+    Mutant('FT6', FT, 'fp = matrix.sum(axis=0) - tp', 'fp = matrix.sum(axis=1) - tp', FINETUNE, 'macro_f1: false positives counted along the wrong axis'),
+    Mutant('FT7', FT, 'np.add.at(matrix, (labels[counted], predictions[counted]), 1)', 'np.add.at(matrix, (predictions[counted], labels[counted]), 1)', FINETUNE, 'confusion matrix transposed (rows = predictions)'),
+    # prune.py
+    Mutant('PR1', PR, 'order = np.lexsort((heads, layers, importance[layers, heads]))', 'order = np.lexsort((heads, layers, -importance[layers, heads]))', PRUNE, 'most important heads pruned first'),
+    Mutant('PR2', PR, '        if left[layer] > 1:\n', '        if left[layer] >= 1:\n', PRUNE, 'a layer may lose its last head'),
+    Mutant('PR3', PR, 'summed = np.abs(gates).sum(axis=0)', 'summed = gates.sum(axis=0)', PRUNE, 'head importance: signed gradients summed (cancel out)'),
+    Mutant('PR4', PR, 'count = min(int(round(sparsity * magnitudes.size)), magnitudes.size - 1)', 'count = min(int(sparsity * magnitudes.size), magnitudes.size - 1)', PRUNE, 'magnitude pruning count floored, not rounded'),
+    Mutant('PR5', PR, '        self.pruner.mask_gradients()\n', '', PRUNE, 'masked optimizer: gradients of pruned weights not zeroed (moments build up)'),
+    Mutant('PR6', PR, 'pruned = {int(k): set(v) for k, v in', 'pruned = {k: set(v) for k, v in', PRUNE, 'pruned_heads keys read back from JSON as strings, not ints'),
+    # vocab_trainer.py
+    Mutant('V1', V, 'ranked = sorted(char_counts, key=lambda c: (-char_counts[c], c))', 'ranked = sorted(char_counts, key=lambda c: (char_counts[c], c))', VOCAB, 'alphabet: least frequent characters kept'),
+    Mutant('V2', V, '        if count < min_frequency:\n', '        if count <= min_frequency:\n', VOCAB, 'a pair seen exactly min_frequency times is not merged'),
+    Mutant('V3', V, 'merged = symbols[left] + symbols[right][strip:]', 'merged = symbols[left] + symbols[right]', VOCAB, 'merged token keeps the inner ## prefix'),
+    Mutant('V4', V, '        counts.pop(token, None)\n', '        pass\n', VOCAB, 'special tokens in the text counted as words'),
+    Mutant('V5', V, '                delta[p] -= freq\n', '                delta[p] -= 0\n', VOCAB, 'merge: counts of the pairs that disappear not decreased'),
+    # data/corpus.py
+    Mutant('CO1', CO, 'n_validation = min(n - 1, max(1, round(validation_fraction * n)))', 'n_validation = min(n, max(1, round(validation_fraction * n)))', CORPUS, 'validation split may take every document'),
+    Mutant('CO2', CO, 'held_out = np.random.default_rng(seed).permutation(n)[:n_validation]', 'held_out = np.arange(n)[:n_validation]', CORPUS, 'validation documents are the first ones, not a random choice'),
+    Mutant('CO3', CO, 'merged[-1].rsplit(" ", 1)[-1] in ABBREVIATIONS', 'merged[-1].rsplit(" ", 1)[0] in ABBREVIATIONS', CORPUS, 'abbreviation check looks at the wrong word'),
+    Mutant('CO4', CO, '                break                                   # doctest', '                continue                                # doctest', CORPUS, 'doctest output lines kept as prose'),
+    Mutant('CO5', CO, '            seen.add(key)\n', '            pass\n', CORPUS, 'duplicate documents not removed'),
+    # data/finetuning.py
+    Mutant('FD1', FD, 'return sorted(names, key=lambda name: (float(name), name))', 'return sorted(names)', FINETUNE_DATA, 'numeric labels sorted as strings ("10" < "2")'),
+    Mutant('FD2', FD, 'names = (["O"] if "O" in found else []) + sorted(found - {"O"})', 'names = sorted(found)', FINETUNE_DATA, 'CoNLL tag "O" not given id 0'),
+    Mutant('FD3', FD, 'labels += [tag] + [IGNORE_INDEX] * (len(pieces) - 1)', 'labels += [tag] * len(pieces)', FINETUNE_DATA, 'token labels on every piece, not only the first'),
+    Mutant('FD4', FD, 'if len(ids) + len(pieces) > max_length - 1:', 'if len(ids) + len(pieces) > max_length:', FINETUNE_DATA, 'token classification: no room kept for [SEP]'),
+    Mutant('FD5', FD, 'enumerate(offsets) if e > start_char), None)', 'enumerate(offsets) if e >= start_char), None)', FINETUNE_DATA, 'answer span starts at a token that ends where the answer begins'),
+    Mutant('FD6', FD, '            start += min(length, doc_stride)\n', '            start += length\n', FINETUNE_DATA, 'SQuAD windows do not overlap (stride ignored)'),
+    Mutant('FD7', FD, 'offsets[context_positions[j], 1]]', 'offsets[context_positions[j], 0]]', FINETUNE_DATA, 'answer text cut at the start of its last token'),
+    Mutant('FD8', FD, 'if owner not in best or score > best[owner][0]:', 'if owner not in best:', FINETUNE_DATA, 'postprocessing: first window wins, not the best-scoring one'),
+    # data/squad_metric.py
+    Mutant('SQ1', SQ, '    text = text.lower()\n', '', FINETUNE_DATA, 'normalize_answer does not lower-case'),
+    Mutant('SQ2', SQ, r'_ARTICLES = re.compile(r"\b(a|an|the)\b")', r'_ARTICLES = re.compile(r"(a|an|the)")', FINETUNE_DATA, 'articles removed inside words too (no word boundaries)'),
+    Mutant('SQ3', SQ, 'precision, recall = common / len(predicted), common / len(expected)', 'precision, recall = common / len(expected), common / len(predicted)', FINETUNE_DATA, 'precision and recall swapped', equivalent='F1 is symmetric in precision and recall'),
+    Mutant('SQ4', SQ, 'common = sum((Counter(predicted) & Counter(expected)).values())', 'common = len(set(predicted) & set(expected))', FINETUNE_DATA, 'F1 overlap ignores repeated words'),
+    Mutant('SQ5', SQ, '        count += 1\n        if qid not in predictions:\n            continue                                   # unanswered: scores 0\n', '        if qid not in predictions:\n            continue                                   # unanswered: scores 0\n        count += 1\n', FINETUNE_DATA, 'unanswered questions left out of the mean instead of scoring 0'),
 ]
 
 

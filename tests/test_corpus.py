@@ -60,6 +60,11 @@ def test_split_sentences_on_restructured_text():
     ]
 
 
+def test_the_output_of_a_doctest_is_dropped_even_when_it_reads_as_prose():
+    text = "Return the greeting.\n\n>>> print(greeting())\nHello there, how are you today?\n"
+    assert split_sentences(text) == ["Return the greeting."]
+
+
 def test_indented_prose_is_kept_and_indented_code_dropped():
     text = ("Emulating numeric types is done with special methods.\n\n"
             "object.__add__(self, other)\n\n"
@@ -110,6 +115,12 @@ def test_docstring_and_module_units(tmp_path):
          "A class inside a block is found too."]]
     with pytest.raises(ValueError, match="unit"):
         stdlib_corpus(files=files, unit="chapter")
+
+
+def test_identical_documents_are_kept_once():
+    colorsys = STDLIB / "colorsys.py"                    # copied docstrings would leak across the split
+    assert stdlib_corpus(include_topics=False, files=[colorsys, colorsys]) == stdlib_corpus(False, [colorsys])
+    assert len(stdlib_corpus(include_topics=False, files=[colorsys, colorsys])) == 1
 
 
 def test_pydoc_topics():

@@ -64,6 +64,15 @@ def test_accuracy_macro_f1_and_confusion_matrix_on_known_cases():
     assert "predicted" in text and text.splitlines()[2].split() == ["neg", "2", "1", "0"]
 
 
+def test_evaluation_loss_does_not_depend_on_the_batch_size(tokenizer, sentiment):
+    data, encoded = sentiment
+    model = BertForSequenceClassification(_config(tokenizer), num_labels=3, seed=2)
+    val = encoded.subset(np.arange(8))
+    # batches of 3, 3 and 2: a mean of the batch means would weight the last two examples more
+    assert evaluate(model, val, batch_size=3)["loss"] == pytest.approx(evaluate(model, val, batch_size=8)["loss"],
+                                                                       rel=1e-6)
+
+
 # ---------------------------------------------------------------------------- the loop
 def test_tens_of_steps_lower_the_loss(tokenizer, sentiment):
     data, encoded = sentiment
@@ -165,12 +174,38 @@ def test_early_stopping_restores_the_best_weights(tokenizer, sentiment, tmp_path
     evals = [r for r in result.history if r["split"] == "eval"]
     assert result.stopped_early and result.steps < 60
     assert result.best_value == min(r["loss"] for r in evals)
+    assert len(evals) - 1 - [r["loss"] for r in evals].index(result.best_value) == 2    # exactly `patience` bad ones
     assert evaluate(model, val)["loss"] == pytest.approx(result.best_value, rel=1e-5)   # best weights back
     assert os.path.isfile(tmp_path / "best_model" / "model.safetensors")
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == len(result.history) and json.loads(lines[0])["split"] == "train"
     pytest.importorskip("matplotlib")
     assert result.plot == str(tmp_path / "loss_curve.png") and os.path.getsize(result.plot) > 0
+
+
+def test_accuracy_is_early_stopped_on_its_highest_value(tokenizer, sentiment):
+    data, encoded = sentiment
+    train, val = encoded.subset(np.arange(16)), encoded.subset(np.arange(16, 24))
+    model = BertForSequenceClassification(_config(tokenizer), num_labels=3, seed=2)
+    args = FineTuningArguments(epochs=10, batch_size=8, learning_rate=5e-3, eval_every=1, progress=False)
+    result = FineTuner(model, args, train, val).train()
+    accuracies = [r["accuracy"] for r in result.history if r["split"] == "eval"]
+    assert result.metric == "accuracy" and len(set(accuracies)) > 1
+    assert result.best_value == max(accuracies)
+    assert evaluate(model, val)["accuracy"] == max(accuracies)                 # the best weights are back
+
+
+def test_without_restore_best_the_last_weights_stay(tokenizer, sentiment, tmp_path):
+    data, encoded = sentiment
+    train, val = encoded.subset(np.arange(16)), encoded.subset(np.arange(16, 24))
+    model = BertForSequenceClassification(_config(tokenizer, hidden_dropout_prob=0.1), num_labels=3, seed=2)
+    args = FineTuningArguments(epochs=30, batch_size=8, learning_rate=5e-3, eval_every=2, patience=2,
+                               metric="loss", restore_best=False, progress=False, output_dir=str(tmp_path))
+    result = FineTuner(model, args, train, val).train()
+    last = [r for r in result.history if r["split"] == "eval"][-1]
+    assert result.stopped_early and last["loss"] != result.best_value
+    assert evaluate(model, val)["loss"] == pytest.approx(last["loss"], rel=1e-5)
+    assert os.path.isfile(tmp_path / "final_model" / "model.safetensors")
 
 
 @pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")

@@ -301,6 +301,14 @@ def test_windows_cover_every_answer_and_spans_round_trip(tokenizer):
         assert found >= 1, example.id
 
 
+def test_an_answer_right_after_a_bracket_starts_at_its_own_token(tokenizer):
+    context = "The lighthouse was built (1850) by the harbour."       # "(" ends where the answer starts
+    example = SquadExample("q", "When was the lighthouse built?", context, [SquadAnswer("1850", 26)])
+    features = prepare_squad_features([example], tokenizer, max_length=48)
+    s, e = features.arrays["start_positions"][0], features.arrays["end_positions"][0]
+    assert context[features.offsets[0, s, 0]:features.offsets[0, e, 1]] == "1850"
+
+
 def test_windows_overlap_by_the_stride_and_keep_the_question(tokenizer):
     example = [e for e in read_squad(SQUAD) if e.id == "mb-1"]
     features = prepare_squad_features(example, tokenizer, max_length=40, doc_stride=10, max_query_length=8)
@@ -381,6 +389,8 @@ def test_exact_match_and_f1_on_known_cases():
     assert f1_score("the", "a") == 0.0                  # both normalise to nothing: no common token
     # repeated tokens count with multiplicity: common = 1 ("a a b" -> "b"? no: articles go) ...
     assert f1_score("new new york", "new york") == pytest.approx(2 * (2 / 3) * 1 / (2 / 3 + 1))
+    # "cat" twice on both sides: common = 2, precision 1, recall 2/3 -> 0.8 (a set overlap would give 0.4)
+    assert f1_score("cat cat", "cat cat dog") == pytest.approx(0.8)
 
 
 def test_squad_evaluate_takes_the_best_gold_and_counts_missing_as_zero():

@@ -87,6 +87,9 @@ def test_masks_stay_fixed_during_fine_tuning(rng):
     for name, where in zeros.items():
         assert np.all(params[name].data[where] == 0), name                       # still exactly zero
         assert not np.allclose(params[name].data[~where], start[name][~where])   # the others trained
+    state = optimizer.state_dict()
+    for name, where in zeros.items():                    # masked gradients: no moments build up for pruned weights
+        assert not state[f"m.{name}"][where].any() and not state[f"v.{name}"][where].any(), name
     assert pruner.measured_sparsity() == pytest.approx(0.5, abs=1 / pruner.total)
     assert 0 < optimizer.lr < 1e-2 and optimizer.step_count == 9   # schedule and steps reached the wrapped one
 

@@ -8,7 +8,7 @@ import pytest
 
 from minibert.data.pretraining import ArrayDataset, DynamicMasking, Masker, VocabularyInfo
 from minibert.modeling import BertForPreTraining
-from minibert.training import Trainer, TrainingArguments, TrainingDiverged, latest_checkpoint
+from minibert.training import Trainer, TrainingArguments, TrainingDiverged, evaluate_pretraining, latest_checkpoint
 
 from conftest import tiny_config
 
@@ -79,6 +79,14 @@ def test_accumulated_micro_batches_equal_one_big_batch(tmp_path):
         np.testing.assert_allclose(grads["small"][0][name], g, rtol=1e-9, atol=1e-13, err_msg=name)
 
 
+def test_each_step_uses_the_learning_rate_of_its_own_step(tmp_path):
+    trainer = Trainer(_model(), _args(tmp_path, max_steps=6, warmup_steps=2, eval_every=6), dataset(20),
+                      masking=masking())
+    summary = trainer.train()
+    rates = [r["lr"] for r in summary["history"] if r["split"] == "train"]
+    assert rates == pytest.approx([0.0, 5e-4, 1e-3, 7.5e-4, 5e-4, 2.5e-4])   # up from 0 in 2 steps, then down
+
+
 def test_loss_falls_and_files_are_written(tmp_path):
     model = BertForPreTraining(tiny_config(hidden_size=32, num_attention_heads=2, intermediate_size=64), seed=0)
     trainer = Trainer(model, _args(tmp_path, max_steps=40, eval_every=20, learning_rate=1e-2),
@@ -94,6 +102,17 @@ def test_loss_falls_and_files_are_written(tmp_path):
     assert sorted(os.listdir(checkpoint)) == ["config.json", "model.safetensors", "optimizer.safetensors",
                                               "trainer_state.json"]
     assert (run / "best_model" / "model.safetensors").exists()
+
+
+def test_evaluation_averages_over_all_masked_tokens_and_sequences():
+    model = _model()
+    examples = counting_examples(12, seed=1, masked=True)
+    metrics = evaluate_pretraining(model, ArrayDataset(examples, 4, shuffle=False))
+    whole = model.forward(examples["input_ids"], examples["token_type_ids"], examples["attention_mask"],
+                          labels=examples["labels"], next_sentence_label=examples["next_sentence_label"])
+    assert metrics["masked_tokens"] == int((examples["labels"] != -100).sum()) and metrics["sequences"] == 12
+    assert metrics["mlm_loss"] == pytest.approx(whole.mlm_loss, rel=1e-4)      # the loss of one batch of all 12
+    assert metrics["nsp_loss"] == pytest.approx(whole.nsp_loss, rel=1e-4)
 
 
 def test_resumed_run_continues_bit_for_bit(tmp_path):
@@ -145,6 +164,32 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypat
     assert fresh.step == 3
 
 
+def test_a_checkpoint_folder_that_fails_to_move_in_is_never_pointed_at(tmp_path, monkeypatch):
+    trainer = Trainer(_model(), _args(tmp_path, max_steps=3, eval_every=3), dataset(20), masking=masking())
+    trainer.train()
+    good = latest_checkpoint(trainer.args.output_dir)
+    replace = os.replace
+
+    def crash_on_folders(source, destination):
+        if os.path.isdir(source):
+            raise KeyboardInterrupt("power cut")         # dies renaming the finished folder into place
+        replace(source, destination)
+
+    monkeypatch.setattr(os, "replace", crash_on_folders)
+    trainer.step += 1
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save_checkpoint()
+    monkeypatch.undo()
+    assert latest_checkpoint(trainer.args.output_dir) == good
+
+
+def test_only_the_newest_checkpoint_is_kept(tmp_path):
+    trainer = Trainer(_model(), _args(tmp_path, max_steps=6, eval_every=2), dataset(20), masking=masking())
+    trainer.train()
+    run = trainer.args.output_dir
+    assert [name for name in os.listdir(run) if name.startswith("checkpoint-")] == ["checkpoint-6"]
+
+
 def test_nan_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path):
     trainer = Trainer(_model(), _args(tmp_path, max_steps=3, eval_every=3), dataset(20, masked=True))
     trainer.train()
@@ -154,6 +199,21 @@ def test_nan_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path):
     with pytest.raises(TrainingDiverged, match="not finite"):
         trainer.train()
     assert latest_checkpoint(trainer.args.output_dir) == good
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+def test_an_infinite_gradient_with_a_finite_loss_stops_before_the_update(tmp_path):
+    trainer = Trainer(_model(), _args(tmp_path, max_steps=3, eval_every=3), dataset(20, masked=True))
+    backward = trainer.model.backward
+
+    def overflowing_backward(*args, **kwargs):           # the loss stays finite, one gradient does not
+        backward(*args, **kwargs)
+        trainer.model.bert.encoder.layer[0].output.dense.weight.grad[0, 0] = np.inf
+
+    trainer.model.backward = overflowing_backward
+    with pytest.raises(TrainingDiverged, match="step 1: loss .* gradient norm inf"):
+        trainer.train()
+    assert all(np.isfinite(p.data).all() for p in trainer.model.parameters())
 
 
 @pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
@@ -217,6 +277,8 @@ def test_early_stopping_with_patience(tmp_path):
                       eval_dataset=dataset(8, seed=1, masked=True))
     summary = trainer.train()
     assert summary["stopped_early"] and summary["steps"] < 50
+    losses = [r["loss"] for r in summary["history"] if r["split"] == "eval"]
+    assert len(losses) - 1 - int(np.argmin(losses)) == 2          # stopped after exactly `patience` bad ones
 
 
 @pytest.mark.parametrize("field, value", [("learning_rate", -1.0), ("max_steps", 0),

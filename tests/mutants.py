@@ -39,7 +39,7 @@ class Mutant(NamedTuple):
     new: str                # what it becomes
     tests: list             # test files (or node ids) that should catch it
     what: str               # the bug, in words
-    also: list = []         # further (old, new) replacements in the same file
+    also: tuple = ()        # further (old, new) replacements in the same file
     equivalent: str = ""    # why no test can catch it, for a mutant that changes nothing observable
 
 

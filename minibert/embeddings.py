@@ -112,8 +112,8 @@ def _gelu_chunk(x, a, t, e):
 def gelu_inplace(x, threaded: bool = True):
     """The exact GELU ``x * Phi(x)`` in place (float32 to ~1e-7 absolute).
 
-    Works through cache-sized chunks; with ``threaded`` the chunks are shared among a small
-    thread pool (NumPy releases the GIL inside each operation).
+    Works through cache-sized chunks; with ``threaded`` the chunks are shared among the
+    threads of :func:`~minibert.backend.cpu_pool` (NumPy releases the GIL inside each operation).
     """
     xp = get_array_module(x)
     flat = x.reshape(-1)

@@ -68,6 +68,7 @@ O, P, K = "minibert/optim.py", "minibert/data/pretraining.py", "minibert/tokeniz
 X, CK, Y, G = "minibert/safetensors.py", "minibert/checkpoint.py", "minibert/embeddings.py", "minibert/gradcheck.py"
 TR, FT, PR, V = "minibert/training.py", "minibert/finetune.py", "minibert/prune.py", "minibert/vocab_trainer.py"
 CO, FD, SQ = "minibert/data/corpus.py", "minibert/data/finetuning.py", "minibert/data/squad_metric.py"
+BK = "minibert/backend.py"
 
 MUTANTS = [
     Mutant('A1', A, '    pdf *= -0.5\n', '    pdf *= 0.5\n', OPS, 'gelu_backward: pdf exponent sign flipped exp(+x^2/2)'),
@@ -220,6 +221,7 @@ MUTANTS = [
     Mutant('G6', G, '        return bool(np.all(self.errors <= self.allowed))', '        return bool(np.mean(self.errors <= self.allowed) >= 0.5)', GRADCHECK, 'ok if most coordinates agree'),
     Mutant('G7', G, '            array[where] = original - eps\n            minus = scalar_loss()\n            array[where] = original\n            numeric[n] = (plus - minus) / (2 * eps)', '            array[where] = original\n            minus = scalar_loss()\n            numeric[n] = (plus - minus) / eps', GRADCHECK, 'one-sided forward difference instead of central'),
     Mutant('Y12', Y, '        s *= xp.reciprocal(s.sum(axis=0))\n', '        s *= xp.reciprocal(s.sum())\n', EMBED, 'keys-first softmax: one sum over the whole group, not per query'),
+    Mutant('BK1', BK, 'zip(bounds[:-1], bounds[1:])', 'zip(bounds[:-2], bounds[1:-1])', ['tests/test_backend.py'], 'erf split over the cores: the last block left uncomputed'),
     # training.py: the pretraining loop
     Mutant('TR1', TR, 'mlm_share = masked / max(total_masked, 1)', 'mlm_share = 1.0 / len(batches)', TRAINING, 'accumulation: micro-batch MLM losses averaged equally, not by masked tokens'),
     Mutant('TR2', TR, 'nsp_share = len(batch["input_ids"]) / total_sequences', 'nsp_share = 1.0', TRAINING, 'accumulation: NSP gradients of the micro-batches summed, not averaged'),

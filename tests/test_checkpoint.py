@@ -111,6 +111,31 @@ def test_save_overwrites_existing_folder(tmp_path):
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
 
 
+def test_interrupted_config_write_keeps_the_previous_config(tmp_path, monkeypatch):
+    """config.json (and the index, tokenizer_config.json) go through a temporary file and a rename."""
+    path = tmp_path / "config.json"
+    path.write_text('{"old": true}')
+
+    def interrupted(fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint.os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint._atomic_write_text(str(path), '{"new": true}')
+    monkeypatch.undo()
+    assert path.read_text() == '{"old": true}'
+    assert os.listdir(tmp_path) == ["config.json"]                 # no temporary file left
+
+
+def test_shards_fill_up_to_the_limit_exactly():
+    tensors = {name: np.zeros(2, np.float32) for name in "abcde"}   # 8 bytes each
+    assert checkpoint._shards(tensors, 16) == [["a", "b"], ["c", "d"], ["e"]]
+    assert checkpoint._shards(tensors, 15) == [["a"], ["b"], ["c"], ["d"], ["e"]]
+    assert checkpoint._shards({"big": np.zeros(10, np.float32), "a": np.zeros(2, np.float32)}, 16) == \
+        [["big"], ["a"]]                                              # too big: a shard of its own
+    assert checkpoint._shards(tensors, None) == [list("abcde")]
+
+
 def test_save_with_tokenizer(tmp_path):
     from minibert.tokenization import BertTokenizer
 
@@ -318,6 +343,14 @@ def test_sharded_checkpoint(tmp_path):
     index.write_text(json.dumps({"weight_map": bad}))
     with pytest.raises(ValueError, match="does not place in this shard"):
         BertForPreTraining.from_pretrained(tmp_path)
+    index.write_text(json.dumps({"weight_map": dict(weight_map, **{"cls.extra.bias": shard})}))
+    with pytest.raises(ValueError, match="lists tensors that no shard holds: cls.extra.bias"):
+        BertForPreTraining.from_pretrained(tmp_path)
+    index.write_text(json.dumps({"weight_map": weight_map}))
+    second = tmp_path / "model-00002-of-00002.safetensors"      # also holds a tensor of shard 1
+    st.save_file({**st.load_file(second), names[0]: tensors[names[0]]}, second)
+    with pytest.raises(ValueError, match=f"tensor '{names[0]}' is also in .*model-00001-of-00002"):
+        BertForPreTraining.from_pretrained(tmp_path)
     index.write_text("{")
     with pytest.raises(ValueError, match="not valid JSON"):
         BertForPreTraining.from_pretrained(tmp_path)
@@ -389,6 +422,11 @@ def test_vocabulary_size_disagreement(tmp_path):
     (tmp_path / "vocab.txt").write_text("\n".join(f"t{i}" for i in range(45)) + "\n")
     with pytest.raises(ValueError, match="vocab.txt holds 45 tokens.*vocab_size = 40"):
         BertModel.from_pretrained(tmp_path)
+    (tmp_path / "vocab.txt").write_text("\n".join(f"t{i}" for i in range(41)) + "\n")
+    with pytest.raises(ValueError, match="vocab.txt holds 41 tokens.*vocab_size = 40"):
+        BertModel.from_pretrained(tmp_path)                  # one token too many is one too many
+    (tmp_path / "vocab.txt").write_text("\n".join(f"t{i}" for i in range(40)) + "\n")
+    BertModel.from_pretrained(tmp_path)                      # exactly vocab_size: fine
 
 
 def test_integer_tensor_for_float_parameter(tmp_path):
@@ -409,9 +447,12 @@ def test_corrupt_weights_name_the_file(tmp_path):
 
 def test_strict_mode(tmp_path):
     BertModel(small_config(), seed=0).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="strict"):
+    with pytest.raises(ValueError, match="strict"):                 # missing keys: the heads
         BertForPreTraining.from_pretrained(tmp_path, strict=True)
     BertModel.from_pretrained(tmp_path, strict=True)
+    _rewrite(tmp_path, lambda t: {**t, "encoder.layer.9.output.dense.bias": np.zeros(16, np.float32)})
+    with pytest.raises(ValueError, match=r"(?s)does not match BertModel \(strict\).*encoder\.layer\.9\."):
+        BertModel.from_pretrained(tmp_path, strict=True)           # an unexpected key alone
 
 
 # --------------------------------------------------------------------------- transformers

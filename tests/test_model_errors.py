@@ -169,6 +169,45 @@ def test_state_dict_round_trip_and_aliases():
     assert target.cls.predictions.decoder.weight is target.bert.embeddings.word_embeddings.weight
 
 
+@pytest.mark.parametrize("bad", ["shape", "unexpected"])
+def test_a_refused_state_dict_changes_nothing(bad):
+    """Every entry is checked before any is copied: a refused load leaves the model as it was."""
+    source = BertModel(tiny_config(), seed=1)
+    target = BertModel(tiny_config(), seed=2)
+    before = {name: array.copy() for name, array in target.state_dict().items()}
+    state = dict(source.state_dict())                  # every good entry comes first
+    if bad == "shape":
+        state["pooler.dense.bias"] = np.zeros(3, np.float32)
+        with pytest.raises(ValueError, match="'pooler.dense.bias' has shape \\(3,\\)"):
+            target.load_state_dict(state)
+    else:
+        state["pooler.extra.weight"] = np.zeros(3, np.float32)
+        with pytest.raises(KeyError, match="unexpected keys \\['pooler.extra.weight'\\]"):
+            target.load_state_dict(state, strict=True)
+    for name, array in target.state_dict().items():
+        np.testing.assert_array_equal(array, before[name], err_msg=name)
+
+
+def test_no_grad_nests_and_restores_the_mode_it_found():
+    from minibert.nn import grad_enabled, no_grad
+
+    model = BertModel(tiny_config(), seed=0)
+    ids = np.ones((1, 3), np.int64)
+    with no_grad():
+        with no_grad():
+            pass
+        assert not grad_enabled()                      # the inner block ends, the outer still holds
+        model.forward(ids)
+        with pytest.raises(RuntimeError, match="without a forward pass that kept its cache"):
+            h = model.config.hidden_size
+            model.backward(np.ones((1, 3, h)), np.zeros((1, h)))
+    assert grad_enabled()
+    with pytest.raises(ZeroDivisionError):
+        with no_grad():
+            1 / 0
+    assert grad_enabled()                              # restored after an exception too
+
+
 def test_float64_and_dtype_errors():
     model = BertModel(tiny_config(), dtype=np.float64)
     assert model.dtype == np.float64
@@ -177,6 +216,7 @@ def test_float64_and_dtype_errors():
         BertModel(tiny_config(), dtype=np.int32)
     model.to(dtype=np.float32)
     assert model.forward(np.zeros((1, 2), dtype=np.int64))[0].dtype == np.float32
+    assert all(p.grad.dtype == np.float32 and p.grad.shape == p.data.shape for p in model.parameters())
 
 
 @pytest.mark.parametrize("seed", [None, "a", -5, 1.5])

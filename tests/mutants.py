@@ -69,6 +69,7 @@ X, CK, Y, G = "minibert/safetensors.py", "minibert/checkpoint.py", "minibert/emb
 TR, FT, PR, V = "minibert/training.py", "minibert/finetune.py", "minibert/prune.py", "minibert/vocab_trainer.py"
 CO, FD, SQ = "minibert/data/corpus.py", "minibert/data/finetuning.py", "minibert/data/squad_metric.py"
 BK = "minibert/backend.py"
+PJ, CP = "minibert/pretrain.py", "minibert/cli_pretrain.py"
 
 MUTANTS = [
     Mutant('A1', A, '    pdf *= -0.5\n', '    pdf *= 0.5\n', OPS, 'gelu_backward: pdf exponent sign flipped exp(+x^2/2)'),
@@ -247,6 +248,19 @@ MUTANTS = [
     Mutant('NN3', NN, '            if id(param) not in seen:\n', '            if True:\n', MODULES + ['tests/test_optim.py'], 'named_parameters yields a shared (tied) parameter twice'),
     Mutant('NN4', NN, '            p.grad = get_array_module(p.data).zeros_like(p.data)\n', '', ['tests/test_model_errors.py'], 'to(dtype): gradients keep the old dtype'),
     Mutant('NN5', NN, '    previous, _grad_enabled = _grad_enabled, False\n', '    previous, _grad_enabled = True, False\n', ['tests/test_model_errors.py'], 'nested no_grad re-enables caches when the inner block ends'),
+    # round 4: the main job's steps (pretrain.py) and its command (cli_pretrain.py)
+    Mutant('PJ1', PJ, '        validation=ArrayDataset(validation, batch_size, shuffle=False),', '        validation=ArrayDataset(validation, batch_size, shuffle=True),', TRAINING, 'validation batches shuffled (evaluations see different subsets)'),
+    Mutant('PJ2', PJ, '        labels = batch["labels"][batch["labels"] != -100]\n', '        labels = batch["labels"]\n', TRAINING, 'unigram baseline counts the ignored positions'),
+    Mutant('PJ3', PJ, '    for document in train_ids:\n', '    for document in validation_ids:\n', TRAINING, 'token counts (and the baseline) taken from the validation text'),
+    Mutant('PJ4', PJ, '                      and len(tokenizer.tokenize(w)) == 1]', '                      ]', TRAINING, 'fill-mask examples whose answer is several word pieces'),
+    Mutant('PJ5', PJ, '    if vocab is not None:\n', '    if False:\n', TRAINING, 'a given vocabulary ignored: one is trained instead'),
+    Mutant('CP1', CP, '    if os.path.isdir(run_dir) and os.listdir(run_dir) and not args.resume:\n', '    if False:\n', TRAINING, 'an existing run folder is reused without --resume'),
+    Mutant('CP2', CP, '        if changed:\n', '        if False:\n', TRAINING, '--resume with other data or model options accepted'),
+    Mutant('CP3', CP, '    if args.resume and vocab is None and os.path.isfile(', '    if False and vocab is None and os.path.isfile(', TRAINING, '--resume trains a new vocabulary instead of the run\'s own'),
+    Mutant('CP4', CP, '    warmup = int(args.warmup * args.steps) if args.warmup < 1 else int(args.warmup)\n', '    warmup = int(args.warmup * args.steps)\n', TRAINING, '--warmup 100 read as a fraction (100 x steps)'),
+    Mutant('CP5', CP, '    if config.max_position_embeddings < args.max_seq_length:\n', '    if False:\n', TRAINING, '--max-seq-length beyond the model\'s positions accepted'),
+    Mutant('CP6', CP, '    if config.vocab_size != len(tokenizer):\n', '    if False:\n', TRAINING, '--config with another vocab_size than the vocabulary accepted'),
+    Mutant('CP7', CP, '    if not 0.0 < args.validation_fraction < 1.0:\n', '    if not 0.0 <= args.validation_fraction < 1.0:\n', TRAINING, '--validation-fraction 0 accepted (nothing held out)'),
     # training.py: the pretraining loop
     Mutant('TR1', TR, 'mlm_share = masked / max(total_masked, 1)', 'mlm_share = 1.0 / len(batches)', TRAINING, 'accumulation: micro-batch MLM losses averaged equally, not by masked tokens'),
     Mutant('TR2', TR, 'nsp_share = len(batch["input_ids"]) / total_sequences', 'nsp_share = 1.0', TRAINING, 'accumulation: NSP gradients of the micro-batches summed, not averaged'),

@@ -93,3 +93,98 @@ def test_an_output_root_that_is_a_file_is_one_line_of_error(corpus, tmp_path, ca
     assert _pretrain(corpus, tmp_path / "file", "--steps", "1") == 2
     err = capsys.readouterr().err
     assert err.startswith("minibert pretrain: error:") and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- the steps, one by one
+def test_the_job_steps_one_by_one(corpus, tmp_path):
+    from collections import Counter
+
+    from minibert import pretrain as job
+    from minibert.data.corpus import split_documents
+    from minibert.data.pretraining import tokenize_documents
+
+    documents = job.load_documents(corpus)
+    train_docs, val_docs = split_documents(documents, 0.2, 0)
+    tokenizer = job.build_tokenizer(train_docs, str(tmp_path), vocab_size=120)
+    assert (tmp_path / "tokenizer" / "vocab.txt").is_file()
+    data = job.build_datasets(train_docs, val_docs, tokenizer, max_seq_length=32, batch_size=4)
+
+    # token counts are the training text's, and the baseline is the most frequent training
+    # token's share of the validation labels (ignored positions not counted)
+    expected = Counter(t for doc in tokenize_documents(train_docs, tokenizer) for s in doc for t in s)
+    assert data.token_counts == expected
+    top, _ = expected.most_common(1)[0]
+    labels = data.validation.arrays["labels"]
+    labels = labels[labels != -100]
+    assert job.unigram_baseline(data) == pytest.approx(np.mean(labels == top))
+
+    # validation batches: every example once, in the same order at every evaluation
+    first = [b["input_ids"] for b in data.validation]
+    second = [b["input_ids"] for b in data.validation]
+    assert all(np.array_equal(a, b) for a, b in zip(first, second)) and len(first) == len(second)
+    np.testing.assert_array_equal(np.concatenate(first), data.validation.arrays["input_ids"])
+
+    # fill-mask examples: one [MASK] where a word of one word piece was
+    examples = job.held_out_fill_mask_examples(val_docs, tokenizer, count=5, seed=0)
+    assert examples
+    for text, answer in examples:
+        assert text.split().count(tokenizer.mask_token) == 1
+        assert len(tokenizer.tokenize(answer)) == 1
+
+    # a word of several pieces is never the answer: one [MASK] stands for one token
+    from minibert.tokenization import BertTokenizer
+
+    pieces = tmp_path / "pieces.txt"
+    pieces.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "is", "in", "of",
+                                 "to", "it", "run", "func", "##tion"]) + "\n")
+    split_words = BertTokenizer(str(pieces))
+    assert split_words.tokenize("function") == ["func", "##tion"]
+    sentences = [["a function is in a function of a function to it",      # no one-piece word
+                  "a function is in a function of a run to it"]]          # one: "run"
+    assert job.held_out_fill_mask_examples(sentences, split_words, count=5) == [
+        ("a function is in a function of a [MASK] to it", "run")]
+
+    # a given vocabulary is used as it is, and no other is trained
+    given = tmp_path / "given"
+    given.mkdir()
+    (given / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nthe\nvalue\n")
+    assert len(job.build_tokenizer(train_docs, str(given), vocab=str(given / "vocab.txt"))) == 7
+    assert sorted(os.listdir(given)) == ["vocab.txt"]
+
+
+def test_warmup_in_steps_and_resume_keeps_the_runs_vocabulary(corpus, tmp_path):
+    from minibert.optim import get_schedule
+
+    assert _pretrain(corpus, tmp_path, "--steps", "4", "--warmup", "2", "--lr", "1e-3",
+                     "--eval-every", "4") == 0
+    run = tmp_path / "pretrain"
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in logged if r["split"] == "train"]            # logged at the last step
+    schedule = get_schedule("linear", 1e-3, 2, 4)                  # --warmup 2 is two steps, not 2 x 4
+    assert [r["step"] for r in train] == [4]
+    assert train[0]["lr"] == pytest.approx(schedule(3)) and schedule(3) == pytest.approx(5e-4)
+
+    vocab = run / "tokenizer" / "vocab.txt"
+    tokens = vocab.read_text().splitlines()
+    tokens[-1] = tokens[-1] + "x"                                   # mark the run's own vocabulary
+    vocab.write_text("\n".join(tokens) + "\n")
+    assert _pretrain(corpus, tmp_path, "--steps", "5", "--resume", "--eval-every", "5") == 0
+    assert vocab.read_text().splitlines()[-1] == tokens[-1]         # used again, not trained anew
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"max_position_embeddings": 16}, "--max-seq-length 32 exceeds the model's max_position_embeddings (16)"),
+    ({"vocab_size": 999}, "but the model's vocab_size is 999"),
+])
+def test_a_config_that_does_not_fit_the_data_is_refused(corpus, tmp_path, capsys, change, message):
+    from minibert.modeling import BertConfig
+
+    assert _pretrain(corpus, tmp_path, "--steps", "1", "--name", "first") == 0
+    vocab_size = len((tmp_path / "first" / "tokenizer" / "vocab.txt").read_text().splitlines())
+    values = BertConfig.preset("tiny", vocab_size=vocab_size, max_position_embeddings=64).to_dict()
+    values.update(change)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(values))
+    capsys.readouterr()
+    assert _pretrain(corpus, tmp_path, "--steps", "1", "--config", str(config)) == 2
+    assert message in capsys.readouterr().err

@@ -24,7 +24,7 @@ the backward (the usual convention for attention; flash's backward does one prod
 which is not counted).
 
 GPU mode (``--device cuda``, needs CuPy and a GPU): minibert's CUDA flash-attention kernel
-(minibert.cuda_kernels) against the naive op on CuPy arrays and, when PyTorch sees the GPU,
+(minibert.fast.cuda) against the naive op on CuPy arrays and, when PyTorch sees the GPU,
 torch's scaled_dot_product_attention, in TFLOP/s with the same FLOP count, timed with CUDA
 events after a warm-up, float16 (float32 for the naive op, which has no float16 softmax).
 """
@@ -280,7 +280,7 @@ def run_cuda(args):
         raise SystemExit("--device cuda needs CuPy and a visible CUDA GPU")
     import cupy as cp
 
-    from minibert import cuda_kernels
+    from minibert.fast import cuda as fast_cuda
     from minibert.ops.attention import attention_backward, attention_forward
 
     def timed(fn, repeats):
@@ -309,8 +309,8 @@ def run_cuda(args):
         cases = []
         for dtype in (cp.float16, cp.float32):
             q, k, v, do = (cp.random.standard_normal(shape, dtype=cp.float32).astype(dtype) for _ in range(4))
-            cases.append(("minibert-cuda", dtype, cuda_kernels.flash_attention_forward,
-                          cuda_kernels.flash_attention_backward, (q, k, v, do)))
+            cases.append(("minibert-cuda", dtype, fast_cuda.flash_attention_forward,
+                          fast_cuda.flash_attention_backward, (q, k, v, do)))
             if dtype == cp.float32:
                 cases.append(("naive-cupy", dtype, attention_forward, attention_backward, (q, k, v, do)))
         for label, dtype, forward, backward, (q, k, v, do) in cases:

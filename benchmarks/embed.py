@@ -13,7 +13,7 @@ water mark, imports and model included) is its own, and with ``--threads`` cores
   and ``transformers.BertModel`` under ``torch.inference_mode()`` with ``torch.set_num_threads
   (threads)``, mean pooling and normalisation, batches in input order or sorted by token
   count (the sentence-transformers recipe), tokenization included;
-* ``minibert``: :class:`minibert.embeddings.SentenceEncoder` with length-sorted batches and
+* ``minibert``: :class:`minibert.sentence_embeddings.SentenceEncoder` with length-sorted batches and
   ``workers=threads`` (one batch per thread, single-threaded BLAS), tokenization included;
 * ``minibert-input-order``: the same in input order;
 * ``minibert-blas-threads`` (only with --threads > 1): one batch at a time, BLAS using the
@@ -122,7 +122,7 @@ def _time_runs(embed, sentences, repeats):
 
 def worker_minibert(sentences, args, sort, workers, matmuls_only=False):
     sys.path.insert(0, ROOT)
-    from minibert.embeddings import SentenceEncoder
+    from minibert.sentence_embeddings import SentenceEncoder
 
     encoder = SentenceEncoder(args.model, batch_size=args.batch_size, sort_by_length=sort,
                               workers=workers)

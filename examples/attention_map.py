@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 
 from minibert.attention_maps import attention_probabilities, plot_attention_map
-from minibert.embeddings import find_minilm
+from minibert.sentence_embeddings import find_minilm
 from minibert.modeling import BertModel
 from minibert.tokenization import BertTokenizer
 

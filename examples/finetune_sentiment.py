@@ -41,7 +41,7 @@ from collections import Counter
 import numpy as np
 
 from minibert.data.finetuning import encode_classification, read_classification_file
-from minibert.embeddings import find_minilm
+from minibert.sentence_embeddings import find_minilm
 from minibert.finetune import (FineTuner, FineTuningArguments, accuracy, classification_report,
                                confusion_matrix, format_confusion_matrix, macro_f1)
 from minibert.heads import BertForSequenceClassification

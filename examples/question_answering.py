@@ -24,7 +24,7 @@ import warnings
 
 from minibert.data.finetuning import postprocess_squad, prepare_squad_features, read_squad
 from minibert.data.squad_metric import squad_evaluate
-from minibert.embeddings import find_minilm
+from minibert.sentence_embeddings import find_minilm
 from minibert.finetune import FineTuner, FineTuningArguments, predict, squad_compute_metrics
 from minibert.heads import BertForQuestionAnswering
 from minibert.tokenization import BertTokenizer

@@ -30,7 +30,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from minibert.cli_tokenizer import read_text_lines  # noqa: E402
-from minibert.embeddings import SentenceEncoder, default_workers, fill_mask, semantic_search  # noqa: E402
+from minibert.fill_mask import fill_mask  # noqa: E402
+from minibert.sentence_embeddings import SentenceEncoder, default_workers, semantic_search  # noqa: E402
 
 SENTENCES = [
     "A man is eating food.",

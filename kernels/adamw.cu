@@ -1,6 +1,6 @@
 // adamw.cu -- the AdamW update of one parameter in a single pass, float32.
 //
-// The reference is minibert.optim.AdamW._update (same algebra, same order):
+// Reference: minibert/ops/adamw.py (adamw_update), the same rule with array operations.
 //
 //   p = p * (1 - lr * wd)                         decoupled weight decay, from the old p
 //   m = beta1 * m + (1 - beta1) * g

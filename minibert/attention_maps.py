@@ -9,12 +9,9 @@ A heat map of ``p`` shows a head's habit: looking at the previous or next token,
 ``[SEP]`` or ``[CLS]`` (a common "no-op" for heads with nothing to do), at the same word, or
 spreading out evenly.
 
-Where the probabilities come from: the naive attention op (minibert/ops/attention.py) keeps
-``p`` in its cache, tuple index 3, for the backward pass. So :func:`attention_probabilities`
-runs one forward pass in evaluation mode with caches kept (not under ``no_grad``), reads
-``p`` from each layer's attention cache (the module keeps ``(backward op, op cache)``), and
-clears the caches again. A model set
-to the tiled "flash" attention keeps no ``p``; it runs the naive op for this one pass.
+Where the probabilities come from: ``BertModel.forward(..., output_attentions=True)`` returns
+each layer's ``p`` beside the usual outputs (computed by the naive attention op, whatever
+``attn_implementation`` the model uses, since the tiled op never forms ``p``).
 
 Shapes: N heads of a layer, T tokens of the sentence, L layers.
 """
@@ -24,40 +21,28 @@ from __future__ import annotations
 import math
 
 from .backend import to_numpy
-from .nn import grad_enabled
+from .nn import no_grad
 from .plots import _pyplot
 from .prune import encoder, original_head_numbers
-
-PROBABILITIES = 3            # the position of p in the naive attention op's cache
-
 
 def attention_probabilities(model, tokenizer, text: str, text_pair: str | None = None):
     """(tokens, [p of layer 0, p of layer 1, ...]) for one sentence (or pair), p of shape (N_l, T, T).
 
     ``model``: a BertModel or any model with one in ``.bert`` (a fine-tuning head's).
     """
-    if not grad_enabled():
-        raise RuntimeError("attention_probabilities reads the probabilities from the attention caches, "
-                           "which no_grad() does not keep: call it outside the no_grad() block")
     bert = encoder(model)
     encoded = tokenizer([text], None if text_pair is None else [text_pair],
                         max_length=bert.config.max_position_embeddings, truncation=True)
     tokens = tokenizer.convert_ids_to_tokens([int(i) for i in encoded["input_ids"][0]])
-    attentions = [layer.attention.self for layer in bert.encoder.layer]
     was_training = bert.training
-    implementations = [a.implementation for a in attentions]
     bert.eval()                                        # no dropout: the probabilities themselves
     try:
-        for a in attentions:
-            a.implementation = "naive"                 # the op that keeps p in its cache
-        bert.forward(encoded["input_ids"], encoded["token_type_ids"], encoded["attention_mask"])
-        maps = [to_numpy(a._cache[1][PROBABILITIES][0]) for a in attentions]  # (N_l, T, T) each
+        with no_grad():
+            _, _, attentions = bert.forward(encoded["input_ids"], encoded["token_type_ids"],
+                                            encoded["attention_mask"], output_attentions=True)
     finally:
-        bert.clear_caches()
-        for a, implementation in zip(attentions, implementations):
-            a.implementation = implementation
         bert.train(was_training)
-    return tokens, maps
+    return tokens, [to_numpy(p[0]) for p in attentions]            # (N_l, T, T) each
 
 
 def plot_attention_map(model, tokenizer, text: str, path: str, layer: int | None = 0,

@@ -6,14 +6,13 @@ Every op takes its array module from its inputs::
     y = xp.tanh(x)
 
 so the same function runs on either device. Model code never asks "is this CuPy?";
-the only places that know about devices are this file and the kernel loader.
+the only places that know about devices are this file and the speed wing (``minibert/fast/``).
 """
 
 from __future__ import annotations
 
 import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
+import sys
 
 import numpy as np
 
@@ -76,10 +75,11 @@ def xp_for_device(device: str):
 
 def get_array_module(*arrays):
     """numpy or cupy, whichever the given arrays live in (numpy when none is a CuPy array)."""
-    if _cupy is not None:
+    cupy = _cupy or sys.modules.get("cupy")          # CuPy arrays exist only once CuPy is imported
+    if cupy is not None:
         for a in arrays:
-            if isinstance(a, _cupy.ndarray):
-                return _cupy
+            if isinstance(a, cupy.ndarray):
+                return cupy
     return np
 
 
@@ -103,55 +103,18 @@ def to_numpy(array) -> np.ndarray:
     return np.asarray(array)
 
 
-# Large elementwise transcendental functions are split over the CPU cores: NumPy runs a ufunc
-# on one core, but releases the GIL while it runs, so threads give a real speed-up (the matrix
-# products already use every core through BLAS).
-_PARALLEL_MIN_SIZE = 1 << 18
-_cpu_pool = None
-_cpu_pool_lock = threading.Lock()
-
-
 def available_cores() -> int:
     """CPU cores this process may run on (its affinity mask where the OS has one)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, cores or 1)
 
 
-def cpu_pool() -> ThreadPoolExecutor:
-    """The one thread pool, one thread per available core, that splits elementwise CPU work.
-
-    Made on first use. Its tasks must not wait on other tasks of the pool.
-    """
-    global _cpu_pool
-    with _cpu_pool_lock:
-        if _cpu_pool is None:
-            _cpu_pool = ThreadPoolExecutor(available_cores(), thread_name_prefix="minibert-elementwise")
-        return _cpu_pool
-
-
-def _parallel_unary(function, x):
-    """``function(x)`` computed in row blocks on all cores; identical to one call."""
-    workers = available_cores()
-    if workers == 1 or x.size < _PARALLEL_MIN_SIZE or not x.flags.c_contiguous:
-        return function(x)
-    flat_in = x.reshape(-1)
-    out = np.empty_like(x)
-    flat_out = out.reshape(-1)
-    bounds = np.linspace(0, x.size, workers + 1).astype(int)
-    blocks = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
-    list(cpu_pool().map(lambda s: function(flat_in[s], out=flat_out[s]), blocks))
-    return out
-
-
 def erf(x):
     """The error function, elementwise, on either device (scipy / cupyx.scipy)."""
-    xp = get_array_module(x)
-    if xp is np:
+    if get_array_module(x) is np:
         from scipy.special import erf as _erf
-
-        return _parallel_unary(_erf, x)
-    from cupyx.scipy.special import erf as _erf  # pragma: no cover - GPU only
-
+    else:  # pragma: no cover - GPU only
+        from cupyx.scipy.special import erf as _erf
     return _erf(x)
 
 

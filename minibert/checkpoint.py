@@ -48,6 +48,7 @@ import numpy as np
 
 from . import safetensors as st
 from .backend import check_device, to_numpy
+from .config import BertConfig
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -116,13 +117,11 @@ def _short(keys, n=6):
 
 # ============================================================================ reading
 def read_config(directory):
-    """Read ``directory/config.json`` into a :class:`~minibert.modeling.BertConfig`.
+    """Read ``directory/config.json`` into a :class:`~minibert.config.BertConfig`.
 
     Clear errors for a missing directory or file, invalid JSON, a non-BERT ``model_type``
     or architecture, and values BertConfig refuses (each message names the file).
     """
-    from .modeling import BertConfig
-
     directory = os.fspath(directory)
     if not os.path.exists(directory):
         raise FileNotFoundError(f"checkpoint directory {directory} does not exist")
@@ -365,8 +364,6 @@ def load_pretrained(model_class, directory, device: str = "cpu", dtype=np.float3
     error; otherwise they are reported (``model.loading_info`` and one warning). Returns the
     model, or ``(model, LoadingInfo)`` with ``output_loading_info``.
     """
-    from .modeling import BertConfig
-
     directory = os.fspath(directory)
     device = check_device(device)
     config = read_config(directory)

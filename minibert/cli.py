@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .fast.cpu import keep_freed_memory
+
+    keep_freed_memory()              # each training step reuses the memory of the last one
     try:
         result = args.func(args)
     except KeyboardInterrupt:

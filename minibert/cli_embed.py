@@ -34,7 +34,7 @@ def _read_sentences(args) -> list[str]:
 
 
 def _embed_command(args) -> int:
-    from .embeddings import SentenceEncoder, default_workers, semantic_search
+    from .sentence_embeddings import SentenceEncoder, default_workers, semantic_search
 
     if args.precision < 0:
         raise ValueError(f"--precision must be 0 or more, got {args.precision}")
@@ -76,7 +76,7 @@ def _embed_command(args) -> int:
 
 
 def _fill_mask_command(args) -> int:
-    from .embeddings import fill_mask
+    from .fill_mask import fill_mask
     from .modeling import BertForPreTraining
     from .tokenization import BertTokenizer
 

@@ -37,20 +37,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import cuda_kernels, ops
+from . import ops
 from .backend import get_array_module, is_int_at_least, to_device
+from .config import BertConfig
 from .layers import Dropout, Linear
-from .modeling import (
-    BertConfig,
-    BertLMPredictionHead,
-    BertModel,
-    BertPreTrainedModel,
-    as_int_array,
-    check_grad_shape,
-    check_range,
-)
-from .nn import Module
+from .modeling import BertLMPredictionHead, BertModel, BertPreTrainedModel, masked_positions_and_targets
+from .nn import Module, op
 from .ops.mse import mse_backward, mse_forward
+from .validation import as_int_array, check_grad_shape
 
 IGNORE_INDEX = ops.IGNORE_INDEX
 PROBLEM_TYPES = ("single_label_classification", "regression")
@@ -248,10 +242,11 @@ class BertForSequenceClassification(_BertWithHead):
         self.classifier = Linear(config.hidden_size, num_labels, config.initializer_range, rng, dtype)
         self._finish_setup(device)
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None) -> SequenceClassifierOutput:
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None, *,
+                head_mask=None) -> SequenceClassifierOutput:
         self.clear_caches()          # a forward that fails half-way leaves backward nothing stale
         # Only [CLS] is read: the last encoder layer computes no other row (output_positions=[]).
-        _, pooled = self.bert.forward(input_ids, token_type_ids, attention_mask,
+        _, pooled = self.bert.forward(input_ids, token_type_ids, attention_mask, head_mask=head_mask,
                                       output_positions=np.zeros(0, dtype=np.int64))  # (B, H)
         logits = self.classifier.forward(self.dropout.forward(pooled))              # (B, C)
         out = SequenceClassifierOutput(logits)
@@ -316,9 +311,10 @@ class BertForTokenClassification(_BertWithHead):
         self.classifier = Linear(config.hidden_size, num_labels, config.initializer_range, rng, dtype)
         self._finish_setup(device)
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None) -> TokenClassifierOutput:
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None, *,
+                head_mask=None) -> TokenClassifierOutput:
         self.clear_caches()          # a forward that fails half-way leaves backward nothing stale
-        seq, _ = self.bert.forward(input_ids, token_type_ids, attention_mask)        # (B, T, H)
+        seq, _ = self.bert.forward(input_ids, token_type_ids, attention_mask, head_mask=head_mask)  # (B, T, H)
         logits = self.classifier.forward(self.dropout.forward(seq))                  # (B, T, C)
         out = TokenClassifierOutput(logits)
         loss_cache = None
@@ -359,9 +355,9 @@ class BertForQuestionAnswering(_BertWithHead):
         self._finish_setup(device)
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, start_positions=None,
-                end_positions=None) -> QuestionAnsweringOutput:
+                end_positions=None, *, head_mask=None) -> QuestionAnsweringOutput:
         self.clear_caches()          # a forward that fails half-way leaves backward nothing stale
-        seq, _ = self.bert.forward(input_ids, token_type_ids, attention_mask)        # (B, T, H)
+        seq, _ = self.bert.forward(input_ids, token_type_ids, attention_mask, head_mask=head_mask)  # (B, T, H)
         logits = self.qa_outputs.forward(seq)                                        # (B, T, 2)
         out = QuestionAnsweringOutput(logits)
         loss_caches = None
@@ -424,26 +420,24 @@ class BertForMaskedLM(_BertWithHead):
         self.cls = BertOnlyMLMHead(config, self.bert.embeddings.word_embeddings, rng, dtype)
         self._finish_setup(device)
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None) -> MaskedLMOutput:
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None, *,
+                head_mask=None) -> MaskedLMOutput:
         self.clear_caches()          # a forward that fails half-way leaves backward nothing stale
         out = MaskedLMOutput(None)
         loss_cache = None
         if labels is None:
-            seq, _ = self.bert.forward(input_ids, token_type_ids, attention_mask)    # (B, T, H)
+            seq, _ = self.bert.forward(input_ids, token_type_ids, attention_mask, head_mask=head_mask)  # (B, T, H)
             out.logits = self.cls.predictions.forward(seq)                            # (B, T, V)
         else:
             ids, _, _ = self.check_inputs(input_ids, token_type_ids, attention_mask)
-            xp = get_array_module(ids)
-            flat = _labels_of_shape(labels, ids.shape, "labels", xp).reshape(-1)     # (B*T,)
-            positions = xp.flatnonzero(flat != IGNORE_INDEX)                          # (M,)
-            targets = flat[positions]
-            if targets.size:
-                check_range(targets, 0, self.config.vocab_size, "labels", "vocab_size")
+            positions, targets = masked_positions_and_targets(labels, ids.shape, self.config.vocab_size,
+                                                              get_array_module(ids))  # (M,), (M,)
             out.masked_positions = positions
             # the encoder's output at the M labelled positions only (its last layer skips the rest)
-            seq, _ = self.bert.forward(ids, token_type_ids, attention_mask, output_positions=positions)  # (M, H)
+            seq, _ = self.bert.forward(ids, token_type_ids, attention_mask, output_positions=positions,
+                                       head_mask=head_mask)                           # (M, H)
             out.logits = self.cls.predictions.forward(seq)                            # (M, V)
-            ce_forward, ce_backward = cuda_kernels.pick("cross_entropy", out.logits)  # the kernel on the GPU
+            ce_forward, ce_backward = op("cross_entropy", out.logits)
             out.loss, cache = ce_forward(out.logits, targets)
             loss_cache = (ce_backward, cache)
         self._save_cache((out.logits.shape, loss_cache))

@@ -1,30 +1,30 @@
 """Generic layers: modules that own parameters and wrap one op each.
 
-Each layer's ``forward`` calls an op and keeps its cache; ``backward`` takes the gradient of
+Each layer's ``forward`` runs an op and keeps its cache; ``backward`` takes the gradient of
 the output, adds the parameter gradients into ``.grad`` (``+=``, so a parameter used twice
-gets both contributions) and returns the gradient of the input. On CuPy arrays LayerNorm runs
-its fused CUDA kernel (``cuda_kernels.pick``), on NumPy arrays the op of ``minibert.ops``.
+gets both contributions) and returns the gradient of the input. ``op(name, x)`` gives the
+op's (forward, backward): the reference op of ``minibert/ops/`` unless a speed-up applies
+(``minibert/registry.py``); the layer keeps the backward beside the cache, so the pair always
+matches.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from . import ops
 from .backend import get_array_module
-from .cuda_kernels import pick
-from .nn import Module, Parameter
+from .config import HIDDEN_ACTIVATIONS
+from .nn import Module, Parameter, op
 
 
 class Linear(Module):
     """y = x @ W.T + b, with W stored as (out, in) like Hugging Face checkpoints."""
 
+    compute_dtype = None        # np.float16: mixed precision (Module.set_matmul_dtype)
+
     def __init__(self, in_features: int, out_features: int, init_std: float, rng, dtype, bias=True):
         self.weight = Parameter(rng.normal(0.0, init_std, (out_features, in_features)).astype(dtype))
-        if bias:
-            self.bias = Parameter(np.zeros(out_features, dtype=dtype))
-        else:
-            self.bias = None
+        self.bias = Parameter(np.zeros(out_features, dtype=dtype)) if bias else None
 
     @classmethod
     def from_parameters(cls, weight: Parameter, bias: Parameter | None = None) -> "Linear":
@@ -33,27 +33,15 @@ class Linear(Module):
         layer.weight, layer.bias = weight, bias
         return layer
 
-    def keep_outputs(self, rows) -> None:
-        """Keep only these output features (rows of W and entries of b): structured pruning."""
-        self.weight.data, self.weight.grad = self.weight.data[rows].copy(), self.weight.grad[rows].copy()
-        if self.bias is not None:
-            self.bias.data, self.bias.grad = self.bias.data[rows].copy(), self.bias.grad[rows].copy()
-
-    def keep_inputs(self, columns) -> None:
-        """Keep only these input features (columns of W)."""
-        self.weight.data = self.weight.data[:, columns].copy()
-        self.weight.grad = self.weight.grad[:, columns].copy()
-
-    compute_dtype = None        # float16: mixed precision (BertPreTrainedModel.set_matmul_dtype)
-
     def forward(self, x):
-        y, cache = ops.linear_forward(x, self.weight.data, None if self.bias is None else self.bias.data,
-                                      self.compute_dtype)
-        self._save_cache(cache)
+        forward, backward = op("linear", x)
+        y, cache = forward(x, self.weight.data, None if self.bias is None else self.bias.data, self.compute_dtype)
+        self._save_cache((backward, cache))
         return y
 
     def backward(self, dy):
-        dx, dweight, dbias = ops.linear_backward(dy, self._pop_cache())
+        backward, cache = self._pop_cache()
+        dx, dweight, dbias = backward(dy, cache)
         self.weight.grad += dweight
         if self.bias is not None:
             self.bias.grad += dbias
@@ -75,12 +63,14 @@ class Embedding(Module):
         self.padding_idx = padding_idx
 
     def forward(self, ids):
-        y, cache = ops.embedding_forward(ids, self.weight.data)
-        self._save_cache(cache)
+        forward, backward = op("embedding", self.weight.data)
+        y, cache = forward(ids, self.weight.data)
+        self._save_cache((backward, cache))
         return y
 
     def backward(self, dy):
-        rows, drows = ops.embedding_backward(dy, self._pop_cache())
+        backward, cache = self._pop_cache()
+        rows, drows = backward(dy, cache)
         if self.padding_idx is not None:
             keep = rows != self.padding_idx
             rows, drows = rows[keep], drows[keep]
@@ -97,7 +87,7 @@ class LayerNorm(Module):
         self.eps = eps
 
     def forward(self, x):
-        forward, backward = pick("layer_norm", x)     # ops.layer_norm_*, or the kernel on the GPU
+        forward, backward = op("layer_norm", x)
         y, cache = forward(x, self.weight.data, self.bias.data, self.eps)
         self._save_cache((backward, cache))
         return y
@@ -120,30 +110,30 @@ class Dropout(Module):
     def forward(self, x):
         active = self.training and self.p > 0.0
         rng = self.random.generator(get_array_module(x)) if active else None
-        y, cache = ops.dropout_forward(x, self.p, rng, active)
-        self._save_cache(("dropout", cache))
+        forward, backward = op("dropout", x)
+        y, cache = forward(x, self.p, rng, active)
+        self._save_cache((backward, cache))
         return y
 
     def backward(self, dy):
-        _, cache = self._pop_cache()
-        return ops.dropout_backward(dy, cache)
+        backward, cache = self._pop_cache()
+        return backward(dy, cache)
 
 
 class Activation(Module):
     """An elementwise activation chosen by name: "gelu" (exact erf), "gelu_new" (tanh form), "tanh"."""
 
-    FUNCTIONS = dict(ops.ACTIVATIONS, tanh=(ops.tanh_forward, ops.tanh_backward))
-
     def __init__(self, name: str):
-        if name not in self.FUNCTIONS:
-            raise ValueError(f"unknown activation {name!r}; expected one of {sorted(self.FUNCTIONS)}")
+        if name not in HIDDEN_ACTIVATIONS:
+            raise ValueError(f"unknown activation {name!r}; expected one of {sorted(HIDDEN_ACTIVATIONS)}")
         self.name = name
-        self._forward, self._backward = self.FUNCTIONS[name]
 
     def forward(self, x):
-        y, cache = self._forward(x)
-        self._save_cache(cache)
+        forward, backward = op(self.name, x)
+        y, cache = forward(x)
+        self._save_cache((backward, cache))
         return y
 
     def backward(self, dy):
-        return self._backward(dy, self._pop_cache())
+        backward, cache = self._pop_cache()
+        return backward(dy, cache)

@@ -1,4 +1,4 @@
-"""BERT: the configuration, the encoder and the pretraining heads.
+"""BERT: the encoder and the pretraining heads.
 
 Shapes (one legend for the whole file):
     B batch   T sequence length   H hidden size   N attention heads   D = H / N head size
@@ -14,167 +14,30 @@ When only some positions of the sequence output are needed (the masked-LM labels
 the pooler), ``BertModel.forward(..., output_positions=...)`` lets the last layer compute only
 those rows after its attention (see ``BertAttention.forward``).
 
-On CuPy arrays the fused CUDA kernels of ``minibert.cuda_kernels`` take over where one exists
-(flash attention, LayerNorm, bias + GELU, cross-entropy), each after a first-use check against
-the op it replaces; on NumPy arrays the ops of ``minibert.ops`` run.
-
-Every module keeps the caches of the step it is in and frees them in ``backward``.
-Parameter names are the Hugging Face state-dict keys.
+Every module keeps the caches of the step it is in and frees them in ``backward``; under
+``minibert.nn.no_grad()`` it keeps none (inference). Parameter names are the Hugging Face
+state-dict keys. The configuration is ``minibert.config.BertConfig``; the input checks are in
+``minibert.validation``; the ops come from ``minibert.ops`` through ``minibert.nn.op``.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 
 import numpy as np
 
 from . import ops
-from . import cuda_kernels
-from .backend import (RandomSource, check_device, check_dtype, get_array_module, is_int_at_least, to_device,
-                      xp_for_device)
+from .backend import RandomSource, check_device, check_dtype, get_array_module, is_int_at_least, xp_for_device
+from .config import PRESETS, BertConfig  # noqa: F401  (BertConfig is part of this module's interface)
 from .layers import Activation, Dropout, Embedding, LayerNorm, Linear
-from .nn import Module, ModuleList, Parameter
-
-ATTENTION_IMPLEMENTATIONS = {"naive": (ops.attention_forward, ops.attention_backward)}
-try:  # the tiled op lives in its own file; the naive one is the reference
-    from .ops.flash_attention import flash_attention_backward, flash_attention_forward
-
-    ATTENTION_IMPLEMENTATIONS["flash"] = (flash_attention_forward, flash_attention_backward)
-except ImportError:  # pragma: no cover
-    pass
+from .nn import Module, ModuleList, Parameter, grad_enabled, op
+from .validation import as_int_array, check_grad_shape, check_inputs, check_range, check_shape
 
 
-# ============================================================================ configuration
-@dataclass
-class BertConfig:
-    """The hyperparameters of a BERT model, with the field names of Hugging Face's config.json."""
-
-    vocab_size: int = 30522
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072
-    hidden_act: str = "gelu"
-    hidden_dropout_prob: float = 0.1
-    attention_probs_dropout_prob: float = 0.1
-    max_position_embeddings: int = 512
-    type_vocab_size: int = 2
-    initializer_range: float = 0.02
-    layer_norm_eps: float = 1e-12
-    pad_token_id: int = 0
-    attn_implementation: str = "naive"
-    extra: dict = field(default_factory=dict)   # other config.json fields, kept for round trips
-
-    def __post_init__(self):
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "intermediate_size", "max_position_embeddings", "type_vocab_size"):
-            value = getattr(self, name)
-            if not is_int_at_least(value, 1):
-                raise ValueError(f"BertConfig.{name} must be a positive integer, got {value!r}")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"BertConfig.hidden_size ({self.hidden_size}) must be divisible by "
-                f"num_attention_heads ({self.num_attention_heads})"
-            )
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range",
-                     "layer_norm_eps"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool):
-                raise ValueError(f"BertConfig.{name} must be a number, got {value!r}")
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"BertConfig.{name} must be in [0, 1), got {value!r}")
-        if not 0.0 <= self.initializer_range < math.inf:
-            raise ValueError(f"BertConfig.initializer_range must be 0 or more (finite), got {self.initializer_range!r}")
-        if not 0.0 < self.layer_norm_eps < math.inf:
-            raise ValueError(f"BertConfig.layer_norm_eps must be positive (finite), got {self.layer_norm_eps!r}")
-        if not isinstance(self.pad_token_id, (int, np.integer)) or isinstance(self.pad_token_id, bool):
-            raise ValueError(f"BertConfig.pad_token_id must be an integer, got {self.pad_token_id!r}")
-        if not isinstance(self.hidden_act, str) or self.hidden_act not in Activation.FUNCTIONS:
-            raise ValueError(f"BertConfig.hidden_act {self.hidden_act!r} is not supported; "
-                             f"expected one of {sorted(Activation.FUNCTIONS)}")
-        if not isinstance(self.attn_implementation, str) or self.attn_implementation not in ("naive", "flash"):
-            raise ValueError(f"BertConfig.attn_implementation must be 'naive' or 'flash', "
-                             f"got {self.attn_implementation!r}")
-        if not 0 <= self.pad_token_id < self.vocab_size:
-            raise ValueError(f"BertConfig.pad_token_id ({self.pad_token_id}) must be in [0, vocab_size)")
-        position_type = self.extra.get("position_embedding_type", "absolute")
-        if position_type != "absolute":
-            raise ValueError(f"position_embedding_type {position_type!r} is not supported (only 'absolute')")
-
-    @property
-    def head_size(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "BertConfig":
-        if not isinstance(values, dict):
-            raise ValueError(f"a BERT config must be a JSON object (a dict), got {type(values).__name__}")
-        if not isinstance(values.get("extra", {}), dict):
-            raise ValueError(f"the config's 'extra' must be a JSON object (a dict), "
-                             f"got {type(values['extra']).__name__}")
-        known = {f.name for f in fields(cls)} - {"extra"}
-        values = dict(values)
-        # transformers' own attention choice ("eager", "sdpa", ...) is not ours: both compute the same
-        for key in ("attn_implementation", "_attn_implementation"):
-            if values.get(key) not in ("naive", "flash"):
-                values.pop(key, None)
-        if "minibert_attn_implementation" in values:
-            values.setdefault("attn_implementation", values.pop("minibert_attn_implementation"))
-        if values.get("model_type", "bert") != "bert":
-            raise ValueError(f"config is for model_type {values['model_type']!r}, not 'bert'")
-        extra = {k: v for k, v in values.items() if k not in known and k not in ("extra", "model_type")}
-        extra.update(values.get("extra", {}))
-        return cls(**{k: v for k, v in values.items() if k in known}, extra=extra)
-
-    def to_dict(self) -> dict:
-        """The config.json fields. ``attn_implementation`` is minibert's own and is written as
-        ``minibert_attn_implementation`` (transformers gives "attn_implementation" a meaning
-        of its own and refuses "naive" / "flash")."""
-        values = asdict(self)
-        extra = values.pop("extra")
-        values["minibert_attn_implementation"] = values.pop("attn_implementation")
-        return {"model_type": "bert", **extra, **values}
-
-    @classmethod
-    def from_json_file(cls, path) -> "BertConfig":
-        with open(path, encoding="utf-8") as f:
-            try:
-                values = json.load(f)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}: not valid JSON ({exc})") from exc
-        return cls.from_dict(values)
-
-    def to_json_file(self, path) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
-
-    @classmethod
-    def preset(cls, name: str, **overrides) -> "BertConfig":
-        """A named size: tiny, mini, small, medium, base or large (``overrides`` replace fields)."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
-        layers, hidden, heads = PRESETS[name]
-        values = dict(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
-                      intermediate_size=4 * hidden)
-        values.update(overrides)
-        return cls(**values)
-
-
-# name: (layers L, hidden H, heads A); intermediate size is 4 H, as in the BERT papers
-PRESETS = {
-    "tiny": (2, 128, 2),
-    "mini": (4, 256, 4),
-    "small": (4, 512, 8),
-    "medium": (8, 512, 8),
-    "base": (12, 768, 12),
-    "large": (24, 1024, 16),
-}
+# attn_implementation -> the op: "naive" forms the (T, T) probabilities, "flash" works in tiles
+ATTENTION_OPS = {"naive": "attention", "flash": "flash_attention"}
 
 
 # ============================================================================ encoder
@@ -205,62 +68,71 @@ class BertEmbeddings(Module):
 
 
 class BertSelfAttention(Module):
-    """Multi-head self-attention: (B,T,H) -> (B,T,H), heads split as (B,N,T,D)."""
+    """Multi-head self-attention: (B,T,H) -> (B,T,N*D), heads split as (B,N,T,D).
 
-    def __init__(self, config: BertConfig, rng, random_source, dtype):
+    The layer has the heads ``config.kept_heads(layer_index)``: all N of them unless the
+    config lists some as pruned, in which case its projections are that much smaller.
+
+    ``head_mask`` (B or 1, N): a gate multiplying each head's context (1 keeps a head, 0
+    silences it), as transformers' ``head_mask``; backward then leaves d(loss)/d(gate) per
+    sequence in ``head_mask_grad`` (B, N). ``output_attentions``: also return the attention
+    probabilities (B, N, T, T), from the naive op, whatever ``attn_implementation`` says.
+    """
+
+    def __init__(self, config: BertConfig, rng, random_source, dtype, layer_index: int = 0):
         std, h = config.initializer_range, config.hidden_size
-        self.num_heads = config.num_attention_heads
+        self.num_heads = len(config.kept_heads(layer_index))
         self.head_size = config.head_size
-        self.query = Linear(h, h, std, rng, dtype)
-        self.key = Linear(h, h, std, rng, dtype)
-        self.value = Linear(h, h, std, rng, dtype)
+        width = self.num_heads * self.head_size
+        self.query = Linear(h, width, std, rng, dtype)
+        self.key = Linear(h, width, std, rng, dtype)
+        self.value = Linear(h, width, std, rng, dtype)
         self.dropout_p = config.attention_probs_dropout_prob
         self.random = random_source
-        self.implementation = config.attn_implementation
+        self.implementation = config.attn_implementation                 # "naive" or "flash"
+        self.head_mask_grad = None
 
-    def prune_heads(self, heads) -> list[int]:
-        """Remove attention heads (numbered among the current ones): their rows of the query,
-        key and value projections go. Returns the kept columns of the context (for the output
-        projection, whose matching input columns must go too)."""
-        keep_heads = [h for h in range(self.num_heads) if h not in set(heads)]
-        if not keep_heads:
-            raise ValueError(f"cannot prune all {self.num_heads} heads of a layer "
-                             "(the attention block would have nothing left to compute)")
-        xp = get_array_module(self.query.weight.data)
-        columns = xp.concatenate([xp.arange(h * self.head_size, (h + 1) * self.head_size) for h in keep_heads])
-        for linear in (self.query, self.key, self.value):
-            linear.keep_outputs(columns)
-        self.num_heads = len(keep_heads)
-        return columns
-
-    def _split_heads(self, x):                     # (B, T, H) -> (B, N, T, D)
+    def _split_heads(self, x, packed=None):       # (B, T, N*D) -> (B, N, T, D)
+        if packed is not None:                     # (M, N*D) rows of the positions packed.rows
+            x = scatter_rows(x, packed.rows, (packed.batch, packed.length, x.shape[-1]))
         b, t, _ = x.shape
         return x.reshape(b, t, self.num_heads, self.head_size).transpose(0, 2, 1, 3)
 
-    def _merge_heads(self, x):                     # (B, N, T, D) -> (B, T, H)
+    def _merge_heads(self, x, packed=None):       # (B, N, T, D) -> (B, T, N*D)
         b, _, t, _ = x.shape
-        return x.transpose(0, 2, 1, 3).reshape(b, t, self.num_heads * self.head_size)
+        merged = x.transpose(0, 2, 1, 3).reshape(b, t, self.num_heads * self.head_size)
+        if packed is not None:                     # -> (M, N*D), the packed positions only
+            merged = merged.reshape(b * t, -1)[packed.rows]
+        return merged
 
-    def _attention_ops(self, q):
-        """(forward, backward) of the configured attention; "flash" on the GPU is the CUDA kernel."""
-        if self.implementation == "flash":
-            return cuda_kernels.pick("flash_attention", q, variant=(self.head_size,))
-        return ATTENTION_IMPLEMENTATIONS[self.implementation]
-
-    def forward(self, h, mask):
-        q = self._split_heads(self.query.forward(h))                    # (B, N, T, D)
-        k = self._split_heads(self.key.forward(h))
-        v = self._split_heads(self.value.forward(h))
-        attention_forward, attention_backward = self._attention_ops(q)
+    def forward(self, h, mask, head_mask=None, output_attentions=False, packed=None):
+        """h (B,T,H) -> (B,T,N*D); or, in inference with ``packed`` (see BertModel.forward), the
+        (M,H) rows of the M positions ``packed.rows`` -> (M,N*D)."""
+        q = self._split_heads(self.query.forward(h), packed)            # (B, N, T, D)
+        k = self._split_heads(self.key.forward(h), packed)
+        v = self._split_heads(self.value.forward(h), packed)
         active = self.training and self.dropout_p > 0.0
         rng = self.random.generator(get_array_module(h)) if active else None
-        context, cache = attention_forward(q, k, v, mask, self.dropout_p, rng, active)  # (B, N, T, D)
-        self._save_cache((attention_backward, cache))
-        return self._merge_heads(context)                               # (B, T, H)
+        if output_attentions:                                           # the op that computes p
+            attention_forward, attention_backward = ops.attention_forward, ops.attention_backward
+        else:
+            attention_forward, attention_backward = op(ATTENTION_OPS[self.implementation], q)
+        context, cache = attention_forward(q, k, v, mask, self.dropout_p, rng, active)   # (B, N, T, D)
+        gate = ungated = None
+        if head_mask is not None:
+            gate = head_mask.reshape(-1, self.num_heads, 1, 1).astype(context.dtype)     # (B|1, N, 1, 1)
+            ungated, context = context, context * gate
+        self._save_cache((attention_backward, cache, gate, ungated))
+        merged = self._merge_heads(context, packed)                     # (B, T, N*D) or (M, N*D)
+        return (merged, cache.p) if output_attentions else merged
 
     def backward(self, dcontext):
-        attention_backward, cache = self._pop_cache()
-        dq, dk, dv = attention_backward(self._split_heads(dcontext), cache)  # (B, N, T, D)
+        attention_backward, cache, gate, ungated = self._pop_cache()
+        dcontext = self._split_heads(dcontext)                          # (B, N, T, D)
+        if gate is not None:
+            self.head_mask_grad = (ungated * dcontext).sum(axis=(2, 3))  # (B, N)
+            dcontext = dcontext * gate
+        dq, dk, dv = attention_backward(dcontext, cache)                # (B, N, T, D) each
         dh = self.query.backward(self._merge_heads(dq))                 # (B, T, H)
         dh += self.key.backward(self._merge_heads(dk))
         dh += self.value.backward(self._merge_heads(dv))
@@ -289,23 +161,29 @@ class BertAddNorm(Module):
 class BertAttention(Module):
     """Self-attention followed by its output projection, residual and LayerNorm."""
 
-    def __init__(self, config: BertConfig, rng, random_source, dtype):
-        self.self = BertSelfAttention(config, rng, random_source, dtype)
-        self.output = BertAddNorm(config.hidden_size, config, rng, random_source, dtype)
+    def __init__(self, config: BertConfig, rng, random_source, dtype, layer_index: int = 0):
+        self.self = BertSelfAttention(config, rng, random_source, dtype, layer_index)
+        width = self.self.num_heads * config.head_size                  # H, or less with pruned heads
+        self.output = BertAddNorm(width, config, rng, random_source, dtype)
 
-    def forward(self, h, mask, rows=None):
-        """(B,T,H) -> (B,T,H); with ``rows`` (flat indices into the B*T positions) -> (R,H).
+    def forward(self, h, mask, rows=None, head_mask=None, output_attentions=False, packed=None):
+        """(B,T,H) -> (B,T,H); with ``rows`` (flat indices into the rows of h) -> (R,H).
 
         With rows, attention still reads the keys and values of every position, but the
         output projection, residual and LayerNorm run only on those R rows (see
-        :meth:`BertModel.forward`, ``output_positions``).
+        :meth:`BertModel.forward`, ``output_positions``). With ``output_attentions`` it
+        returns (output, probabilities). ``packed``: h holds the (M,H) packed rows.
         """
-        context = self.self.forward(h, mask)                 # (B, T, H'), H' < H once heads are pruned
+        context = self.self.forward(h, mask, head_mask, output_attentions, packed)  # (B, T, N*D)
+        probabilities = None
+        if output_attentions:
+            context, probabilities = context
         self._save_cache((context.shape, h.shape, rows))
         if rows is not None:
-            context = context.reshape(-1, context.shape[-1])[rows]         # (R, H')
+            context = context.reshape(-1, context.shape[-1])[rows]         # (R, N*D)
             h = h.reshape(-1, h.shape[-1])[rows]                           # (R, H)
-        return self.output.forward(context, h)
+        out = self.output.forward(context, h)
+        return (out, probabilities) if output_attentions else out
 
     def backward(self, dy):
         dcontext, dresidual = self.output.backward(dy)
@@ -318,6 +196,16 @@ class BertAttention(Module):
         return dh
 
 
+@dataclass
+class Packed:
+    """Which positions the rows of a packed (M, H) array hold: the flat indices ``rows`` (M,)
+    into the B*T positions of a (B, T) batch (inference only: see BertModel.forward)."""
+
+    batch: int
+    length: int
+    rows: object
+
+
 def scatter_rows(values, rows, shape):
     """A zero array of ``shape`` (..., H) whose flat rows ``rows`` (distinct) hold ``values`` (R, H)."""
     out = get_array_module(values).zeros((math.prod(shape[:-1]), shape[-1]), dtype=values.dtype)
@@ -326,49 +214,33 @@ def scatter_rows(values, rows, shape):
 
 
 class BertIntermediate(Module):
-    """The feed-forward expansion: dense (H -> I) then the activation.
-
-    On the GPU with GELU, the bias add and the GELU run as one fused kernel after the matrix
-    product (one pass over the (B, T, I) activations instead of several).
-    """
+    """The feed-forward expansion: dense (H -> I) then the activation."""
 
     def __init__(self, config: BertConfig, rng, dtype):
         self.dense = Linear(config.hidden_size, config.intermediate_size, config.initializer_range, rng, dtype)
         self.intermediate_act_fn = Activation(config.hidden_act)
 
     def forward(self, x):
-        if self.intermediate_act_fn.name == "gelu" and cuda_kernels.use_kernel("bias_gelu", x):
-            bias_gelu_forward, bias_gelu_backward = cuda_kernels.KERNEL_OPS["bias_gelu"]
-            z, linear_cache = ops.linear_forward(x, self.dense.weight.data, None, self.dense.compute_dtype)
-            y, gelu_cache = bias_gelu_forward(z, self.dense.bias.data)           # gelu(z + b)
-            self._save_cache((bias_gelu_backward, linear_cache, gelu_cache))
-            return y
-        self._save_cache(("modules",))
         return self.intermediate_act_fn.forward(self.dense.forward(x))  # (B, T, I)
 
     def backward(self, dy):
-        fused = self._pop_cache()
-        if fused == ("modules",):
-            return self.dense.backward(self.intermediate_act_fn.backward(dy))
-        bias_gelu_backward, linear_cache, gelu_cache = fused
-        dz, dbias = bias_gelu_backward(dy, gelu_cache)
-        dx, dweight, _ = ops.linear_backward(dz, linear_cache)
-        self.dense.weight.grad += dweight
-        self.dense.bias.grad += dbias
-        return dx
+        return self.dense.backward(self.intermediate_act_fn.backward(dy))
 
 
 class BertLayer(Module):
     """One encoder block: attention sub-block, then feed-forward sub-block, each post-LN."""
 
-    def __init__(self, config: BertConfig, rng, random_source, dtype):
-        self.attention = BertAttention(config, rng, random_source, dtype)
+    def __init__(self, config: BertConfig, rng, random_source, dtype, layer_index: int = 0):
+        self.attention = BertAttention(config, rng, random_source, dtype, layer_index)
         self.intermediate = BertIntermediate(config, rng, dtype)
         self.output = BertAddNorm(config.intermediate_size, config, rng, random_source, dtype)
 
-    def forward(self, h, mask, rows=None):
-        a = self.attention.forward(h, mask, rows)                        # (B, T, H), or (R, H) with rows
-        return self.output.forward(self.intermediate.forward(a), a)      # shaped like a
+    def forward(self, h, mask, rows=None, head_mask=None, output_attentions=False, packed=None):
+        a = self.attention.forward(h, mask, rows, head_mask, output_attentions, packed)  # like h, or (R, H)
+        if output_attentions:
+            a, probabilities = a
+        out = self.output.forward(self.intermediate.forward(a), a)      # shaped like a
+        return (out, probabilities) if output_attentions else out
 
     def backward(self, dy):
         dintermediate, da = self.output.backward(dy)
@@ -378,15 +250,24 @@ class BertLayer(Module):
 
 class BertEncoder(Module):
     def __init__(self, config: BertConfig, rng, random_source, dtype):
-        self.layer = ModuleList([BertLayer(config, rng, random_source, dtype)
-                                 for _ in range(config.num_hidden_layers)])
+        self.layer = ModuleList([BertLayer(config, rng, random_source, dtype, layer_index=i)
+                                 for i in range(config.num_hidden_layers)])
 
-    def forward(self, h, mask, last_layer_rows=None):
-        """(B,T,H) -> (B,T,H); with ``last_layer_rows`` the last layer gives only those rows, (R,H)."""
-        *earlier, last = self.layer
-        for layer in earlier:
-            h = layer.forward(h, mask)
-        return last.forward(h, mask, last_layer_rows)
+    def forward(self, h, mask, last_layer_rows=None, head_mask=None, output_attentions=False, packed=None):
+        """(B,T,H) -> (B,T,H); with ``last_layer_rows`` the last layer gives only those rows, (R,H).
+
+        ``head_mask``: one gate array per layer (or None); ``output_attentions``: also return
+        the list of each layer's attention probabilities; ``packed``: h holds packed rows.
+        """
+        attentions = []
+        for i, layer in enumerate(self.layer):
+            rows = last_layer_rows if i == len(self.layer) - 1 else None
+            h = layer.forward(h, mask, rows, None if head_mask is None else head_mask[i], output_attentions,
+                              packed)
+            if output_attentions:
+                h, probabilities = h
+                attentions.append(probabilities)
+        return (h, attentions) if output_attentions else h
 
     def backward(self, dy):
         for layer in reversed(list(self.layer)):
@@ -449,87 +330,53 @@ class BertPreTrainedModel(Module):
 
         return save_pretrained(self, directory, tokenizer=tokenizer, max_shard_size=max_shard_size)
 
-    def set_matmul_dtype(self, dtype) -> None:
-        """Mixed precision: ``np.float16`` runs every dense layer's matrix products in float16
-        (the parameters stay float32 "master" weights; outputs and gradients come back in
-        float32); ``None`` goes back to full precision. Train it with a loss scale
-        (:class:`minibert.optim.DynamicLossScaler`, ``TrainingArguments(fp16=True)``), or
-        small gradients underflow to zero in float16.
-        """
-        if dtype is not None:
-            dtype = np.dtype(dtype)
-            if dtype != np.float16:
-                raise ValueError(f"the matmul dtype must be float16 or None, got {dtype}")
-            if self.dtype != np.float32:
-                raise ValueError(f"mixed precision needs float32 master weights; this model is {self.dtype}")
-        for _, module in self.named_modules():
-            if isinstance(module, Linear):
-                module.compute_dtype = dtype
-
     def check_inputs(self, input_ids, token_type_ids=None, attention_mask=None):
-        """Validate the inputs at the public boundary and put them on the model's device.
+        """(input_ids, token_type_ids, additive mask (B,1,1,T)) checked and on the model's device."""
+        return check_inputs(self.config, self.device, self.dtype, input_ids, token_type_ids, attention_mask)
 
-        Returns (input_ids, token_type_ids, additive_mask) with the mask as (B, 1, 1, T):
-        0 where a key may be attended to, the dtype's most negative value where it is padding.
+    def prune_heads(self, heads_to_prune: dict) -> None:
+        """Remove attention heads for good: ``{layer: [head, ...]}`` in the original numbering.
+
+        The config records them (``pruned_heads``, as config.json has it), so a saved model is
+        built with the same, smaller shapes. Each changed layer keeps only the kept heads'
+        weights: their rows of Q/K/V and columns of the output projection. Prune before
+        creating the optimizer (one made before refuses to step).
         """
-        config = self.config
-        xp = xp_for_device(self.device)
-        ids = as_int_array(input_ids, "input_ids", xp)
-        if ids.ndim != 2:
-            raise ValueError(f"input_ids must have shape (batch, sequence), got shape {tuple(ids.shape)}"
-                             + (" (use ids[None] for a single sequence)" if ids.ndim == 1 else ""))
-        batch, length = ids.shape
-        if length == 0 or batch == 0:
-            raise ValueError(f"input_ids is empty: shape {tuple(ids.shape)}")
-        if length > config.max_position_embeddings:
-            raise ValueError(f"sequence length {length} exceeds max_position_embeddings "
-                             f"({config.max_position_embeddings}); truncate the input")
-        check_range(ids, 0, config.vocab_size, "input_ids", "vocab_size")
-        if token_type_ids is None:
-            token_type_ids = xp.zeros_like(ids)
+        bert = getattr(self, self.base_model_prefix, self)
+        config = bert.config
+        before = copy.deepcopy(config)
+        pruned = {int(k): set(v) for k, v in config.extra.get("pruned_heads", {}).items()}
+        for layer, heads in heads_to_prune.items():
+            if not 0 <= int(layer) < config.num_hidden_layers:
+                raise ValueError(f"layer {layer} does not exist (the model has {config.num_hidden_layers})")
+            pruned[int(layer)] = pruned.get(int(layer), set()) | {int(h) for h in heads}
+        checked = config._checked_pruned_heads({str(k): sorted(v) for k, v in pruned.items()})   # may raise
+        config.extra["pruned_heads"] = checked
+        if not checked:
+            config.extra.pop("pruned_heads")
+        for layer_index in sorted({int(k) for k in heads_to_prune}):
+            attention = bert.encoder.layer[layer_index].attention
+            kept = [before.kept_heads(layer_index).index(h) for h in config.kept_heads(layer_index)]
+            smaller = _state_of_heads(attention.state_dict(), kept, config.head_size)
+            for name, param in attention.named_parameters():   # the same Parameter objects, smaller
+                param.data = smaller[name].copy()
+                param.grad = get_array_module(param.data).zeros_like(param.data)
+            attention.self.num_heads = len(kept)
+
+
+def _state_of_heads(state: dict, heads: list, head_size: int) -> dict:
+    """An attention block's state dict cut down to ``heads`` (positions among its current heads):
+    their rows of the Q/K/V projections and their columns of the output projection."""
+    columns = np.concatenate([np.arange(h * head_size, (h + 1) * head_size) for h in heads])
+    kept = {}
+    for name, value in state.items():
+        if name.startswith("self."):
+            kept[name] = value[columns]                                  # (N'*D, H) or (N'*D,)
+        elif name == "output.dense.weight":
+            kept[name] = value[:, columns]                               # (H, N'*D)
         else:
-            token_type_ids = as_int_array(token_type_ids, "token_type_ids", xp)
-            check_shape(token_type_ids, ids.shape, "token_type_ids")
-            check_range(token_type_ids, 0, config.type_vocab_size, "token_type_ids", "type_vocab_size")
-        dtype = self.dtype
-        if attention_mask is None:
-            additive_mask = None
-        else:
-            attention_mask = xp.asarray(to_device(attention_mask, self.device))
-            check_shape(attention_mask, ids.shape, "attention_mask")
-            if attention_mask.dtype.kind not in "biuf":
-                raise TypeError(f"attention_mask must hold numbers 0/1, got dtype {attention_mask.dtype}")
-            if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
-                raise ValueError("attention_mask must hold only 1 (a real token) and 0 (padding)")
-            additive_mask = (1.0 - attention_mask.astype(dtype)) * np.finfo(dtype).min
-            additive_mask = additive_mask[:, None, None, :]                  # (B, 1, 1, T)
-        return ids, token_type_ids, additive_mask
-
-
-def as_int_array(values, name, xp):
-    try:
-        array = xp.asarray(to_device(values, "cpu" if xp is np else "cuda"))
-    except ValueError:                      # NumPy: "inhomogeneous shape"
-        raise ValueError(f"{name} must be a rectangular array; sequences of different lengths need "
-                         "padding (the tokenizer pads a batch, with an attention_mask)") from None
-    if array.dtype.kind not in "iu":
-        raise TypeError(f"{name} must hold integers, got dtype {array.dtype}")
-    return array
-
-
-def check_shape(array, expected, name, like="like input_ids"):
-    if tuple(array.shape) != tuple(expected):
-        raise ValueError(f"{name} must have shape {tuple(expected)} {like}, got {tuple(array.shape)}")
-
-
-def check_range(array, low, high, name, limit_name=None, *, limit=None):
-    """Every value in [low, high); the message says where ``high`` comes from: the config
-    field ``limit_name`` ("config.vocab_size = 31"), or the words ``limit``."""
-    lowest, highest = int(array.min()), int(array.max())
-    if lowest < low or highest >= high:
-        bad = lowest if lowest < low else highest
-        raise ValueError(f"{name} contains {bad}, outside [{low}, {high}) "
-                         f"({limit or f'config.{limit_name} = {high}'})")
+            kept[name] = value
+    return kept
 
 
 class BertModel(BertPreTrainedModel):
@@ -549,45 +396,12 @@ class BertModel(BertPreTrainedModel):
         self.embeddings = BertEmbeddings(config, rng, self.random, dtype)
         self.encoder = BertEncoder(config, rng, self.random, dtype)
         self.pooler = BertPooler(config, rng, dtype) if add_pooling_layer else None
-        recorded = config.extra.pop("pruned_heads", None)   # a pruned model's saved config
-        if recorded:
-            self.prune_heads(recorded)
+        self.head_mask_grad = None
         if _random_source is None:
             self._finish_setup(device)
 
-    def prune_heads(self, heads_to_prune: dict) -> None:
-        """Remove attention heads for good: ``{layer: [head, ...]}`` in the original numbering.
-
-        The model really gets smaller (rows of Q/K/V and columns of the attention output
-        projection go). The pruned heads are recorded in ``config.extra["pruned_heads"]`` so a
-        saved model is rebuilt with the same shapes. Prune before creating the optimizer.
-        """
-        pruned = {int(k): set(v) for k, v in self.config.extra.get("pruned_heads", {}).items()}
-        n_heads = self.config.num_attention_heads
-        plan = {}                                  # every layer is checked before any is touched
-        for layer_index, heads in heads_to_prune.items():
-            layer_index = int(layer_index)
-            if not 0 <= layer_index < len(self.encoder.layer):
-                raise ValueError(f"layer {layer_index} does not exist (the model has {len(self.encoder.layer)})")
-            heads = set(int(h) for h in heads) - pruned.get(layer_index, set())
-            bad = [h for h in heads if not 0 <= h < n_heads]
-            if bad:
-                raise ValueError(f"head(s) {bad} do not exist (num_attention_heads = {n_heads})")
-            if len(heads | pruned.get(layer_index, set()) | plan.get(layer_index, set())) >= n_heads:
-                raise ValueError(f"cannot prune every head of layer {layer_index} "
-                                 f"({n_heads} heads): at least one must remain")
-            plan[layer_index] = plan.get(layer_index, set()) | heads
-        for layer_index, heads in plan.items():
-            already = sorted(pruned.get(layer_index, set()))
-            remaining = [h for h in range(n_heads) if h not in already]
-            current = [remaining.index(h) for h in sorted(heads)]          # numbering among the kept heads
-            attention = self.encoder.layer[layer_index].attention
-            columns = attention.self.prune_heads(current)
-            attention.output.dense.keep_inputs(columns)
-            pruned[layer_index] = pruned.get(layer_index, set()) | heads
-        self.config.extra["pruned_heads"] = {str(k): sorted(v) for k, v in sorted(pruned.items()) if v}
-
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None, *, output_positions=None):
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, *, output_positions=None,
+                head_mask=None, output_attentions=False):
         """ids (B,T) -> (sequence output (B,T,H), pooled output (B,H) or None without a pooler).
 
         ``output_positions`` (P,): distinct flat indices into the B*T positions, for callers
@@ -597,40 +411,87 @@ class BertModel(BertPreTrainedModel):
         reads: its attention still reads the keys and values of every position, but the
         output projection and the feed-forward block, three quarters of the layer's work,
         skip every other row. The result equals the full output at those rows.
+
+        ``head_mask``: per layer, a gate per head, (L, N) or (L, B, N) (or a list of L arrays
+        for a model with pruned heads), 1 keeps a head and 0 silences it; after backward,
+        ``head_mask_grad`` holds d(loss)/d(gate) per sequence, a list of L (B, N) arrays.
+        ``output_attentions``: also return the list of each layer's attention probabilities,
+        (B, N, T, T) each: ``seq, pooled, attentions = model.forward(..., output_attentions=True)``.
+
+        Under ``no_grad()`` (inference) the padded positions of a batch are never computed:
+        the encoder runs on the real tokens' rows only, and the sequence output is 0 at padding.
         """
         self.clear_caches()          # a forward that fails half-way leaves backward nothing stale
+        self.head_mask_grad = None
         ids, token_type_ids, mask = self.check_inputs(input_ids, token_type_ids, attention_mask)
         xp = get_array_module(ids)
         batch, length = ids.shape
+        rows = positions = None
         if output_positions is not None:
             positions = as_int_array(output_positions, "output_positions", xp).reshape(-1)   # (P,)
             if positions.size:
                 check_range(positions, 0, batch * length, "output_positions", limit=f"{batch} x {length} positions")
                 if xp.unique(positions).size != positions.size:
                     raise ValueError("output_positions must not repeat a position")
-        h = self.embeddings.forward(ids, token_type_ids)                 # (B, T, H)
-        hidden = h.shape[-1]
-        if output_positions is None:
-            h = self.encoder.forward(h, mask)                            # (B, T, H)
-            pooled = self.pooler.forward(h) if self.pooler is not None else None   # (B, H)
-            self._save_cache((batch, h.shape, None))
-            return h, pooled
+            # The last layer computes R rows: the wanted positions and the [CLS] rows for the pooler.
+            first_tokens = xp.arange(batch) * length                     # the [CLS] rows, (B,)
+            wanted = [positions, first_tokens] if self.pooler is not None else [positions]
+            rows = xp.unique(xp.concatenate(wanted))                     # (R,) sorted, distinct
+        if head_mask is not None:
+            head_mask = self._check_head_mask(head_mask, batch, xp)
 
-        # The last layer computes R rows: the wanted positions and the [CLS] rows for the pooler.
-        first_tokens = xp.arange(batch) * length                         # the [CLS] rows, (B,)
-        wanted = [positions, first_tokens] if self.pooler is not None else [positions]
-        rows = xp.unique(xp.concatenate(wanted))                         # (R,) sorted, distinct
-        h_rows = self.encoder.forward(h, mask, last_layer_rows=rows)     # (R, H)
-        where, where_first = xp.searchsorted(rows, positions), xp.searchsorted(rows, first_tokens)
-        pooled = None
-        if self.pooler is not None:
-            pooled = self.pooler.forward(h_rows[where_first][:, None])   # reads row 0 of (B, 1, H)
-        self._save_cache((batch, (positions.size, hidden), (rows.size, where, where_first)))
-        return h_rows[where], pooled
+        h = self.embeddings.forward(ids, token_type_ids)                 # (B, T, H)
+        packed = None
+        if not grad_enabled() and mask is not None:
+            # Inference: padding is never computed. No real position attends to a padded one,
+            # so the encoder runs on the M real positions' rows alone (and any asked for).
+            needed = mask.reshape(-1) == 0                               # (B*T,) real tokens
+            if rows is not None:
+                needed[rows] = True
+            packed = Packed(batch, length, xp.flatnonzero(needed))       # rows (M,)
+            h = h.reshape(-1, h.shape[-1])[packed.rows]                  # (M, H)
+            if rows is not None:
+                rows = xp.searchsorted(packed.rows, rows)                # now rows of the packed h
+        h = self.encoder.forward(h, mask, rows, head_mask, output_attentions, packed)  # like h, or (R, H)
+        attentions = None
+        if output_attentions:
+            h, attentions = h
+        hidden = h.shape[-1]
+        if rows is None:
+            if packed is not None:                                       # padded positions read 0
+                h = scatter_rows(h, packed.rows, (batch, length, hidden))
+            pooled = self.pooler.forward(h) if self.pooler is not None else None   # (B, H)
+            self._save_cache((batch, h.shape, None, head_mask is not None))
+            sequence = h                                                 # (B, T, H)
+        else:
+            order = rows if packed is None else packed.rows[rows]        # flat positions of the R rows
+            where, where_first = xp.searchsorted(order, positions), xp.searchsorted(order, first_tokens)
+            pooled = None
+            if self.pooler is not None:
+                pooled = self.pooler.forward(h[where_first][:, None])    # reads row 0 of (B, 1, H)
+            self._save_cache((batch, (positions.size, hidden), (order.size, where, where_first),
+                              head_mask is not None))
+            sequence = h[where]                                          # (P, H)
+        return (sequence, pooled, attentions) if output_attentions else (sequence, pooled)
+
+    def _check_head_mask(self, head_mask, batch, xp):
+        """One (B or 1, N_l) gate array per layer, on the model's device."""
+        layers = self.encoder.layer
+        if len(head_mask) != len(layers):
+            raise ValueError(f"head_mask needs one entry per layer ({len(layers)}), got {len(head_mask)}")
+        gates = []
+        for i, (gate, layer) in enumerate(zip(head_mask, layers)):
+            gate = xp.asarray(gate, dtype=self.dtype)
+            heads = layer.attention.self.num_heads
+            if gate.shape not in ((heads,), (1, heads), (batch, heads)):
+                raise ValueError(f"head_mask[{i}] must have shape ({heads},) or ({batch}, {heads}), "
+                                 f"got {tuple(gate.shape)}")
+            gates.append(gate.reshape(-1, heads))
+        return gates
 
     def backward(self, dsequence=None, dpooled=None):
         """Backpropagate d(loss)/d(sequence output) and/or d(loss)/d(pooled output)."""
-        batch, shape, selection = self._pop_cache()       # shape: the sequence output's
+        batch, shape, selection, gated = self._pop_cache()  # shape: the sequence output's
         if dsequence is None and dpooled is None:
             raise ValueError("BertModel.backward needs dsequence and/or dpooled")
         if dsequence is not None:
@@ -652,12 +513,8 @@ class BertModel(BertPreTrainedModel):
         if dpooled is None and self.pooler is not None:
             self.pooler.clear_caches()                                   # unused this step
         self.embeddings.backward(self.encoder.backward(dh))
-
-
-def check_grad_shape(grad, shape, name):
-    if tuple(grad.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(grad.shape)}")
-    return grad
+        if gated:
+            self.head_mask_grad = [layer.attention.self.head_mask_grad for layer in self.encoder.layer]
 
 
 # ---------------------------------------------------------------------------- heads
@@ -720,6 +577,19 @@ class PreTrainingOutput:
     masked_positions: object = None
 
 
+def masked_positions_and_targets(labels, shape, vocab_size, xp):
+    """(positions (M,), targets (M,)): the flat indices of the labelled positions of a (B, T)
+    label array (-100: not labelled) and their token ids, checked against the vocabulary."""
+    labels = as_int_array(labels, "labels", xp)
+    check_shape(labels, shape, "labels")
+    flat = labels.reshape(-1)                                            # (B*T,)
+    positions = xp.flatnonzero(flat != ops.IGNORE_INDEX)                 # (M,)
+    targets = flat[positions]
+    if targets.size:
+        check_range(targets, 0, vocab_size, "labels", "vocab_size")
+    return positions, targets
+
+
 class BertForPreTraining(BertPreTrainedModel):
     """BERT with its two pretraining heads: masked language modelling and next-sentence prediction.
 
@@ -748,20 +618,13 @@ class BertForPreTraining(BertPreTrainedModel):
             seq, pooled = self.bert.forward(ids, token_type_ids, attention_mask)     # (B,T,H), (B,H)
             out.prediction_logits = self.cls.predictions.forward(seq)               # (B, T, V)
         else:                                            # score only the labelled positions
-            labels = as_int_array(labels, "labels", xp)
-            check_shape(labels, (batch, length), "labels")
-            flat_labels = labels.reshape(-1)
-            positions = xp.flatnonzero(flat_labels != ops.IGNORE_INDEX)             # (M,)
-            targets = flat_labels[positions]
-            if targets.size:
-                check_range(targets, 0, self.config.vocab_size, "labels", "vocab_size")
+            positions, targets = masked_positions_and_targets(labels, (batch, length), self.config.vocab_size, xp)
             out.masked_positions = positions
             # the encoder's output at those M positions only (its last layer skips the rest)
             seq, pooled = self.bert.forward(ids, token_type_ids, attention_mask,
                                             output_positions=positions)              # (M,H), (B,H)
             out.prediction_logits = self.cls.predictions.forward(seq)               # (M, V)
-            # over the vocabulary: the fused kernel on the GPU (no (M, V) probabilities kept)
-            ce_forward, ce_backward = cuda_kernels.pick("cross_entropy", out.prediction_logits)
+            ce_forward, ce_backward = op("cross_entropy", out.prediction_logits)
             out.mlm_loss, cache = ce_forward(out.prediction_logits, targets)
             losses["mlm"] = (ce_backward, cache)
 
@@ -772,8 +635,9 @@ class BertForPreTraining(BertPreTrainedModel):
             valid = nsp[nsp != ops.IGNORE_INDEX]
             if valid.size:
                 check_range(valid, 0, 2, "next_sentence_label", limit="2 NSP classes: 0 B follows A, 1 B is random")
-            out.nsp_loss, cache = ops.cross_entropy_forward(out.seq_relationship_logits, nsp)
-            losses["nsp"] = (ops.cross_entropy_backward, cache)
+            ce_forward, ce_backward = op("cross_entropy", out.seq_relationship_logits)
+            out.nsp_loss, cache = ce_forward(out.seq_relationship_logits, nsp)
+            losses["nsp"] = (ce_backward, cache)
 
         if losses:
             out.loss = (out.mlm_loss or 0.0) + (out.nsp_loss or 0.0)

@@ -19,6 +19,7 @@ from typing import Iterator
 import numpy as np
 
 from .backend import check_device, check_dtype, device_of, get_array_module, to_device
+from .registry import implementation
 
 _grad_enabled = True
 
@@ -26,6 +27,13 @@ _grad_enabled = True
 def grad_enabled() -> bool:
     """Whether modules keep the caches that backward needs (see :func:`no_grad`)."""
     return _grad_enabled
+
+
+def op(name: str, x):
+    """(forward, backward) of the op ``name`` for arrays like ``x``: the reference op of
+    ``minibert/ops/`` unless a speed-up applies (``minibert/registry.py`` chooses). Under
+    :func:`no_grad` no cache is kept, so forward-only speed-ups may run."""
+    return implementation(name, x, inference=not _grad_enabled)
 
 
 @contextlib.contextmanager
@@ -133,6 +141,23 @@ class Module:
     def eval(self) -> "Module":
         """Evaluation mode: dropout is off, outputs are deterministic."""
         return self.train(False)
+
+    def set_matmul_dtype(self, dtype) -> None:
+        """Mixed precision: ``np.float16`` runs the matrix products of every layer that has a
+        ``compute_dtype`` (the dense layers) in float16; the parameters stay float32 "master"
+        weights, and outputs and gradients come back in float32. ``None`` goes back to full
+        precision. Train with a loss scale (:class:`minibert.optim.DynamicLossScaler`,
+        ``TrainingArguments(fp16=True)``), or small gradients underflow to zero in float16.
+        """
+        if dtype is not None:
+            dtype = np.dtype(dtype)
+            if dtype != np.float16:
+                raise ValueError(f"the matmul dtype must be float16 or None, got {dtype}")
+            if self.dtype != np.float32:
+                raise ValueError(f"mixed precision needs float32 master weights; this model is {self.dtype}")
+        for _, module in self.named_modules():
+            if hasattr(module, "compute_dtype"):
+                module.compute_dtype = dtype
 
     def zero_grad(self) -> None:
         """Set every parameter's gradient to zero (in place, no new memory)."""

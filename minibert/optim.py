@@ -24,9 +24,9 @@ from typing import Callable
 
 import numpy as np
 
-from . import cuda_kernels
 from .backend import device_of, get_array_module, is_int_at_least, to_device, to_numpy
 from .nn import Parameter
+from .registry import implementation
 
 # Original BERT (and Hugging Face's examples) exclude biases and LayerNorm parameters from
 # weight decay: shrinking a bias or a normalisation gain towards zero is not regularisation.
@@ -263,44 +263,10 @@ class AdamW(Optimizer):
         super().__init__(named_parameters, lr, weight_decay, no_decay)
 
     def _update(self, name, param, buffers, weight_decay):
-        xp = get_array_module(param.data)
-        p, g, m, v = param.data, param.grad, buffers["m"], buffers["v"]
-        beta1, beta2 = self.betas
-        t = self.step_count
-        if cuda_kernels.use_kernel("adamw", p):  # on the GPU: one fused pass, the same rule
-            cuda_kernels.adamw_update(p, g, m, v, lr=self.lr, betas=self.betas, eps=self.eps,
-                                      weight_decay=weight_decay, step=t, bias_correction=self.bias_correction)
-            return
-        tmp = self._scratch_like(p)              # the one temporary array of this update
-
-        # Decoupled weight decay, from the parameter before this step: p = p - lr * wd * p
-        if weight_decay:
-            p *= 1.0 - self.lr * weight_decay
-
-        # m = beta1 * m + (1 - beta1) * g
-        m *= beta1
-        xp.multiply(g, 1.0 - beta1, out=tmp)
-        m += tmp
-        # v = beta2 * v + (1 - beta2) * g^2
-        v *= beta2
-        xp.multiply(g, g, out=tmp)
-        tmp *= 1.0 - beta2
-        v += tmp
-
-        if self.bias_correction:
-            # m_hat / (sqrt(v_hat) + eps) = (m / c1) / (sqrt(v) / sqrt(c2) + eps)
-            c1 = 1.0 - beta1 ** t
-            c2 = 1.0 - beta2 ** t
-            step_size = self.lr / c1
-            xp.sqrt(v, out=tmp)
-            tmp /= math.sqrt(c2)
-        else:
-            step_size = self.lr
-            xp.sqrt(v, out=tmp)
-        tmp += self.eps                          # tmp = denominator
-        xp.divide(m, tmp, out=tmp)               # tmp = update direction
-        tmp *= step_size
-        p -= tmp
+        update, _ = implementation("adamw_update", param.data)     # ops/adamw.py: the rule above
+        update(param.data, param.grad, buffers["m"], buffers["v"], lr=self.lr, betas=self.betas, eps=self.eps,
+               weight_decay=weight_decay, step=self.step_count, bias_correction=self.bias_correction,
+               scratch=self._scratch_like(param.data))
 
 
 # --------------------------------------------------------------------------- schedules

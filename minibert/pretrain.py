@@ -33,7 +33,7 @@ from .data.pretraining import (
     examples_to_arrays,
     tokenize_documents,
 )
-from .embeddings import fill_mask  # noqa: F401  (a step of the job: query the trained model)
+from .fill_mask import fill_mask  # noqa: F401  (a step of the job: query the trained model)
 from .tokenization import BertTokenizer
 from .vocab_trainer import save_vocab, train_wordpiece
 

@@ -22,9 +22,10 @@ lost ones:
 
        d loss / d xi_h = sum over positions t and dimensions d of context_h[t, d] * dcontext_h[t, d]
 
-   with ``dcontext`` the gradient that reaches the context in the ordinary backward pass. So
-   no extra machinery is needed: :func:`head_gate_gradients` runs forward and backward
-   and multiplies what flows through each self-attention. Scores are normalised per
+   with ``dcontext`` the gradient that reaches the context in the ordinary backward pass.
+   The gate is the model's ``head_mask`` (as in transformers), and the encoder's backward
+   leaves this gradient, per sequence, in ``head_mask_grad``: :func:`head_gate_gradients`
+   runs forward and backward with a mask of ones and reads it. Scores are normalised per
    layer (L2 norm, as in the paper) so layers compare, the least important heads over the
    whole model go (:func:`prune_heads_by_importance`, keeping at least one head per layer),
    and ``BertModel.prune_heads`` removes their rows of Q/K/V and columns of the output
@@ -38,7 +39,6 @@ Shapes: B batch, T sequence length, H hidden size, N heads of a layer, D head si
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import tempfile
@@ -227,50 +227,6 @@ def encoder_sparsity(model) -> float:
 
 
 # ============================================================================ head importance
-@contextlib.contextmanager
-def recording_head_gradients(model):
-    """While active, every backward pass records ``d loss / d gate`` of each head, per sequence.
-
-    Yields a list with one list per layer; each backward appends a (B, N) array to it:
-    ``sum over t, d of context[b, t, h*D + d] * dcontext[b, t, h*D + d]``, N the layer's
-    current number of heads. It works by wrapping, for the duration of the ``with``, each
-    self-attention's ``forward`` (to keep the context it returns, (B, T, H) with the heads
-    side by side) and ``backward`` (which receives dcontext) with a function that records
-    and then calls the original; nothing else changes.
-    """
-    layers = encoder(model).encoder.layer
-    records = [[] for _ in range(len(layers))]
-    contexts = {}
-    wrapped = []
-
-    def wrap(index, attention):
-        forward, backward = attention.forward, attention.backward
-
-        def forward_keeping_context(h, mask):
-            context = forward(h, mask)                                      # (B, T, H')
-            contexts[index] = context
-            return context
-
-        def backward_recording_gate(dcontext):
-            context = contexts.pop(index)
-            b, t, _ = context.shape
-            gate = (context * dcontext).reshape(b, t, attention.num_heads, attention.head_size)
-            records[index].append(to_numpy(gate.sum(axis=(1, 3))))        # (B, N)
-            return backward(dcontext)
-
-        attention.forward, attention.backward = forward_keeping_context, backward_recording_gate
-        wrapped.append(attention)
-
-    for index, layer in enumerate(layers):
-        wrap(index, layer.attention.self)
-    try:
-        yield records
-    finally:
-        for attention in wrapped:                   # remove the instance attributes: the class's methods return
-            del attention.forward, attention.backward
-        contexts.clear()
-
-
 def original_head_numbers(bert) -> list[list[int]]:
     """For each layer, the original numbers of the heads it still has (``config.extra["pruned_heads"]``)."""
     config = bert.config
@@ -283,18 +239,20 @@ def head_gate_gradients(model, batch: dict) -> np.ndarray:
     """d(batch loss)/d(gate of each head), per sequence: (B, L, N) in float64, NaN for pruned heads.
 
     ``batch`` holds a head model's ``forward`` arguments with labels (e.g. from
-    ``dataset.get_batch``). Heads are numbered as in the original model. The parameters'
-    ``.grad`` receive this batch's gradients as a side effect (zero them before training).
+    ``dataset.get_batch``). Heads are numbered as in the original model. The gates are the
+    model's ``head_mask``, all ones (the model itself); its gradient comes back per sequence
+    in ``head_mask_grad``. The parameters' ``.grad`` receive this batch's gradients as a side
+    effect (zero them before training).
     """
     bert = encoder(model)
     numbers = original_head_numbers(bert)
-    with recording_head_gradients(model) as records:
-        model.forward(**batch)
-        model.backward()
-    batch_size = records[0][0].shape[0]
+    batch_size = len(batch["input_ids"])
+    ones = [np.ones((batch_size, len(heads))) for heads in numbers]          # (B, N_l) per layer
+    model.forward(**batch, head_mask=ones)
+    model.backward()
     gates = np.full((batch_size, bert.config.num_hidden_layers, bert.config.num_attention_heads), np.nan)
     for layer, heads in enumerate(numbers):
-        gates[:, layer, heads] = records[layer][0]                          # (B, N_layer)
+        gates[:, layer, heads] = to_numpy(bert.head_mask_grad[layer])      # (B, N_l)
     return gates
 
 
@@ -501,7 +459,7 @@ def format_reports(reports) -> str:
 
 __all__ = [
     "encoder", "encoder_weight_names", "MagnitudePruner", "MaskedOptimizer", "encoder_sparsity",
-    "recording_head_gradients", "head_gate_gradients", "head_importance", "select_heads_to_prune",
+    "head_gate_gradients", "head_importance", "select_heads_to_prune",
     "heads_for_fraction", "prune_heads_by_importance", "head_counts", "original_head_numbers",
     "PruningReport", "saved_size", "time_per_batch", "compare_speed", "measure", "format_reports",
 ]

@@ -50,6 +50,7 @@ OPTIM = ["tests/test_optim.py", "tests/test_training.py"]
 TOKENIZER = ["tests/test_tokenization.py"]
 CHECKPOINT = ["tests/test_safetensors.py", "tests/test_checkpoint.py"]
 EMBED = ["tests/test_minilm.py"]
+FAST = ["tests/test_fast.py"]              # the speed wing, the registry, the model in inference mode
 PRETRAIN_DATA = ["tests/test_pretraining_data.py"]
 GRADCHECK = ["tests/test_gradcheck.py", "tests/test_ops.py"]
 TRAINING = ["tests/test_training.py", "tests/test_pretrain_command.py"]
@@ -65,11 +66,13 @@ T, F, C = "minibert/ops/attention.py", "minibert/ops/flash_attention.py", "minib
 DI, MS = "minibert/ops/distillation.py", "minibert/ops/mse.py"
 M, LY, H, NN = "minibert/modeling.py", "minibert/layers.py", "minibert/heads.py", "minibert/nn.py"
 O, P, K = "minibert/optim.py", "minibert/data/pretraining.py", "minibert/tokenization.py"
-X, CK, Y, G = "minibert/safetensors.py", "minibert/checkpoint.py", "minibert/embeddings.py", "minibert/gradcheck.py"
+X, CK, Y, G = "minibert/safetensors.py", "minibert/checkpoint.py", "minibert/sentence_embeddings.py", "minibert/gradcheck.py"
 TR, FT, PR, V = "minibert/training.py", "minibert/finetune.py", "minibert/prune.py", "minibert/vocab_trainer.py"
 CO, FD, SQ = "minibert/data/corpus.py", "minibert/data/finetuning.py", "minibert/data/squad_metric.py"
 BK = "minibert/backend.py"
+FC = "minibert/fast/cpu.py"
 PJ, CP = "minibert/pretrain.py", "minibert/cli_pretrain.py"
+OA, VA = "minibert/ops/adamw.py", "minibert/validation.py"
 
 MUTANTS = [
     Mutant('A1', A, '    pdf *= -0.5\n', '    pdf *= 0.5\n', OPS, 'gelu_backward: pdf exponent sign flipped exp(+x^2/2)'),
@@ -138,7 +141,7 @@ MUTANTS = [
     Mutant('M5', M, '                dh[where_first] += self.pooler.backward(dpooled)[:, 0]', '                dh[where_first] = self.pooler.backward(dpooled)[:, 0]', MODULES, 'BertModel.backward (output_positions): pooler grad overwrites sequence grad at [CLS]'),
     Mutant('M6', M, '                dh = dh + self.pooler.backward(dpooled)', '                dh = self.pooler.backward(dpooled)', MODULES, 'BertModel.backward (full): dsequence dropped when dpooled given'),
     Mutant('M7', M, 'first_tokens = xp.arange(batch) * length ', 'first_tokens = xp.arange(batch) ', MODULES, 'BertModel.forward: [CLS] rows = arange(B) not arange(B)*T'),
-    Mutant('M8', M, 'additive_mask = (1.0 - attention_mask.astype(dtype)) * np.finfo(dtype).min', 'additive_mask = attention_mask.astype(dtype) * np.finfo(dtype).min', MODULES, 'check_inputs: attention mask inverted'),
+    Mutant('M8', VA, 'additive_mask = (1.0 - attention_mask.astype(dtype)) * np.finfo(dtype).min', 'additive_mask = attention_mask.astype(dtype) * np.finfo(dtype).min', MODULES, 'check_inputs: attention mask inverted'),
     Mutant('M9', M, '                dprediction_logits = ce_backward(mlm_weight, cache)', '                dprediction_logits = ce_backward(nsp_weight, cache)', MODULES + ['tests/test_training.py'], 'BertForPreTraining.backward: MLM uses nsp_weight'),
     Mutant('M10', M, '            dresidual = scatter_rows(dresidual, rows, h_shape)\n', '            dresidual = scatter_rows(dresidual, rows[::-1].copy(), h_shape)\n', MODULES, 'BertAttention.backward: residual rows scattered in wrong order'),
     Mutant('M11', M, '        dx = self.dense.backward(self.dropout.backward(dsum))', '        dx = self.dense.backward(dsum)', MODULES, 'BertAddNorm.backward: dropout backward skipped'),
@@ -147,16 +150,16 @@ MUTANTS = [
     Mutant('H3', H, '            out.loss = (losses[0] + losses[1]) / 2', '            out.loss = losses[0] + losses[1]', ['tests/test_heads.py'], 'QA.forward: loss sum not mean'),
     Mutant('H4', H, '        return dlogits * loss_weight if loss_weight != 1.0 else dlogits', '        return dlogits', ['tests/test_heads.py'], '_output_gradient: loss_weight ignored for given dlogits'),
     Mutant('H5', H, '            (lambda w: ops.cross_entropy_backward(w, loss_cache).reshape(shape))', '            (lambda w: ops.cross_entropy_backward(1.0, loss_cache).reshape(shape))', ['tests/test_heads.py'], 'TokenCls.backward: loss_weight ignored'),
-    Mutant('H6', H, '            positions = xp.flatnonzero(flat != IGNORE_INDEX)                          # (M,)', '            positions = xp.flatnonzero(flat > 0)', ['tests/test_heads.py'], 'MaskedLM.forward: label id 0 treated as ignored'),
-    Mutant('O1', O, '        t = self.step_count\n', '        t = self.step_count + 1\n', OPTIM, 'AdamW: bias-correction step off by one'),
-    Mutant('O2', O, '            tmp /= math.sqrt(c2)\n', '            tmp /= c2\n', OPTIM, 'AdamW: v_hat correction without sqrt'),
-    Mutant('O3', O, '        tmp += self.eps                          # tmp = denominator\n', '        xp.sqrt(tmp * tmp + self.eps, out=tmp)\n', OPTIM, 'AdamW: eps inside sqrt (sqrt(v_hat+eps))'),
+    Mutant('H6', M, '    positions = xp.flatnonzero(flat != ops.IGNORE_INDEX)                 # (M,)', '    positions = xp.flatnonzero(flat > 0)', ['tests/test_heads.py', 'tests/test_modules.py'], 'MaskedLM.forward: label id 0 treated as ignored'),
+    Mutant('O1', O, 'step=self.step_count,', 'step=self.step_count + 1,', OPTIM, 'AdamW: bias-correction step off by one'),
+    Mutant('O2', OA, '        tmp /= math.sqrt(c2)\n', '        tmp /= c2\n', OPTIM, 'AdamW: v_hat correction without sqrt'),
+    Mutant('O3', OA, '    tmp += eps                                          # tmp = denominator\n', '    xp.sqrt(tmp * tmp + eps, out=tmp)\n', OPTIM, 'AdamW: eps inside sqrt (sqrt(v_hat+eps))'),
     Mutant('O4', O, 'self._update(name, p, buffers, self.weight_decay if self.decays[name] else 0.0)', 'self._update(name, p, buffers, self.weight_decay)', OPTIM, 'Optimizer.step: weight decay applied to no_decay params'),
     Mutant('O5', O, 'DEFAULT_NO_DECAY = ("bias", "LayerNorm.weight", "LayerNorm.bias")', 'DEFAULT_NO_DECAY = ("bias", "LayerNorm.bias")', OPTIM, 'DEFAULT_NO_DECAY: LayerNorm.weight decayed'),
-    Mutant('O6', O, '            p *= 1.0 - self.lr * weight_decay\n', '            p *= 1.0 - weight_decay\n', OPTIM, 'AdamW: decay not multiplied by lr'),
-    Mutant('O7', O, '        if weight_decay:\n            p *= 1.0 - self.lr * weight_decay\n\n        # m = beta1', '        # m = beta1', OPTIM, 'AdamW: weight decay dropped entirely'),
-    Mutant('O7b', O, '        if weight_decay:\n            p *= 1.0 - self.lr * weight_decay\n\n        # m = beta1', '        # m = beta1', OPTIM, 'AdamW: decoupled decay moved after the Adam step (p_new*(1-lr*wd))', also=[('        tmp *= step_size\n        p -= tmp\n', '        tmp *= step_size\n        p -= tmp\n        if weight_decay:\n            p *= 1.0 - self.lr * weight_decay\n')]),
-    Mutant('O8', O, '        m *= beta1\n', '        m *= beta2\n', OPTIM, 'AdamW: first moment decays with beta2'),
+    Mutant('O6', OA, '        p *= 1.0 - lr * weight_decay\n', '        p *= 1.0 - weight_decay\n', OPTIM, 'AdamW: decay not multiplied by lr'),
+    Mutant('O7', OA, '    if weight_decay:\n        p *= 1.0 - lr * weight_decay\n\n    # m = beta1', '    # m = beta1', OPTIM, 'AdamW: weight decay dropped entirely'),
+    Mutant('O7b', OA, '    if weight_decay:\n        p *= 1.0 - lr * weight_decay\n\n    # m = beta1', '    # m = beta1', OPTIM, 'AdamW: decoupled decay moved after the Adam step (p_new*(1-lr*wd))', also=[('    tmp *= step_size\n    p -= tmp\n', '    tmp *= step_size\n    p -= tmp\n    if weight_decay:\n        p *= 1.0 - lr * weight_decay\n')]),
+    Mutant('O8', OA, '    m *= beta1\n', '    m *= beta2\n', OPTIM, 'AdamW: first moment decays with beta2'),
     Mutant('O9', O, '    if step < warmup_steps:\n        return base_lr * step / warmup_steps\n    return base_lr * max(0.0,', '    if step < warmup_steps:\n        return base_lr * (step + 1) / warmup_steps\n    return base_lr * max(0.0,', OPTIM, 'linear schedule: warmup off by one (step+1)'),
     Mutant('O10', O, '(total_steps - step) / max(1, total_steps - warmup_steps)', '(total_steps - step) / max(1, total_steps)', OPTIM, 'linear schedule: decay denominator ignores warmup'),
     Mutant('O11', O, '    if step < warmup_steps:\n        return base_lr * step / warmup_steps\n    return base_lr * max(0.0,', '    if step <= warmup_steps:\n        return base_lr * step / warmup_steps\n    return base_lr * max(0.0,', OPTIM, 'linear schedule: warmup test <= (0/0 when warmup=0)'),
@@ -164,7 +167,7 @@ MUTANTS = [
     Mutant('O13', O, '    total_norm = float(xp.sqrt(squares.sum()))', '    total_norm = float(squares.sum())', OPTIM, 'clip_grad_norm: squared norm (no sqrt)'),
     Mutant('O14', O, '        xp.multiply(buf, self.lr, out=tmp)\n', '        xp.multiply(g, self.lr, out=tmp)\n', OPTIM, 'SGD: update uses g, ignores momentum buffer'),
     Mutant('O15', O, '            self.scale = max(self.scale * self.backoff_factor, self.min_scale)\n            self.good_steps = 0\n', '            self.scale = max(self.scale * self.backoff_factor, self.min_scale)\n', OPTIM, 'DynamicLossScaler: good_steps not reset on overflow'),
-    Mutant('O16', O, '        xp.multiply(g, 1.0 - beta1, out=tmp)\n', '        xp.multiply(g, 1.0 - beta2, out=tmp)\n', OPTIM, 'AdamW: m uses (1-beta2)'),
+    Mutant('O16', OA, '    xp.multiply(g, 1.0 - beta1, out=tmp)\n', '    xp.multiply(g, 1.0 - beta2, out=tmp)\n', OPTIM, 'AdamW: m uses (1-beta2)'),
     Mutant('P1', P, 'MASK_TOKEN_PROB = 0.8\n', 'MASK_TOKEN_PROB = 0.9\n', PRETRAIN_DATA, '80/10/10 -> 90/10/0'),
     Mutant('P2', P, 'to_random = chosen & (u >= MASK_TOKEN_PROB) & (u < MASK_TOKEN_PROB + RANDOM_TOKEN_PROB)', 'to_random = chosen & (u >= MASK_TOKEN_PROB)', PRETRAIN_DATA, 'masking: 80/20/0 (never keep)'),
     Mutant('P3', P, 'MASKED_LM_PROB = 0.15\n', 'MASKED_LM_PROB = 0.2\n', PRETRAIN_DATA, 'masked_lm_prob 0.15 -> 0.2'),
@@ -203,16 +206,16 @@ MUTANTS = [
     Mutant('X9', CK, '            if first.shape == value.shape and np.array_equal(first, value):', '            if first.shape == value.shape:', CHECKPOINT, 'map_state_dict: differing tied duplicate silently ignored'),
     Mutant('X10', CK, '    for key in sorted(tensors, key=lambda k: not resolved[k][1]):', '    for key in sorted(tensors):', CHECKPOINT, 'map_state_dict: aliases not resolved after own names'),
     Mutant('X11', CK, '        for candidate in (key, "bert." + key, stripped):\n            if candidate in params:', '        for candidate in (key, stripped):\n            if candidate in params:', CHECKPOINT, 'map_state_dict: no bert. prefix added for base checkpoints'),
-    Mutant('Y1', Y, 'pooled = (hidden * m).sum(axis=1) / m.sum(axis=1)', 'pooled = hidden.sum(axis=1) / m.sum(axis=1)', EMBED, 'model engine mean pooling includes padding'),
-    Mutant('Y2', Y, '    sums /= xp.asarray(lengths, dtype=xp.float64)[:, None]', '    sums /= xp.asarray(lengths.max(), dtype=xp.float64)', EMBED, 'fast mean pooling divides by max length'),
+    Mutant('Y1', Y, 'pooled = xp.where(m > 0, hidden, -xp.inf).max(axis=1)', 'pooled = hidden.max(axis=1)', EMBED, 'max pooling includes the padded positions (which read 0)'),
+    Mutant('Y2', Y, '/ m.sum(axis=1)).astype(hidden.dtype)', '/ m.shape[1]).astype(hidden.dtype)', EMBED, 'mean pooling divides by the padded length, not the sentence length'),
     Mutant('Y3', Y, 'norms = xp.sqrt((pooled * pooled).sum(axis=1, keepdims=True))', 'norms = (pooled * pooled).sum(axis=1, keepdims=True)', EMBED, 'normalise by squared norm'),
-    Mutant('Y4', Y, '    t *= -0.5\n', '    t *= -1.0\n', EMBED, '_gelu_chunk: exp(-x^2) instead of exp(-x^2/2)'),
-    Mutant('Y5', Y, 'xp.multiply(a, _ERF_P * _SQRT_HALF, out=t)', 'xp.multiply(a, _ERF_P, out=t)', EMBED, '_gelu_chunk: t = 1/(1+p|x|) without 1/sqrt2'),
-    Mutant('Y6', Y, '    var *= 1.0 / x.shape[1]\n', '    var *= 1.0 / (x.shape[1] - 1)\n', EMBED, 'layer_norm_inplace: unbiased variance'),
-    Mutant('Y7', Y, '    var += eps\n    xp.sqrt(var, out=var)\n', '    xp.sqrt(var, out=var)\n    var += eps\n', EMBED, 'layer_norm_inplace: eps after sqrt'),
-    Mutant('Y8', Y, 'np.split(order, np.flatnonzero(np.diff(lengths[order])) + 1)', 'np.split(order, np.flatnonzero(np.diff(lengths[order])))', EMBED, 'attention grouping: split off by one'),
-    Mutant('Y9', Y, 'contiguous = b == 1 or bool((np.diff(starts) == t).all())', 'contiguous = True', EMBED, 'attention: non-contiguous equal-length group read as contiguous'),
-    Mutant('Y10', Y, 'b_qkv = xp.concatenate([s.query.bias.data * scale, s.key.bias.data', 'b_qkv = xp.concatenate([s.query.bias.data, s.key.bias.data', EMBED, 'fused qkv: query bias not scaled'),
+    Mutant('Y4', FC, '    t *= -0.5\n', '    t *= -1.0\n', FAST, '_gelu_chunk: exp(-x^2) instead of exp(-x^2/2)'),
+    Mutant('Y5', FC, 'np.multiply(a, _ERF_P * _SQRT_HALF, out=t)', 'np.multiply(a, _ERF_P, out=t)', FAST, '_gelu_chunk: t = 1/(1+p|x|) without 1/sqrt2'),
+    Mutant('Y6', FC, '    var *= 1.0 / y2.shape[1]\n', '    var *= 1.0 / (y2.shape[1] - 1)\n', FAST, 'layer_norm_fast: unbiased variance'),
+    Mutant('Y7', FC, '    var += eps\n    np.sqrt(var, out=var)\n', '    np.sqrt(var, out=var)\n    var += eps\n', FAST, 'layer_norm_fast: eps after sqrt'),
+    Mutant('Y8', M, 'rows = xp.searchsorted(packed.rows, rows)', 'rows = xp.searchsorted(packed.rows, rows, side="right")', FAST, 'inference packing: the packed row of each output position off by one'),
+    Mutant('Y9', M, 'merged = merged.reshape(b * t, -1)[packed.rows]', 'merged = merged.reshape(b * t, -1)[:packed.rows.size]', FAST, 'inference packing: attention output read back as if the real tokens were contiguous'),
+    Mutant('Y10', FC, 'q_t = q.swapaxes(-1, -2) * (1.0 / math.sqrt(head_size))', 'q_t = q.swapaxes(-1, -2)', FAST, 'keys-first attention: queries not scaled by 1/sqrt(D)'),
     Mutant('Y11', Y, '    norms = xp.sqrt((pooled * pooled).sum(axis=1, keepdims=True))', '    norms = xp.sqrt((pooled * pooled).sum(axis=0, keepdims=True))', EMBED, 'normalise over the batch axis'),
     Mutant('G1', G, 'numeric[n] = (plus - minus) / (2 * eps)', 'numeric[n] = (plus - minus) / eps', GRADCHECK, 'central difference missing factor 2'),
     Mutant('G2', G, '              atol: float = 1e-7, rtol: float = 1e-5, seed: int = 0)', '              atol: float = 1e-3, rtol: float = 1e-2, seed: int = 0)', GRADCHECK, 'default tolerances 1e-7/1e-5 -> 1e-3/1e-2'),
@@ -221,8 +224,8 @@ MUTANTS = [
     Mutant('G5', G, '    module.zero_grad()\n', '', GRADCHECK + ['tests/test_modules.py', 'tests/test_heads.py'], 'check_module: no zero_grad before backward'),
     Mutant('G6', G, '        return bool(np.all(self.errors <= self.allowed))', '        return bool(np.mean(self.errors <= self.allowed) >= 0.5)', GRADCHECK, 'ok if most coordinates agree'),
     Mutant('G7', G, '            array[where] = original - eps\n            minus = scalar_loss()\n            array[where] = original\n            numeric[n] = (plus - minus) / (2 * eps)', '            array[where] = original\n            minus = scalar_loss()\n            numeric[n] = (plus - minus) / eps', GRADCHECK, 'one-sided forward difference instead of central'),
-    Mutant('Y12', Y, '        s *= xp.reciprocal(s.sum(axis=0))\n', '        s *= xp.reciprocal(s.sum())\n', EMBED, 'keys-first softmax: one sum over the whole group, not per query'),
-    Mutant('BK1', BK, 'zip(bounds[:-1], bounds[1:])', 'zip(bounds[:-2], bounds[1:-1])', ['tests/test_backend.py'], 'erf split over the cores: the last block left uncomputed'),
+    Mutant('Y12', FC, '    s *= np.reciprocal(s.sum(axis=0))\n', '    s *= np.reciprocal(s.sum())\n', FAST, 'keys-first softmax: one sum over the whole batch, not per query'),
+    Mutant('BK1', FC, 'zip(bounds[:-1], bounds[1:])', 'zip(bounds[:-2], bounds[1:-1])', FAST, 'parallel_unary (erf split over the cores): the last block left uncomputed'),
     # round 3: checkpoint folders (reading, mapping, saving) and Module state dicts
     Mutant('CK1', CK, '    if model_type != "bert":\n', '    if model_type in ("gpt2", "t5"):\n', CHECKPOINT, 'read_config: only some non-BERT model types refused'),
     Mutant('CK2', CK, 'not (isinstance(a, str) and a.startswith("Bert")) for a in architectures', 'not isinstance(a, str) for a in architectures', CHECKPOINT, 'read_config: non-BERT architectures accepted'),
@@ -262,21 +265,21 @@ MUTANTS = [
     Mutant('CP6', CP, '    if config.vocab_size != len(tokenizer):\n', '    if False:\n', TRAINING, '--config with another vocab_size than the vocabulary accepted'),
     Mutant('CP7', CP, '    if not 0.0 < args.validation_fraction < 1.0:\n', '    if not 0.0 <= args.validation_fraction < 1.0:\n', TRAINING, '--validation-fraction 0 accepted (nothing held out)'),
     # training.py: the pretraining loop
-    Mutant('TR1', TR, 'mlm_share = masked / max(total_masked, 1)', 'mlm_share = 1.0 / len(batches)', TRAINING, 'accumulation: micro-batch MLM losses averaged equally, not by masked tokens'),
-    Mutant('TR2', TR, 'nsp_share = len(batch["input_ids"]) / total_sequences', 'nsp_share = 1.0', TRAINING, 'accumulation: NSP gradients of the micro-batches summed, not averaged'),
+    Mutant('TR1', TR, 'shares = {name: count[name] / max(totals[name], 1) for name in totals}', 'shares = {name: 1.0 / len(batches) for name in totals}', TRAINING, 'accumulation: micro-batch MLM losses averaged equally, not by masked tokens'),
+    Mutant('TR2', TR, 'nsp_weight=weights["nsp_loss"]', 'nsp_weight=1.0', TRAINING, 'accumulation: NSP gradients of the micro-batches summed, not averaged'),
     Mutant('TR3', TR, 'if not (math.isfinite(loss) and math.isfinite(grad_norm)):', 'if not math.isfinite(loss):', TRAINING, 'non-finite gradient norm with a finite loss not detected'),
     Mutant('TR4', TR, 'self.optimizer.lr = self.schedule(self.step)', 'self.optimizer.lr = self.schedule(self.step + 1)', TRAINING, 'learning-rate schedule read one step ahead'),
     Mutant('TR5', TR, '        os.replace(tmp, final)\n        _write_json_atomic(os.path.join(out, CHECKPOINT_POINTER), os.path.basename(final))\n', '        _write_json_atomic(os.path.join(out, CHECKPOINT_POINTER), os.path.basename(final))\n        os.replace(tmp, final)\n', TRAINING, 'checkpoint pointer moved before the folder is in place'),
     Mutant('TR6', TR, '        self.model.random.set_state(state["dropout_rng"])\n', '', TRAINING, 'resume: dropout generator state not restored'),
     Mutant('TR7', TR, '        self.train_dataset.position = state["data_position"]\n', '', TRAINING, 'resume: data position not restored (batches from the start)'),
-    Mutant('TR8', TR, 'if patience is not None and self.evals_without_improvement >= patience:', 'if patience is not None and self.evals_without_improvement > patience:', TRAINING, 'early stopping one evaluation late'),
+    Mutant('TR8', TR, 'if args.patience is not None and self.evals_without_improvement >= args.patience:', 'if args.patience is not None and self.evals_without_improvement > args.patience:', TRAINING, 'early stopping one evaluation late'),
     Mutant('TR9', TR, 'mlm_loss = mlm_loss_sum / max(masked, 1)', 'mlm_loss = mlm_loss_sum / max(sequences, 1)', TRAINING, 'evaluation MLM loss divided by sequences, not masked tokens'),
     Mutant('TR10', TR, '                shutil.rmtree(os.path.join(out, name), ignore_errors=True)\n', '                pass\n', TRAINING, 'older checkpoints never removed'),
     # finetune.py
-    Mutant('FT1', FT, 'else value > best_value)', 'else value < best_value)', FINETUNE, 'higher-is-better metric (accuracy) compared the wrong way'),
-    Mutant('FT2', FT, 'best_state = {n: p.data.copy() for n, p in self.model.named_parameters()}', 'best_state = {n: p.data for n, p in self.model.named_parameters()}', FINETUNE, 'best weights kept by reference, not copied'),
-    Mutant('FT3', FT, 'if args.restore_best and best_state is not None and best_step != self.step:', 'if best_state is not None and best_step != self.step:', FINETUNE, 'restore_best=False ignored'),
-    Mutant('FT4', FT, 'if args.patience is not None and bad_evals >= args.patience:', 'if args.patience is not None and bad_evals > args.patience:', FINETUNE, 'early stopping one validation late'),
+    Mutant('FT1', TR, 'else value > self.best_value)', 'else value < self.best_value)', FINETUNE, 'higher-is-better metric (accuracy) compared the wrong way'),
+    Mutant('FT2', TR, 'self.best_weights = {n: p.data.copy() for n, p in self.model.named_parameters()}', 'self.best_weights = {n: p.data for n, p in self.model.named_parameters()}', FINETUNE, 'best weights kept by reference, not copied'),
+    Mutant('FT3', TR, 'if args.restore_best and self.best_weights is not None and self.best_step != self.step:', 'if self.best_weights is not None and self.best_step != self.step:', FINETUNE, 'restore_best=False ignored'),
+    Mutant('FT4', TR, 'if args.patience is not None and self.evals_without_improvement >= args.patience:', 'if args.patience is not None and self.evals_without_improvement > args.patience:', FINETUNE, 'early stopping one validation late'),
     Mutant('FT5', FT, '            loss_sum += out.loss * count\n            items += count\n', '            loss_sum += out.loss\n            items += 1\n', FINETUNE, 'evaluate: loss is the mean of batch means, not over items'),
     Mutant('FT6', FT, 'fp = matrix.sum(axis=0) - tp', 'fp = matrix.sum(axis=1) - tp', FINETUNE, 'macro_f1: false positives counted along the wrong axis'),
     Mutant('FT7', FT, 'np.add.at(matrix, (labels[counted], predictions[counted]), 1)', 'np.add.at(matrix, (predictions[counted], labels[counted]), 1)', FINETUNE, 'confusion matrix transposed (rows = predictions)'),

@@ -1,4 +1,4 @@
-"""Attention maps: the probabilities read from the attention op's cache, and the pictures."""
+"""Attention maps: the probabilities from ``output_attentions=True``, and the pictures."""
 
 import numpy as np
 import pytest
@@ -66,8 +66,34 @@ def test_plots_are_written_for_one_layer_and_for_all(tmp_path):
         plot_attention_map(model, tokenizer, "the cat", str(tmp_path / "x.png"), layer=5)
 
 
-def test_under_no_grad_the_error_says_why():
+def test_under_no_grad_the_maps_are_the_same():
     from minibert.nn import no_grad
 
-    with no_grad(), pytest.raises(RuntimeError, match="which no_grad\\(\\) does not keep"):
-        attention_probabilities(_model(), BertTokenizer(VOCAB), "the cat")
+    model, tokenizer = _model(), BertTokenizer(VOCAB)
+    _, maps = attention_probabilities(model, tokenizer, "the cat sat")
+    with no_grad():
+        _, again = attention_probabilities(model, tokenizer, "the cat sat")
+    for p, q in zip(maps, again):
+        np.testing.assert_array_equal(p, q)
+
+
+def test_output_attentions_returns_every_layer_and_keeps_backward_working(rng):
+    model = _model(attention_probs_dropout_prob=0.0, hidden_dropout_prob=0.0)
+    ids = rng.integers(5, len(VOCAB), (2, 6))
+    mask = np.ones_like(ids)
+    mask[1, 4:] = 0
+    seq, pooled = model.forward(ids, attention_mask=mask)
+    seq2, pooled2, attentions = model.forward(ids, attention_mask=mask, output_attentions=True)
+    np.testing.assert_allclose(seq2, seq, rtol=1e-12)
+    assert [p.shape for p in attentions] == [(2, 3, 6, 6)] * 2
+    np.testing.assert_allclose(attentions[0].sum(axis=-1), 1.0, rtol=1e-12)
+    assert np.all(attentions[1][1, :, :, 4:] == 0)                  # padded keys get no attention
+    dseq = rng.standard_normal(seq.shape)
+    model.zero_grad()
+    model.backward(dseq, None)
+    grads = {n: p.grad.copy() for n, p in model.named_parameters()}
+    model.forward(ids, attention_mask=mask)
+    model.zero_grad()
+    model.backward(dseq, None)
+    for name, param in model.named_parameters():
+        np.testing.assert_allclose(grads[name], param.grad, rtol=1e-10, atol=1e-14, err_msg=name)

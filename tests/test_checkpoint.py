@@ -479,11 +479,16 @@ def test_minibert_folder_loads_in_transformers(tmp_path, max_shard_size):
     mask = np.ones_like(ids)
     mask[1, 6:] = 0
     with no_grad():
-        ours = model.forward(ids, attention_mask=mask)
+        ours = model.forward(ids, attention_mask=mask)         # inference: padding is not computed
+    everywhere = model.forward(ids, attention_mask=mask)      # caches kept: every position computed
+    model.clear_caches()
     with torch.no_grad():
         theirs = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask))
-    np.testing.assert_allclose(ours.prediction_logits, theirs.prediction_logits.numpy(), atol=2e-5)
-    np.testing.assert_allclose(ours.seq_relationship_logits, theirs.seq_relationship_logits.numpy(), atol=2e-5)
+    real = mask.astype(bool)
+    np.testing.assert_allclose(everywhere.prediction_logits, theirs.prediction_logits.numpy(), atol=2e-5)
+    np.testing.assert_allclose(ours.prediction_logits[real], theirs.prediction_logits.numpy()[real], atol=2e-5)
+    for out in (ours, everywhere):
+        np.testing.assert_allclose(out.seq_relationship_logits, theirs.seq_relationship_logits.numpy(), atol=2e-5)
 
 
 @pytest.mark.reference
@@ -509,23 +514,29 @@ def test_transformers_folder_loads_in_minibert(tmp_path, which):
     mask[0, 8:] = 0
     tensors = dict(input_ids=torch.tensor(ids), token_type_ids=torch.tensor(types),
                    attention_mask=torch.tensor(mask))
-    with no_grad(), torch.no_grad():
-        ours = model.forward(ids, types, mask)
+    with torch.no_grad():
         theirs = hf(**tensors)
-    if which == "BertModel":
-        np.testing.assert_allclose(ours[0], theirs.last_hidden_state.numpy(), atol=2e-5)
-        np.testing.assert_allclose(ours[1], theirs.pooler_output.numpy(), atol=2e-5)
-    else:
-        np.testing.assert_allclose(ours.prediction_logits, theirs.prediction_logits.numpy(), atol=2e-5)
-        np.testing.assert_allclose(ours.seq_relationship_logits, theirs.seq_relationship_logits.numpy(),
-                                   atol=2e-5)
+    with no_grad():
+        inference = model.forward(ids, types, mask)          # padding is not computed: compare real positions
+    everywhere = model.forward(ids, types, mask)             # caches kept: every position computed
+    model.clear_caches()
+    real = mask.astype(bool)
+    for ours, where in ((everywhere, slice(None)), (inference, real)):
+        if which == "BertModel":
+            np.testing.assert_allclose(ours[0][where], theirs.last_hidden_state.numpy()[where], atol=2e-5)
+            np.testing.assert_allclose(ours[1], theirs.pooler_output.numpy(), atol=2e-5)
+        else:
+            np.testing.assert_allclose(ours.prediction_logits[where], theirs.prediction_logits.numpy()[where],
+                                       atol=2e-5)
+            np.testing.assert_allclose(ours.seq_relationship_logits, theirs.seq_relationship_logits.numpy(),
+                                       atol=2e-5)
 
 
 @pytest.mark.reference
 def test_fill_mask_matches_transformers(tmp_path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from minibert.embeddings import fill_mask
+    from minibert.fill_mask import fill_mask
     from minibert.tokenization import BertTokenizer
 
     tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(35)]

@@ -1,7 +1,8 @@
-"""The whole model on the GPU (CuPy, with the CUDA kernels): the same numbers as on the CPU,
-no hidden host<->device copies in a training step, and a loss that falls.
+"""The whole model on the GPU (CuPy): with the CUDA kernels of ``minibert/fast/cuda.py`` it
+gives the numbers of the CPU and of the reference ops on the GPU, a training step makes no
+hidden host<->device copies, and the loss falls.
 
-Every test here is marked ``gpu`` and skipped without CuPy and a CUDA GPU:
+Every test here is marked ``gpu``; the module is skipped without CuPy and a CUDA GPU:
 
     python -m pytest tests/test_gpu_model.py tests/test_kernels.py -m gpu -v
 """
@@ -9,12 +10,24 @@ Every test here is marked ``gpu`` and skipped without CuPy and a CUDA GPU:
 import numpy as np
 import pytest
 
-from minibert import cuda_kernels
-from minibert.backend import cuda_available, to_numpy
-from minibert.modeling import BertConfig, BertForPreTraining
-from minibert.optim import AdamW, clip_grad_norm
+from minibert.backend import cuda_available
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not cuda_available(), reason="needs CuPy and a CUDA GPU")]
+if not cuda_available():
+    pytest.skip("needs CuPy and a CUDA GPU", allow_module_level=True)
+
+from minibert import registry  # noqa: E402
+from minibert.backend import to_numpy  # noqa: E402
+from minibert.fast import cuda  # noqa: E402
+from minibert.modeling import BertConfig, BertForPreTraining  # noqa: E402
+from minibert.optim import AdamW, clip_grad_norm  # noqa: E402
+
+pytestmark = pytest.mark.gpu
+
+# the kernels (by launch name) one training step of the model runs
+STEP_KERNELS = {"layer_norm_forward", "layer_norm_backward", "bias_gelu_forward", "bias_gelu_backward",
+                "softmax_cross_entropy_forward_backward"}
+FLASH_KERNELS = {f"minibert::flash_attention_{kind}_kernel<float, 64>"
+                 for kind in ("forward", "backward_delta", "backward_dq", "backward_dkdv")}
 
 
 def _config(implementation="flash", dropout=0.0):
@@ -34,6 +47,20 @@ def _batch(seed=0, batch=4, length=50):
                 next_sentence_label=rng.integers(0, 2, batch))
 
 
+@pytest.fixture
+def launched(monkeypatch):
+    """The names of the CUDA kernels launched during the test (every launch looks its kernel up)."""
+    names = set()
+    lookup = cuda._function
+
+    def recording(filename, name, name_expressions=()):
+        names.add(name)
+        return lookup(filename, name, name_expressions)
+
+    monkeypatch.setattr(cuda, "_function", recording)
+    return names
+
+
 def _loss_and_grads(model, batch):
     out = model.forward(**batch)
     model.backward()
@@ -42,20 +69,50 @@ def _loss_and_grads(model, batch):
     return out.loss, grads
 
 
+def _assert_grads_close(actual, expected):
+    for name, g in expected.items():
+        np.testing.assert_allclose(actual[name], g, rtol=1e-3, atol=1e-3 * np.abs(g).max() + 1e-7, err_msg=name)
+
+
 @pytest.mark.parametrize("implementation", ["flash", "naive"])
-def test_loss_and_gradients_on_the_gpu_match_numpy(implementation):
+def test_loss_and_gradients_on_the_gpu_match_numpy(implementation, launched):
     batch = _batch()
     cpu = BertForPreTraining(_config(implementation), seed=3)
     gpu = BertForPreTraining(_config(implementation), seed=3, device="cuda")
     loss_cpu, grads_cpu = _loss_and_grads(cpu, batch)
     loss_gpu, grads_gpu = _loss_and_grads(gpu, batch)
     assert loss_gpu == pytest.approx(loss_cpu, rel=1e-4)
-    for name, g in grads_cpu.items():
-        np.testing.assert_allclose(grads_gpu[name], g, rtol=1e-3, atol=1e-3 * np.abs(g).max() + 1e-7, err_msg=name)
-    # the kernels really ran: every first-use check passed (a failed one would fall back silently)
-    failed = [key for key, passed in cuda_kernels._checked.items() if not passed]
-    assert not failed, f"kernels that failed their first-use check: {failed}"
-    assert {key[0] for key in cuda_kernels._checked} >= {"layer_norm", "bias_gelu", "cross_entropy"}
+    _assert_grads_close(grads_gpu, grads_cpu)
+    # the kernels really ran (the registry chose them, not the reference ops)
+    expected = STEP_KERNELS | (FLASH_KERNELS if implementation == "flash" else set())
+    assert expected <= launched, f"kernels that did not run: {sorted(expected - launched)}"
+
+
+def test_the_kernels_give_the_numbers_of_the_reference_ops_on_the_gpu(launched):
+    """One training step with the speed-ups and one under registry.reference_only() (the ops of
+    minibert/ops/ on CuPy arrays): the same loss, gradients and parameters after AdamW."""
+    batch = _batch()
+    lr = 1e-3
+
+    def one_step():
+        model = BertForPreTraining(_config("flash"), seed=3, device="cuda")
+        optimizer = AdamW(model.named_parameters(), lr=lr, weight_decay=0.01)
+        out = model.forward(**batch)
+        model.backward()
+        grads = {n: to_numpy(p.grad).astype(np.float64) for n, p in model.named_parameters()}
+        optimizer.step()
+        return out.loss, grads, {n: to_numpy(p.data).astype(np.float64) for n, p in model.named_parameters()}
+
+    loss, grads, params = one_step()
+    assert STEP_KERNELS | FLASH_KERNELS | {"adamw_update"} <= launched
+    launched.clear()
+    with registry.reference_only():
+        loss_ref, grads_ref, params_ref = one_step()
+    assert not launched, f"kernels ran under reference_only(): {sorted(launched)}"
+    assert loss == pytest.approx(loss_ref, rel=1e-4)
+    _assert_grads_close(grads, grads_ref)
+    for name, p in params_ref.items():        # AdamW moves each parameter by about lr at most
+        np.testing.assert_allclose(params[name], p, rtol=1e-5, atol=1e-2 * lr, err_msg=name)
 
 
 def test_a_training_step_copies_only_its_batch_to_the_gpu(monkeypatch):
@@ -76,7 +133,7 @@ def test_a_training_step_copies_only_its_batch_to_the_gpu(monkeypatch):
         optimizer.zero_grad()
         return out.loss
 
-    step()                                                 # compiles the kernels, runs their checks
+    step()                                                 # compiles the kernels
     copies = []
 
     def counting(real, direction):

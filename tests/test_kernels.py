@@ -1,43 +1,57 @@
-"""CUDA kernels: every source compiles with nvcc, the loader falls back correctly, and on a
-GPU every kernel equals its NumPy reference.
+"""CUDA kernels (``minibert/fast/cuda.py``): every source compiles with nvcc, the registry
+sends an op to its kernel only where the kernel applies, and on a GPU every kernel equals
+its reference op.
 
-* compile tests run wherever ``nvcc`` is on PATH (skipped with a message otherwise);
-* fallback tests run everywhere: NumPy inputs go to the reference ops;
-* ``@pytest.mark.gpu`` tests need CuPy and a CUDA GPU and are skipped otherwise. They run
-  each kernel against its reference with ``atol + rtol`` over several shapes, including
+* source tests run everywhere; compile tests wherever ``nvcc`` is on PATH (skipped with a
+  message otherwise);
+* registry tests run everywhere: which ops and dtypes have a kernel, under which conditions,
+  that NumPy arrays always get the reference ops, and the wrappers' input checks;
+* ``@pytest.mark.gpu`` tests need CuPy and a CUDA GPU and are skipped otherwise. They compare
+  each kernel with its reference op with ``atol + rtol`` over several shapes, including
   sizes that are not multiples of the tiles and padded batches:
 
       python -m pytest tests/test_kernels.py -m gpu -v
 """
 
+import inspect
 import re
 import shutil
 import subprocess
-import warnings
 
 import numpy as np
 import pytest
 
-from minibert import cuda_kernels
+from minibert import registry
 from minibert.backend import cuda_available
-from minibert.ops import cross_entropy_backward, cross_entropy_forward, gelu_backward, gelu_forward
+from minibert.fast import cuda
+from minibert.ops import adamw_update, cross_entropy_backward, cross_entropy_forward, gelu_backward, gelu_forward
 from minibert.ops import layer_norm_backward, layer_norm_forward
 from minibert.ops.flash_attention import flash_attention_backward, flash_attention_forward
 
 NVCC = shutil.which("nvcc")
 
+# op -> (forward, backward, dtypes): the kernels the registry must know
+KERNELS = {
+    "flash_attention": (cuda.flash_attention_forward, cuda.flash_attention_backward, ("float32", "float16")),
+    "layer_norm": (cuda.layer_norm_forward, cuda.layer_norm_backward, ("float32",)),
+    "gelu": (cuda.gelu_forward, cuda.gelu_backward, ("float32",)),
+    "cross_entropy": (cuda.cross_entropy_forward, cuda.cross_entropy_backward, ("float32",)),
+    "adamw_update": (cuda.adamw_update, None, ("float32",)),
+}
+WRAPPERS = {f for forward, backward, _ in KERNELS.values() for f in (forward, backward) if f is not None}
+
 
 # ============================================================================ sources
-@pytest.mark.parametrize("filename", cuda_kernels.KERNEL_FILES)
+@pytest.mark.parametrize("filename", cuda.KERNEL_FILES)
 def test_source_is_installed_with_the_package(filename):
-    source = cuda_kernels.kernel_source(filename)
+    source = cuda.kernel_source(filename)
     assert "__global__" in source
 
 
-@pytest.mark.parametrize("filename", cuda_kernels.KERNEL_FILES)
+@pytest.mark.parametrize("filename", cuda.KERNEL_FILES)
 def test_every_kernel_documents_its_launch(filename):
     """Each kernel is preceded by a comment block that states its launch configuration."""
-    source = cuda_kernels.kernel_source(filename)
+    source = cuda.kernel_source(filename)
     kernels = re.findall(r"__global__ void(?: __launch_bounds__\(\w+\))?\s+(\w+)\(", source)
     assert kernels, f"no kernel found in {filename}"
     for name in kernels:
@@ -47,89 +61,130 @@ def test_every_kernel_documents_its_launch(filename):
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH: CUDA sources not compiled")
-@pytest.mark.parametrize("filename", cuda_kernels.KERNEL_FILES)
+@pytest.mark.parametrize("filename", cuda.KERNEL_FILES)
 def test_source_compiles_with_nvcc(filename, tmp_path):
     """PTX for sm_90 with every template variant the loader asks for (MINIBERT_INSTANTIATE_ALL)."""
     source = tmp_path / filename
-    source.write_text(cuda_kernels.kernel_source(filename))
+    source.write_text(cuda.kernel_source(filename))
     command = [NVCC, "--ptx", "-arch=sm_90", "-std=c++17", "-DMINIBERT_INSTANTIATE_ALL",
                "-o", str(tmp_path / "out.ptx"), str(source)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"nvcc failed on {filename}:\n{done.stderr}"
 
 
-# ============================================================================ fallbacks (CPU)
-def test_numpy_inputs_use_the_reference_ops(rng):
-    q, k, v, do = (rng.standard_normal((2, 3, 9, 8)) for _ in range(4))
-    mask = np.zeros((2, 1, 1, 9))
-    mask[1, ..., 5:] = np.finfo(np.float64).min
-    o, cache = cuda_kernels.flash_attention_forward(q, k, v, mask, block_q=4, block_k=3)
-    o_ref, cache_ref = flash_attention_forward(q, k, v, mask, block_q=4, block_k=3)
-    np.testing.assert_array_equal(o, o_ref)
-    for a, b in zip(cuda_kernels.flash_attention_backward(do, cache), flash_attention_backward(do, cache_ref)):
-        np.testing.assert_array_equal(a, b)
-
-    x, gamma, beta = rng.standard_normal((4, 6)), rng.standard_normal(6), rng.standard_normal(6)
-    y, cache = cuda_kernels.layer_norm_forward(x, gamma, beta)
-    np.testing.assert_array_equal(y, layer_norm_forward(x, gamma, beta)[0])
-    dy = rng.standard_normal(y.shape)
-    for a, b in zip(cuda_kernels.layer_norm_backward(dy, cache),
-                    layer_norm_backward(dy, layer_norm_forward(x, gamma, beta)[1])):
-        np.testing.assert_array_equal(a, b)
-
-    x, bias = rng.standard_normal((5, 7)), rng.standard_normal(7)
-    y, cache = cuda_kernels.bias_gelu_forward(x, bias)
-    y_ref, cache_ref = gelu_forward(x + bias)
-    np.testing.assert_array_equal(y, y_ref)
-    dx, dbias = cuda_kernels.bias_gelu_backward(rng.standard_normal((5, 7)), cache)
-    np.testing.assert_allclose(dbias, dx.sum(axis=0))
-
-    logits, labels = rng.standard_normal((6, 10)), np.array([1, -100, 3, 9, 0, -100])
-    loss, cache = cuda_kernels.cross_entropy_forward(logits, labels)
-    loss_ref, cache_ref = cross_entropy_forward(logits, labels)
-    assert loss == loss_ref
-    np.testing.assert_array_equal(cuda_kernels.cross_entropy_backward(0.5, cache),
-                                  cross_entropy_backward(0.5, cache_ref))
+# ============================================================================ the registry (CPU)
+def _cuda_entries(op):
+    return [s for s in registry._speed_ups.get(op, []) if s.device == "cuda"]
 
 
-def test_bias_gelu_backward_reference_gradients(rng):
-    from minibert.gradcheck import check_op
-
-    x, bias = rng.standard_normal((4, 6)), rng.standard_normal(6)
-    check_op(cuda_kernels.bias_gelu_forward, cuda_kernels.bias_gelu_backward, [x, bias],
-             names=["x", "bias"], samples=None).raise_if_failed()
-
-
-@pytest.mark.parametrize("bias_correction", [True, False])
-def test_adamw_reference_matches_the_optimizer(rng, bias_correction):
-    from minibert.nn import Parameter
-    from minibert.optim import AdamW
-
-    data = rng.standard_normal((3, 5))
-    param = Parameter(data.copy())
-    opt = AdamW([("w", param)], lr=0.01, weight_decay=0.1, bias_correction=bias_correction)
-    p, m, v = data.copy(), np.zeros_like(data), np.zeros_like(data)
-    for step in range(1, 4):
-        grad = rng.standard_normal(data.shape)
-        param.grad[...] = grad
-        opt.step()
-        cuda_kernels.adamw_update(p, grad, m, v, lr=0.01, betas=opt.betas, eps=opt.eps, weight_decay=0.1,
-                                  step=step, bias_correction=bias_correction)
-        np.testing.assert_allclose(p, param.data, rtol=1e-12, atol=1e-14)
+def test_the_registry_lists_the_cuda_kernels_for_their_ops_and_dtypes():
+    assert {op for op in registry.REFERENCE if _cuda_entries(op)} == set(KERNELS)
+    for op, (forward, backward, dtypes) in KERNELS.items():
+        (entry,) = _cuda_entries(op)
+        assert (entry.forward, entry.backward, entry.dtypes) == (forward, backward, dtypes), op
+        assert not entry.inference_only, op
 
 
-def test_kernel_checks_refuse_wrong_shapes(rng):
-    x = rng.standard_normal((4, 6))
+@pytest.mark.parametrize("op", sorted(KERNELS))
+def test_every_kernel_has_the_signature_of_its_reference_op(op):
+    reference_forward, reference_backward = registry.REFERENCE[op]
+    forward, backward, _ = KERNELS[op]
+    assert inspect.signature(forward) == inspect.signature(reference_forward)
+    if reference_backward is not None:
+        assert inspect.signature(backward) == inspect.signature(reference_backward)
+
+
+@pytest.mark.parametrize("op", sorted(registry.REFERENCE))
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("inference", [False, True])
+def test_numpy_arrays_never_get_a_cuda_kernel(op, dtype, inference):
+    for shape in [(2, 3, 5, 64), (4, 64), (7,)]:
+        forward, backward = registry.implementation(op, np.zeros(shape, dtype=dtype), inference=inference)
+        for f in (forward, backward):
+            assert f not in WRAPPERS and getattr(f, "__module__", None) != cuda.__name__, (op, shape, f)
+
+
+@pytest.fixture
+def numpy_as_gpu_arrays(monkeypatch):
+    """Let the registry take NumPy arrays for GPU arrays, to test its choice without a GPU
+    (the kernels themselves are not called)."""
+    monkeypatch.setattr(registry, "device_of", lambda x: "cuda")
+
+
+def _shaped(shape, dtype=np.float32):
+    return np.broadcast_to(np.zeros((), dtype=dtype), shape)       # any shape, no memory
+
+
+ROUTING = [  # (op, array, kernel expected)
+    ("flash_attention", np.zeros((2, 3, 5, 64), np.float32), True),
+    ("flash_attention", np.zeros((2, 3, 5, 32), np.float16), True),
+    ("flash_attention", np.zeros((1, 2, 7, 128), np.float32), True),
+    ("flash_attention", np.zeros((2, 3, 5, 48), np.float32), False),          # head size
+    ("flash_attention", np.zeros((2, 3, 5, 64), np.float64), False),          # dtype
+    ("flash_attention", np.zeros((2, 5, 64), np.float32), False),             # not (B, N, T, D)
+    ("flash_attention", _shaped((255, 257, 1, 64)), True),                     # B * N = 65535
+    ("flash_attention", _shaped((256, 257, 1, 64)), False),                    # one launch's grid
+    ("layer_norm", np.zeros((4, 6), np.float32), True),
+    ("layer_norm", np.zeros((2, 3, 6), np.float32), True),
+    ("layer_norm", np.zeros((4, 6), np.float64), False),
+    ("layer_norm", np.zeros((4, 6), np.float16), False),
+    ("layer_norm", np.zeros((0, 6), np.float32), False),                      # no rows
+    ("gelu", np.zeros((4, 6), np.float32), True),
+    ("gelu", np.zeros(7, np.float32), True),
+    ("gelu", np.zeros((4, 6), np.float64), False),
+    ("gelu", np.zeros((0, 6), np.float32), False),
+    ("cross_entropy", np.zeros((4, 10), np.float32), True),
+    ("cross_entropy", np.zeros((4, 10), np.float64), False),
+    ("cross_entropy", np.zeros((0, 10), np.float32), False),                  # no rows: loss 0
+    ("cross_entropy", np.zeros((2, 4, 10), np.float32), False),               # the reference raises
+    ("adamw_update", np.zeros((3, 5), np.float32), True),
+    ("adamw_update", np.zeros((3, 10), np.float32)[:, ::2], False),           # not contiguous
+    ("adamw_update", np.zeros((3, 5), np.float64), False),
+]
+
+
+@pytest.mark.parametrize("op, x, kernel", ROUTING,
+                         ids=[f"{op}-{x.dtype}-{'x'.join(map(str, x.shape))}" for op, x, _ in ROUTING])
+def test_the_registry_runs_a_kernel_exactly_where_it_applies(numpy_as_gpu_arrays, op, x, kernel):
+    expected = KERNELS[op][:2] if kernel else registry.REFERENCE[op]
+    for inference in (False, True):
+        assert registry.implementation(op, x, inference=inference) == expected
+    with registry.reference_only():
+        assert registry.implementation(op, x) == registry.REFERENCE[op]
+
+
+def test_kernel_checks_refuse_wrong_shapes():
+    x = np.random.default_rng(0).standard_normal((4, 6))
     with pytest.raises(ValueError):
-        cuda_kernels.layer_norm_forward(x, np.ones(5), np.zeros(6))
+        cuda.layer_norm_forward(x, np.ones(5), np.zeros(6))
     with pytest.raises(ValueError):
-        cuda_kernels.bias_gelu_forward(x, np.ones(5))
+        cuda.gelu_forward(np.array(1.0, np.float32))
     with pytest.raises(ValueError):
-        cuda_kernels.cross_entropy_forward(x, np.zeros(3, dtype=np.int64))
+        cuda.cross_entropy_forward(x, np.zeros(3, dtype=np.int64))
     with pytest.raises(ValueError):
-        cuda_kernels.flash_attention_forward(x, x, x)
+        cuda.flash_attention_forward(x, x, x)
     with pytest.raises(ValueError):
-        cuda_kernels.adamw_update(x, x[:2], x, x, lr=0.1)
+        cuda.adamw_update(x, x[:2], x, x, lr=0.1)
+    q = np.zeros((2, 3, 5, 64), np.float32)
+    with pytest.raises(ValueError, match="head size"):
+        cuda.flash_attention_forward(q, q, q[..., :32])                        # v's head size differs
+    with pytest.raises(ValueError, match="D in"):
+        cuda.flash_attention_forward(q[..., :48], q[..., :48], q[..., :48])   # no kernel for 48
+
+
+def test_kernels_refuse_numpy_arrays_instead_of_falling_back():
+    x = np.zeros((4, 64), np.float32)
+    q = np.zeros((2, 3, 5, 64), np.float32)
+    calls = [
+        lambda: cuda.layer_norm_forward(x, np.ones(64, np.float32), np.zeros(64, np.float32)),
+        lambda: cuda.gelu_forward(x),
+        lambda: cuda.cross_entropy_forward(x, np.zeros(4, np.int64)),
+        lambda: cuda.flash_attention_forward(q, q, q),
+        lambda: cuda.adamw_update(x, x, x, x, lr=0.1),
+    ]
+    for call in calls:
+        with pytest.raises(TypeError, match="takes CuPy arrays"):
+            call()
 
 
 # ============================================================================ GPU
@@ -143,8 +198,16 @@ def _cp():
 
 
 def _close(actual, expected, rtol, atol, name=""):
-    np.testing.assert_allclose(_cp().asnumpy(actual).astype(np.float64), np.asarray(expected, dtype=np.float64),
+    cp = _cp()
+    np.testing.assert_allclose(cp.asnumpy(actual).astype(np.float64), cp.asnumpy(expected).astype(np.float64),
                                rtol=rtol, atol=atol, err_msg=name)
+
+
+def _kernel_for(op, x):
+    """The (forward, backward) the registry gives for x, checked to be the CUDA kernel."""
+    forward, backward = registry.implementation(op, x)
+    assert (forward, backward) == KERNELS[op][:2], f"the registry did not pick the kernel for {op}"
+    return forward, backward
 
 
 ATTENTION_SHAPES = [  # (B, N, Tq, Tk, D): tile multiples, non-multiples, tiny, cross-attention
@@ -174,9 +237,9 @@ def test_flash_attention_kernel_float32(shape, mask_kind):
     o_ref, cache_ref = flash_attention_forward(q, k, v, mask)
     grads_ref = flash_attention_backward(do, cache_ref)
     g = [cp.asarray(x) for x in (q, k, v, do)]
-    o, cache = cuda_kernels.flash_attention_forward(g[0], g[1], g[2], None if mask is None else cp.asarray(mask))
-    assert cache[0] == "cuda"
-    grads = cuda_kernels.flash_attention_backward(g[3], cache)
+    forward, backward = _kernel_for("flash_attention", g[0])
+    o, cache = forward(g[0], g[1], g[2], None if mask is None else cp.asarray(mask))
+    grads = backward(g[3], cache)
     _close(o, o_ref, 1e-4, 1e-5, "o")
     for name, a, e in zip(("dq", "dk", "dv"), grads, grads_ref):
         _close(a, e, 1e-3, 1e-4, name)
@@ -184,16 +247,18 @@ def test_flash_attention_kernel_float32(shape, mask_kind):
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("head_size", cuda_kernels.FLASH_HEAD_SIZES)
+@pytest.mark.parametrize("head_size", cuda.FLASH_HEAD_SIZES)
 def test_flash_attention_kernel_float16(head_size):
     cp = _cp()
     rng = np.random.default_rng(head_size)
     q, k, v, do = (rng.standard_normal((2, 4, 150, head_size)).astype(np.float16) for _ in range(4))
     o_ref, cache_ref = flash_attention_forward(*(x.astype(np.float32) for x in (q, k, v)))
     grads_ref = flash_attention_backward(do.astype(np.float32), cache_ref)
-    o, cache = cuda_kernels.flash_attention_forward(*(cp.asarray(x) for x in (q, k, v)))
+    g = [cp.asarray(x) for x in (q, k, v, do)]
+    forward, backward = _kernel_for("flash_attention", g[0])
+    o, cache = forward(*g[:3])
     assert o.dtype == cp.float16
-    grads = cuda_kernels.flash_attention_backward(cp.asarray(do), cache)
+    grads = backward(g[3], cache)
     _close(o, o_ref, 1e-2, 1e-2, "o")
     for name, a, e in zip(("dq", "dk", "dv"), grads, grads_ref):
         _close(a, e, 2e-2, 2e-2, name)
@@ -207,9 +272,8 @@ def test_flash_attention_kernel_dropout_matches_the_numpy_hash():
     q, k, v, do = (rng.standard_normal((2, 3, 70, 64)).astype(np.float32) for _ in range(4))
     o_ref, cache_ref = flash_attention_forward(q, k, v, None, 0.2, dropout_seed=1234)
     grads_ref = flash_attention_backward(do, cache_ref)
-    o, cache = cuda_kernels.flash_attention_forward(*(cp.asarray(x) for x in (q, k, v)), None, 0.2,
-                                                    dropout_seed=1234)
-    grads = cuda_kernels.flash_attention_backward(cp.asarray(do), cache)
+    o, cache = cuda.flash_attention_forward(*(cp.asarray(x) for x in (q, k, v)), None, 0.2, dropout_seed=1234)
+    grads = cuda.flash_attention_backward(cp.asarray(do), cache)
     _close(o, o_ref, 1e-4, 1e-5, "o")
     for name, a, e in zip(("dq", "dk", "dv"), grads, grads_ref):
         _close(a, e, 1e-3, 1e-4, name)
@@ -217,18 +281,17 @@ def test_flash_attention_kernel_dropout_matches_the_numpy_hash():
 
 @pytest.mark.gpu
 @gpu
-def test_flash_attention_unsupported_falls_back_with_one_warning():
+def test_flash_attention_that_no_kernel_takes_runs_the_reference_on_the_gpu():
     cp = _cp()
-    cuda_kernels._warned.clear()
-    q = cp.asarray(np.random.default_rng(0).standard_normal((1, 2, 10, 48)))     # float64, head size 48
-    with pytest.warns(RuntimeWarning, match="flash attention"):
-        o, cache = cuda_kernels.flash_attention_forward(q, q, q)
-    assert cache[0] == "reference"
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        cuda_kernels.flash_attention_forward(q, q, q)                         # no second warning
+    rng = np.random.default_rng(0)
+    for dtype, head_size in ((np.float64, 64), (np.float32, 48)):
+        q = cp.asarray(rng.standard_normal((1, 2, 10, head_size)).astype(dtype))
+        forward, backward = registry.implementation("flash_attention", q)
+        assert (forward, backward) == registry.REFERENCE["flash_attention"]
+        o, _ = forward(q, q, q)
+        assert isinstance(o, cp.ndarray) and o.dtype == dtype
+        with pytest.raises((TypeError, ValueError)):
+            cuda.flash_attention_forward(q, q, q)                  # the kernel itself refuses
 
 
 @pytest.mark.gpu
@@ -242,9 +305,9 @@ def test_layer_norm_kernel(shape):
     dy = rng.standard_normal(shape).astype(np.float32)
     y_ref, cache_ref = layer_norm_forward(x.astype(np.float64), gamma.astype(np.float64), beta.astype(np.float64))
     grads_ref = layer_norm_backward(dy.astype(np.float64), cache_ref)
-    y, cache = cuda_kernels.layer_norm_forward(cp.asarray(x), cp.asarray(gamma), cp.asarray(beta))
-    assert cache[0] == "cuda"
-    grads = cuda_kernels.layer_norm_backward(cp.asarray(dy), cache)
+    forward, backward = _kernel_for("layer_norm", cp.asarray(x))
+    y, cache = forward(cp.asarray(x), cp.asarray(gamma), cp.asarray(beta))
+    grads = backward(cp.asarray(dy), cache)
     _close(y, y_ref, 1e-4, 1e-4, "y")
     for name, a, e in zip(("dx", "dgamma", "dbeta"), grads, grads_ref):
         _close(a, e, 1e-3, 1e-3, name)
@@ -252,21 +315,28 @@ def test_layer_norm_kernel(shape):
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("shape", [(8, 3072), (5, 7, 33), (1, 1)])
-def test_bias_gelu_kernel(shape):
+@pytest.mark.parametrize("shape", [(8, 3072), (5, 7, 33), (1, 1), (200,)])
+def test_gelu_kernel(shape):
     cp = _cp()
     rng = np.random.default_rng(len(shape))
     x = (rng.standard_normal(shape) * 2).astype(np.float32)
-    bias = rng.standard_normal(shape[-1]).astype(np.float32)
     dy = rng.standard_normal(shape).astype(np.float32)
-    y_ref, cache_ref = gelu_forward(x.astype(np.float64) + bias)
+    y_ref, cache_ref = gelu_forward(x.astype(np.float64))
     dx_ref = gelu_backward(dy.astype(np.float64), cache_ref)
-    y, cache = cuda_kernels.bias_gelu_forward(cp.asarray(x), cp.asarray(bias))
-    assert cache[0] == "cuda"
-    dx, dbias = cuda_kernels.bias_gelu_backward(cp.asarray(dy), cache)
+    forward, backward = _kernel_for("gelu", cp.asarray(x))
+    y, cache = forward(cp.asarray(x))
+    dx = backward(cp.asarray(dy), cache)
     _close(y, y_ref, 1e-5, 1e-6, "y")
     _close(dx, dx_ref, 1e-5, 1e-6, "dx")
-    _close(dbias, dx_ref.reshape(-1, shape[-1]).sum(axis=0), 1e-4, 1e-4, "dbias")
+
+
+@pytest.mark.gpu
+@gpu
+def test_gelu_kernel_on_a_strided_view():
+    cp = _cp()
+    x = cp.asarray(np.random.default_rng(1).standard_normal((6, 40)).astype(np.float32))[:, ::3]
+    y, cache = cuda.gelu_forward(x)
+    _close(y, gelu_forward(cp.asnumpy(x).astype(np.float64))[0], 1e-5, 1e-6, "y")
 
 
 @pytest.mark.gpu
@@ -279,13 +349,15 @@ def test_softmax_cross_entropy_kernel(rows, classes):
     labels = rng.integers(0, classes, rows)
     labels[::3] = -100
     loss_ref, cache_ref = cross_entropy_forward(logits.astype(np.float64), labels)
-    dlogits_ref = cross_entropy_backward(0.7, cache_ref)
-    loss, cache = cuda_kernels.cross_entropy_forward(cp.asarray(logits), cp.asarray(labels))
-    assert cache[0] == "cuda"
+    forward, backward = _kernel_for("cross_entropy", cp.asarray(logits))
+    loss, cache = forward(cp.asarray(logits), cp.asarray(labels))
     assert abs(loss - loss_ref) <= 1e-5 + 1e-5 * abs(loss_ref)
-    _close(cuda_kernels.cross_entropy_backward(0.7, cache), dlogits_ref, 1e-4, 1e-6, "dlogits")
+    for dloss in (0.7, 1.0):
+        _close(backward(dloss, cache), cross_entropy_backward(dloss, cache_ref), 1e-4, 1e-6, f"dlogits, dL={dloss}")
     with pytest.raises(ValueError):
-        cuda_kernels.cross_entropy_forward(cp.asarray(logits), cp.asarray(labels * 0 + classes))
+        forward(cp.asarray(logits), cp.asarray(labels * 0 + classes))
+    with pytest.raises(TypeError, match="CuPy"):
+        forward(cp.asarray(logits), labels)                    # labels left on the host
 
 
 @pytest.mark.gpu
@@ -296,12 +368,13 @@ def test_adamw_kernel(bias_correction):
     rng = np.random.default_rng(3)
     p, m, v = rng.standard_normal(100_003), np.zeros(100_003), np.zeros(100_003)
     gp, gm, gv = (cp.asarray(x, dtype=cp.float32) for x in (p, m, v))
+    update, _ = _kernel_for("adamw_update", gp)
     for step in range(1, 4):
         grad = rng.standard_normal(p.shape)
         kwargs = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, step=step,
                       bias_correction=bias_correction)
-        cuda_kernels.adamw_update(p, grad, m, v, **kwargs)                      # NumPy reference
-        cuda_kernels.adamw_update(gp, cp.asarray(grad, dtype=cp.float32), gm, gv, **kwargs)
+        adamw_update(p, grad, m, v, **kwargs)                          # the reference, float64 NumPy
+        update(gp, cp.asarray(grad, dtype=cp.float32), gm, gv, **kwargs, scratch=cp.empty_like(gp))
     _close(gp, p, 1e-5, 1e-6, "p")
     _close(gm, m, 1e-5, 1e-6, "m")
     _close(gv, v, 1e-5, 1e-6, "v")
@@ -309,94 +382,18 @@ def test_adamw_kernel(bias_correction):
 
 @pytest.mark.gpu
 @gpu
+def test_kernels_refuse_mixed_arrays_on_the_gpu():
+    cp = _cp()
+    x = cp.zeros((4, 8), dtype=cp.float32)
+    with pytest.raises(TypeError, match="one dtype"):
+        cuda.layer_norm_forward(x, cp.ones(8, dtype=cp.float64), cp.zeros(8, dtype=cp.float32))
+    with pytest.raises(TypeError, match="one dtype"):
+        cuda.adamw_update(x, x.astype(cp.float64), cp.zeros_like(x), cp.zeros_like(x), lr=0.1)
+    with pytest.raises(ValueError, match="contiguous"):
+        cuda.adamw_update(x, x, cp.zeros((8, 4), dtype=cp.float32).T, cp.zeros_like(x), lr=0.1)
+
+
+@pytest.mark.gpu
+@gpu
 def test_compile_all_with_nvrtc():
-    cuda_kernels.compile_all()
-
-
-# ============================================================================ choosing kernels (CPU)
-@pytest.fixture
-def pretend_gpu(monkeypatch):
-    """Make use_kernel treat NumPy arrays as GPU arrays, with a fresh record of first-use checks.
-
-    The kernel wrappers themselves still see NumPy arrays and run their reference ops, so the
-    checks pass and the model takes its kernel code paths with reference numbers inside.
-    """
-    monkeypatch.setattr(cuda_kernels, "_is_gpu_array", lambda x: True)
-    monkeypatch.setattr(cuda_kernels, "_checked", {})
-    monkeypatch.setattr(cuda_kernels, "_warned", set())
-
-
-def test_numpy_arrays_pick_the_reference_ops(rng):
-    x = rng.standard_normal((2, 3))
-    assert cuda_kernels.pick("layer_norm", x) == cuda_kernels.REFERENCE_OPS["layer_norm"]
-    assert not cuda_kernels.use_kernel("adamw", x)
-    with pytest.raises(ValueError, match="unknown kernel op"):
-        cuda_kernels.use_kernel("softmax", x)
-
-
-@pytest.mark.parametrize("op, variant", [("flash_attention", (32,)), ("layer_norm", ()), ("bias_gelu", ()),
-                                         ("cross_entropy", ()), ("adamw", ())])
-def test_a_kernel_that_passes_its_first_use_check_is_used(pretend_gpu, op, variant):
-    x = np.zeros(3, dtype=np.float32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert cuda_kernels.use_kernel(op, x, variant)
-    assert cuda_kernels._checked == {(op, "float32", variant): True}
-
-
-@pytest.mark.parametrize("fault", ["wrong numbers", "NaN", "compile error"])
-def test_a_faulty_kernel_is_never_used_and_warned_about_once(pretend_gpu, monkeypatch, fault):
-    def broken_forward(x, gamma, beta, eps=1e-12):
-        if fault == "compile error":
-            raise RuntimeError("NVRTC_ERROR_COMPILATION")
-        y, cache = layer_norm_forward(x, gamma, beta, eps)
-        return (y * 1.001 if fault == "wrong numbers" else y * np.nan), ("reference", cache)
-
-    monkeypatch.setitem(cuda_kernels.KERNEL_OPS, "layer_norm", (broken_forward, cuda_kernels.layer_norm_backward))
-    x = np.zeros((2, 4), dtype=np.float32)
-    with pytest.warns(RuntimeWarning, match=r"layer_norm \(float32\) failed its first-use check"):
-        assert cuda_kernels.pick("layer_norm", x) == cuda_kernels.REFERENCE_OPS["layer_norm"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")                       # checked once: no second warning
-        assert not cuda_kernels.use_kernel("layer_norm", x)
-
-
-def test_the_kernel_code_paths_of_the_model_give_the_reference_numbers(pretend_gpu, monkeypatch):
-    """The model's wiring of the kernels (fused bias + GELU, flash attention, cross-entropy over
-    the vocabulary, AdamW) run with the wrappers' reference ops inside: same loss, gradients and
-    update as the plain NumPy path."""
-    from minibert.modeling import BertConfig, BertForPreTraining
-    from minibert.optim import AdamW
-
-    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=48, max_position_embeddings=16, attn_implementation="flash",
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    r = np.random.default_rng(0)
-    ids = r.integers(5, 50, (3, 11))
-    mask = np.ones_like(ids)
-    mask[2, 7:] = 0
-    labels = np.where(r.random(ids.shape) < 0.3, ids, -100)
-    labels[0, 0] = 7
-
-    def one_step(kernels: bool):
-        monkeypatch.setattr(cuda_kernels, "USE_KERNELS", kernels)
-        model = BertForPreTraining(config, seed=1, dtype=np.float64)
-        optimizer = AdamW(model.named_parameters(), lr=1e-2)
-        out = model.forward(ids, attention_mask=mask, labels=labels, next_sentence_label=np.array([0, 1, 0]))
-        caches = [m._cache for m in (model.bert.encoder.layer[0].intermediate, model.bert.encoder.layer[0].attention.self)]
-        model.backward()
-        grads = {n: p.grad.copy() for n, p in model.named_parameters()}
-        optimizer.step()
-        return out.loss, grads, {n: p.data.copy() for n, p in model.named_parameters()}, caches
-
-    loss, grads, params, caches = one_step(kernels=True)
-    assert caches[0][0] is cuda_kernels.bias_gelu_backward                    # the fused path ran
-    assert caches[1][0] is cuda_kernels.flash_attention_backward
-    assert set(key[0] for key in cuda_kernels._checked) == {"bias_gelu", "flash_attention", "layer_norm",
-                                                            "cross_entropy", "adamw"}
-    loss_ref, grads_ref, params_ref, caches_ref = one_step(kernels=False)
-    assert caches_ref[0] == ("modules",)
-    assert loss == pytest.approx(loss_ref, rel=1e-12)
-    for name in grads_ref:
-        np.testing.assert_allclose(grads[name], grads_ref[name], rtol=1e-9, atol=1e-12, err_msg=name)
-        np.testing.assert_allclose(params[name], params_ref[name], rtol=1e-9, atol=1e-12, err_msg=name)
+    cuda.compile_all()

@@ -1,4 +1,5 @@
-"""Sentence embeddings: the inference path, and parity with the reference on all-MiniLM-L6-v2.
+"""Sentence embeddings (minibert/sentence_embeddings.py), and parity with the reference on
+all-MiniLM-L6-v2. The model's inference mode itself is tested in tests/test_fast.py.
 
 The parity fixture (tests/fixtures/minilm_embeddings.json) was made with transformers in
 float64 by tests/fixtures/make_minilm_fixture.py; these tests need neither torch nor
@@ -10,73 +11,14 @@ import os
 
 import numpy as np
 import pytest
-from scipy.special import erf
 
-from minibert.embeddings import (InferenceEncoder, SentenceEncoder, cosine_similarity, find_minilm,
-                                 gelu_inplace, layer_norm_inplace, semantic_search)
 from minibert.modeling import BertConfig, BertModel
-from minibert.nn import no_grad
+from minibert.sentence_embeddings import SentenceEncoder, cosine_similarity, find_minilm, semantic_search
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "minilm_embeddings.json")
 
 
-# --------------------------------------------------------------------------- the fast path
-def test_gelu_matches_exact_erf():
-    x = np.concatenate([np.linspace(-12, 12, 200_001), [0.0, -0.0, 1e-30, -1e-30, 40.0, -40.0]])
-    exact = x * 0.5 * (1.0 + erf(x / np.sqrt(2.0)))
-    for dtype, tol in ((np.float64, 2e-7), (np.float32, 5e-7)):
-        y = gelu_inplace(x.astype(dtype).copy())               # chunked and threaded (> one chunk)
-        assert y.dtype == dtype
-        assert np.abs(y - exact).max() <= tol * 12
-        assert (np.abs(y - exact) <= tol * np.maximum(1.0, np.abs(x))).all()
-    small = np.array([[-3.0, -1.0, 0.0, 0.5, 2.0]], np.float32)  # the single-chunk path
-    np.testing.assert_allclose(gelu_inplace(small.copy()), small * 0.5 * (1 + erf(small / np.sqrt(2))),
-                               atol=5e-7)
-
-
-def test_layer_norm_inplace_matches_definition():
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((7, 12)) * 3 + 1
-    w, b = rng.standard_normal(12), rng.standard_normal(12)
-    mu, var = x.mean(1, keepdims=True), x.var(1, keepdims=True)
-    np.testing.assert_allclose(layer_norm_inplace(x.copy(), w, b, 1e-12), (x - mu) / np.sqrt(var + 1e-12) * w + b,
-                               rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("act", ["gelu", "gelu_new"])
-def test_inference_encoder_equals_model_forward(act):
-    config = BertConfig(vocab_size=50, hidden_size=24, num_hidden_layers=2, num_attention_heads=3,
-                        intermediate_size=40, max_position_embeddings=40, hidden_act=act)
-    model = BertModel(config, seed=1, dtype=np.float64).eval()
-    rng = np.random.default_rng(3)
-    for p in model.parameters():                                # non-trivial LayerNorms and biases
-        p.data += 0.05 * rng.standard_normal(p.data.shape)
-    lengths = [9, 3, 17, 1, 9, 12]
-    sequences = [list(rng.integers(1, 50, size=n)) for n in lengths]
-    fast = InferenceEncoder(model)
-    packed, got_lengths = fast.forward(sequences)
-    assert packed.shape == (sum(lengths), 24) and list(got_lengths) == lengths
-    ids = np.zeros((len(lengths), max(lengths)), np.int64)
-    mask = np.zeros_like(ids)
-    for j, s in enumerate(sequences):
-        ids[j, :len(s)], mask[j, :len(s)] = s, 1
-    with no_grad():
-        hidden, _ = model.forward(ids, attention_mask=mask)
-    expected = np.concatenate([hidden[j, :n] for j, n in enumerate(lengths)])
-    np.testing.assert_allclose(packed, expected, atol=2e-6)   # the GELU's erf is good to ~1.5e-7
-    order = np.argsort(lengths, kind="stable")                  # equal lengths side by side: views, not gathers
-    by_length, _ = fast.forward([sequences[j] for j in order])
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    np.testing.assert_allclose(by_length, np.concatenate([packed[starts[j]:starts[j] + lengths[j]] for j in order]),
-                               atol=1e-12)
-    fast.ATTENTION_SCORES_LIMIT = 1                             # attention one sequence at a time
-    np.testing.assert_allclose(fast.forward(sequences)[0], packed, atol=1e-12)
-    with pytest.raises(ValueError, match="max_position_embeddings"):
-        fast.forward([[1] * 41])
-    with pytest.raises(ValueError, match="token ids"):
-        fast.forward([[1, 50]])
-
-
+# --------------------------------------------------------------------------- small checkpoints
 def test_cosine_similarity():
     a = np.array([[1.0, 0.0], [1.0, 1.0]])
     np.testing.assert_allclose(cosine_similarity(a, a), [[1, 2 ** -0.5], [2 ** -0.5, 1]])
@@ -135,7 +77,8 @@ def test_embed_command_output_file_and_bad_options(tiny_checkpoint, tmp_path, ca
 def test_workers_give_the_same_embeddings_with_one_blas_thread(tmp_path, monkeypatch):
     from threadpoolctl import threadpool_info
 
-    from minibert import embeddings
+    from minibert import sentence_embeddings
+    from minibert.fast import cpu
     from minibert.tokenization import BertTokenizer
 
     words = [f"w{i}" for i in range(40)]
@@ -148,18 +91,21 @@ def test_workers_give_the_same_embeddings_with_one_blas_thread(tmp_path, monkeyp
     one = SentenceEncoder(tmp_path, batch_size=4).encode(sentences)
 
     blas_threads = []                                   # BLAS threads seen inside each batch
+    own_thread = []                                     # elementwise work kept on the batch's thread
     embed_batch = SentenceEncoder._embed_batch
 
-    def spy(self, batch, threaded=True):
+    def spy(self, batch):
         blas_threads.append(max((i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"),
                                 default=1))
-        return embed_batch(self, batch, threaded)
+        own_thread.append(cpu._in_pool_worker())
+        return embed_batch(self, batch)
 
     monkeypatch.setattr(SentenceEncoder, "_embed_batch", spy)
     two = SentenceEncoder(tmp_path, batch_size=4, workers=2).encode(sentences)
     np.testing.assert_allclose(two, one, atol=1e-6)
     assert len(blas_threads) == 6 and set(blas_threads) == {1}
-    assert 1 <= embeddings.default_workers() <= 4 and embeddings.default_workers("cuda") == 1
+    assert own_thread == [True] * 6
+    assert 1 <= sentence_embeddings.default_workers() <= 4 and sentence_embeddings.default_workers("cuda") == 1
     with pytest.raises(ValueError, match="workers"):
         SentenceEncoder(tmp_path, workers=0)
 
@@ -193,10 +139,10 @@ def _check_against_fixture(embeddings, fixture):
 
 
 @pytest.mark.download
-@pytest.mark.parametrize("engine", ["fast", "model"])
-def test_minilm_matches_reference(minilm, fixture, engine):
-    # the model engine pads every batch: batches of one keep it quick
-    encoder = SentenceEncoder(minilm, engine=engine, batch_size=32 if engine == "fast" else 1)
+@pytest.mark.parametrize("batch_size", [32, 1])
+def test_minilm_matches_reference(minilm, fixture, batch_size):
+    # batch_size 32: padded batches (inference packs the real tokens); 1: no padding at all
+    encoder = SentenceEncoder(minilm, batch_size=batch_size)
     assert encoder.max_length == fixture["max_seq_length"] and encoder.pooling == "mean"
     assert encoder.tokenize(fixture["sentences"]) == fixture["input_ids"]
     embeddings = encoder.encode(fixture["sentences"])
@@ -246,16 +192,17 @@ def test_minilm_command_line(minilm, capsys):
     assert "no masked-LM head" in capsys.readouterr().err
 
 
-def test_layer_norm_inplace_eps_sits_inside_the_square_root():
-    x = 0.05 * np.random.default_rng(0).standard_normal((4, 8))
-    mean, var = x.mean(1, keepdims=True), x.var(1, keepdims=True)
-    np.testing.assert_allclose(layer_norm_inplace(x.copy(), np.ones(8), np.zeros(8), 1e-2),
-                               (x - mean) / np.sqrt(var + 1e-2), rtol=1e-12)
-
-
-def test_model_engine_mean_pooling_ignores_padding(tiny_checkpoint):
-    # a batch of three different lengths: the padded model forward must pool real tokens only
+@pytest.mark.parametrize("pooling", ["mean", "max", "cls"])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_pooling_ignores_padding(tiny_checkpoint, pooling, normalize):
+    # a batch of three different lengths pools the real tokens only: as each sentence alone
+    # (unnormalised too, where a wrong count of tokens in the mean would show)
     sentences = ["w1 w2 w3 w4 w5 w6", "w7", "w8 w9"]
-    fast = SentenceEncoder(tiny_checkpoint, engine="fast").encode(sentences)
-    padded = SentenceEncoder(tiny_checkpoint, engine="model", batch_size=3).encode(sentences)
-    np.testing.assert_allclose(padded, fast, atol=1e-5)
+    alone = SentenceEncoder(tiny_checkpoint, batch_size=1, pooling=pooling, normalize=normalize).encode(sentences)
+    padded = SentenceEncoder(tiny_checkpoint, batch_size=3, pooling=pooling, normalize=normalize).encode(sentences)
+    norms = np.linalg.norm(alone, axis=1)
+    if normalize:
+        np.testing.assert_allclose(norms, 1.0, atol=1e-6)
+    else:
+        assert (np.abs(norms - 1.0) > 1e-3).all()
+    np.testing.assert_allclose(padded, alone, atol=1e-5)

@@ -200,7 +200,7 @@ def test_output_positions_equal_the_full_output_at_those_rows(rng, add_pooling_l
 
 @pytest.mark.parametrize("attn_implementation", ["naive", "flash"])
 def test_whole_pretraining_loss_with_padding_and_ignored_labels(rng, attn_implementation):
-    from minibert.modeling import ATTENTION_IMPLEMENTATIONS
+    from minibert.config import ATTENTION_IMPLEMENTATIONS
 
     if attn_implementation not in ATTENTION_IMPLEMENTATIONS:
         pytest.skip("flash attention op not available")

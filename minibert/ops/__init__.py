@@ -15,16 +15,18 @@ from .activations import (
     tanh_backward,
     tanh_forward,
 )
+from .adamw import adamw_update
 from .attention import attention_backward, attention_forward
 from .cross_entropy import IGNORE_INDEX, cross_entropy_backward, cross_entropy_forward
 from .distillation import distillation_backward, distillation_forward
 from .dropout import dropout_backward, dropout_forward
 from .embedding import embedding_backward, embedding_forward
+from .flash_attention import flash_attention_backward, flash_attention_forward
 from .layer_norm import layer_norm_backward, layer_norm_forward
 from .linear import linear_backward, linear_forward
 from .mse import mse_backward, mse_forward
 from .softmax import softmax_backward, softmax_forward
 
 __all__ = [name for name in dir() if name.endswith(("_forward", "_backward"))] + [
-    "ACTIVATIONS", "IGNORE_INDEX",
+    "ACTIVATIONS", "IGNORE_INDEX", "adamw_update",
 ]

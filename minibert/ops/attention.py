@@ -22,9 +22,20 @@ Backward, with g = dL/do:
 """
 
 import math
+from typing import NamedTuple
 
 from .dropout import dropout_backward, dropout_forward
 from .softmax import softmax_backward, softmax_forward
+
+
+class AttentionCache(NamedTuple):
+    q_scaled: object          # (B, N, Tq, D)
+    k: object                 # (B, N, Tk, D)
+    v: object                 # (B, N, Tk, D)
+    p: object                 # (B, N, Tq, Tk) the attention probabilities
+    p_dropped: object         # p after dropout (p itself when dropout is off)
+    dropout_cache: object
+    scale: float              # 1 / sqrt(D)
 
 
 def attention_forward(q, k, v, mask=None, dropout_p=0.0, rng=None, training=True):
@@ -36,7 +47,7 @@ def attention_forward(q, k, v, mask=None, dropout_p=0.0, rng=None, training=True
     p, _ = softmax_forward(s)                           # (B, N, Tq, Tk)
     p_dropped, dropout_cache = dropout_forward(p, dropout_p, rng, training)
     o = p_dropped @ v                                   # (B, N, Tq, D)
-    return o, (q_scaled, k, v, p, p_dropped, dropout_cache, scale)
+    return o, AttentionCache(q_scaled, k, v, p, p_dropped, dropout_cache, scale)
 
 
 def attention_backward(do, cache):

@@ -1,0 +1,230 @@
+"""CPU speed-ups. Not the reference: ``minibert/ops/`` defines what each op computes.
+
+Shapes: B batch, N heads, T sequence (Tq queries, Tk keys), D head size, H hidden.
+
+* ``gelu_exact_threaded``: the reference GELU with SciPy's exact erf split over the cores
+  (NumPy runs a ufunc on one core but releases the GIL, so threads give a real speed-up);
+  the same numbers as the reference, bit for bit, for training too.
+* Float32 inference, forward only (no cache, so no backward):
+  ``gelu_fast`` (erf from Abramowitz & Stegun 7.1.26, worked through cache-sized chunks on
+  the cores: 1.7e-7 max(1, |x|) from the exact GELU, 3.4e-7 at most), ``layer_norm_fast``
+  (fewer full-size temporaries), and ``attention_keys_first`` (the scores stored keys first,
+  so the softmax reduces along long rows).
+
+All pool work goes through one thread pool, :func:`cpu_pool`, one thread per available core.
+
+:func:`keep_freed_memory` sets glibc's allocator, once per process, to keep the memory of
+freed arrays for the next step instead of returning it to the system and mapping it again.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .. import ops
+from ..backend import available_cores
+
+_cpu_pool = None
+_cpu_pool_lock = threading.Lock()
+
+
+def cpu_pool() -> ThreadPoolExecutor:
+    """The one thread pool, one thread per available core, that splits elementwise CPU work.
+
+    Made on first use. Its tasks must not wait on other tasks of the pool.
+    """
+    global _cpu_pool
+    with _cpu_pool_lock:
+        if _cpu_pool is None:
+            _cpu_pool = ThreadPoolExecutor(available_cores(), thread_name_prefix="minibert-elementwise")
+        return _cpu_pool
+
+
+# ============================================================================ the allocator
+GLIBC_M_TRIM_THRESHOLD, GLIBC_M_MMAP_THRESHOLD = -1, -3          # mallopt's parameter numbers
+MMAP_THRESHOLD = 32 << 20            # glibc's largest: arrays up to 32 MiB come from the reusable heap
+TRIM_THRESHOLD = 1 << 30             # free memory kept before the heap is trimmed back
+
+
+def keep_freed_memory() -> bool:
+    """Keep freed arrays' memory in the process for reuse (glibc's ``mallopt``); False elsewhere.
+
+    By default glibc gives every block above a moving threshold its own fresh mapping and
+    returns it to the system when freed, so a training step that makes and frees the same
+    large temporaries each time pays a page fault per 4 kB touched, every step. Fixing both
+    thresholds keeps those blocks in the heap and reuses them. Results do not change.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(GLIBC_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+                    and libc.mallopt(GLIBC_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    except (OSError, AttributeError):          # not glibc (macOS, Windows, musl)
+        return False
+
+
+# ============================================================================ exact GELU, threaded
+PARALLEL_MIN_SIZE = 1 << 18           # smaller arrays: one call (thread hand-off costs more)
+
+
+def parallel_unary(function, x):
+    """``function(x)`` computed in blocks on all cores; identical to one call."""
+    workers = available_cores()
+    if workers == 1 or x.size < PARALLEL_MIN_SIZE or not x.flags.c_contiguous or _in_pool_worker():
+        return function(x)
+    flat_in = x.reshape(-1)
+    out = np.empty_like(x)
+    flat_out = out.reshape(-1)
+    bounds = np.linspace(0, x.size, workers + 1).astype(int)
+    blocks = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+    list(cpu_pool().map(lambda s: function(flat_in[s], out=flat_out[s]), blocks))
+    return out
+
+
+def erf_threaded(x):
+    from scipy.special import erf
+
+    return parallel_unary(erf, x)
+
+
+def gelu_exact_threaded(x):
+    """ops.gelu_forward with its erf split over the cores: the same numbers and cache."""
+    cdf = erf_threaded(x * ops.activations.SQRT_HALF)
+    cdf += 1.0
+    cdf *= 0.5
+    return x * cdf, (x, cdf)
+
+
+# ============================================================================ float32 inference
+# erf(a) ~ 1 - (c1 t + c2 t^2 + c3 t^3 + c4 t^4 + c5 t^5) exp(-a^2),  t = 1 / (1 + p a),  a >= 0
+# (Abramowitz & Stegun 7.1.26; absolute error below 1.5e-7 for every a).
+_ERF_P = 0.3275911
+_ERF_C = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
+_HALF_C = tuple(0.5 * c for c in _ERF_C)
+_SQRT_HALF = 1.0 / math.sqrt(2.0)
+CHUNK = 1 << 16                       # elements per GELU chunk: temporaries stay in L2 cache
+
+
+def _gelu_chunk(x, a, t, e):
+    """In place on the 1-D chunk x: x <- x * Phi(x), the exact (erf) GELU to ~2e-7 max(1, |x|).
+
+    With a = |x|:  x Phi(x) = 0.5 (x + |x| erf(a / sqrt 2)) = 0.5 (x + |x|) - 0.5 |x| q(t) exp(-x^2 / 2),
+    where q(t) exp(-x^2 / 2) = 1 - erf(|x| / sqrt 2) comes straight from the A&S formula (no
+    cancellation for negative x); the 0.5 is folded into q's coefficients. a, t, e are
+    scratch buffers of x's size. About twenty light passes and one exp per element.
+    """
+    np.abs(x, out=a)                                   # a = |x|
+    np.multiply(a, _ERF_P * _SQRT_HALF, out=t)
+    t += 1.0
+    np.reciprocal(t, out=t)                            # t = 1 / (1 + p |x| / sqrt 2)
+    np.multiply(t, _HALF_C[4], out=e)                  # Horner: 0.5 q(t) = t (c1 + t (c2 + ...)) / 2
+    for c in _HALF_C[3::-1]:
+        e += c
+        e *= t
+    np.multiply(a, a, out=t)
+    t *= -0.5
+    np.exp(t, out=t)                                   # exp(-x^2 / 2)
+    e *= t
+    e *= a                                             # 0.5 |x| (1 - erf(|x| / sqrt 2))
+    x += a
+    x *= 0.5                                           # 0.5 (x + |x|) = max(x, 0)
+    x -= e
+
+
+def gelu_fast(x, threaded: bool = True):
+    """GELU for float32 inference: a new array, worked through cache-sized chunks (on the
+    pool's threads when ``threaded``). Returns (y, None): no cache."""
+    flat_in = x.reshape(-1)
+    y = np.empty(x.shape, dtype=x.dtype)
+    flat = y.reshape(-1)
+    local = threading.local()
+
+    def work(start):
+        if not hasattr(local, "buffers"):
+            local.buffers = [np.empty(CHUNK, flat.dtype) for _ in range(3)]
+        piece = flat[start:start + CHUNK]
+        piece[...] = flat_in[start:start + CHUNK]
+        _gelu_chunk(piece, *(b[:piece.size] for b in local.buffers))
+
+    starts = range(0, flat.size, CHUNK)
+    if threaded and flat.size > CHUNK and not _in_pool_worker():
+        list(cpu_pool().map(work, starts))
+    else:
+        for start in starts:
+            work(start)
+    return y, None
+
+
+def _in_pool_worker() -> bool:
+    """True on a thread that may not use the pool (a pool thread, or a caller that runs
+    several batches at once and keeps each on its own thread: see :func:`single_threaded`)."""
+    return threading.current_thread().name.startswith("minibert-elementwise") or getattr(_local, "single", False)
+
+
+_local = threading.local()
+
+
+class single_threaded:
+    """Inside the block, this thread's elementwise work stays on this thread (no pool)."""
+
+    def __enter__(self):
+        self.previous = getattr(_local, "single", False)
+        _local.single = True
+
+    def __exit__(self, *exc):
+        _local.single = self.previous
+
+
+def layer_norm_fast(x, gamma, beta, eps=1e-12):
+    """LayerNorm for float32 inference: one full-size temporary instead of three."""
+    y = x - x.mean(axis=-1, keepdims=True)             # (..., H)
+    y2 = y.reshape(-1, y.shape[-1])                    # (R, H) view
+    var = np.einsum("ij,ij->i", y2, y2)                # (R,) sum of squares, no (R, H) temporary
+    var *= 1.0 / y2.shape[1]
+    var += eps
+    np.sqrt(var, out=var)
+    np.reciprocal(var, out=var)
+    y2 *= var[:, None]
+    y2 *= gamma
+    y2 += beta
+    return y, None
+
+
+def attention_keys_first(q, k, v, mask=None, dropout_p=0.0, rng=None, training=True):
+    """ops.attention_forward for inference, with the scores laid out keys first.
+
+    The scores are stored (Tk, B, N, Tq), so the softmax over the keys reduces along the
+    first axis: whole-array passes over rows of B*N*Tq numbers, where the (B, N, Tq, Tk)
+    layout reduces ~20 numbers at a time for short sentences. Both matrix products read
+    and write that layout through strides. With dropout active it runs the reference.
+    """
+    if training and dropout_p > 0.0:
+        o, _ = ops.attention_forward(q, k, v, mask, dropout_p, rng, training)
+        return o, None
+    batch, heads, n_queries, head_size = q.shape
+    n_keys = k.shape[2]
+    q_t = q.swapaxes(-1, -2) * (1.0 / math.sqrt(head_size))            # (B, N, D, Tq)
+    scores = np.empty((n_keys, batch, heads, n_queries), dtype=q.dtype)  # (Tk, B, N, Tq)
+    np.matmul(k, q_t, out=scores.transpose(1, 2, 0, 3))                # k_j . q_i
+    if mask is not None:
+        mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)       # (B|1, N|1, Tq|1, Tk)
+        scores += np.moveaxis(mask, -1, 0)                             # (Tk, B|1, N|1, Tq|1)
+    s = scores.reshape(n_keys, -1)                                     # softmax over axis 0
+    s -= s.max(axis=0)
+    np.exp(s, out=s)
+    s *= np.reciprocal(s.sum(axis=0))
+    probabilities = scores.transpose(1, 2, 3, 0)                       # (B, N, Tq, Tk) view
+    return probabilities @ v, None                                     # (B, N, Tq, D)
+
+
+SPEED_UPS = [
+    dict(op="gelu", forward=gelu_exact_threaded, backward=ops.gelu_backward, device="cpu",
+         dtypes=("float32", "float64")),
+    dict(op="gelu", forward=gelu_fast, backward=None, device="cpu", inference_only=True),
+    dict(op="layer_norm", forward=layer_norm_fast, backward=None, device="cpu", inference_only=True),
+    dict(op="attention", forward=attention_keys_first, backward=None, device="cpu", inference_only=True),
+]

@@ -1,0 +1,401 @@
+"""CUDA kernels for CuPy arrays. Not the reference: ``minibert/ops/`` defines what each op computes.
+
+Each kernel lives in its own source file in ``kernels/`` (installed as the package
+``minibert.kernels``) and is compiled at first use with ``cupy.RawModule`` (NVRTC); CuPy
+caches the binary on disk, this module keeps the loaded modules for the process. Each
+wrapper has the signature of the reference op it replaces, and its backward takes the cache
+of its own forward (the caches differ from the references'):
+
+================  =========================  ======================================  ===========================
+registry op       kernel file (kernels/)     wrappers (here)                         reference (minibert.ops)
+================  =========================  ======================================  ===========================
+flash_attention   flash_attention.cu         flash_attention_forward / _backward     flash_attention.py (the
+                                                                                     same dropout hash)
+layer_norm        layer_norm.cu              layer_norm_forward / _backward          layer_norm.py
+gelu              bias_gelu.cu (zero bias)   gelu_forward / gelu_backward            activations.py, exact erf
+cross_entropy     softmax_cross_entropy.cu   cross_entropy_forward / _backward       cross_entropy.py
+adamw_update      adamw.cu                   adamw_update                            adamw.py
+================  =========================  ======================================  ===========================
+
+Where each applies is declared in ``SPEED_UPS`` (end of this file) and decided by the
+registry (``minibert/registry.py``): CuPy arrays of the listed dtypes, and for flash
+attention head sizes 32, 64 or 128 with at most 65535 (batch x heads). Everything else runs
+the reference op. A wrapper called with arrays it cannot take (a NumPy array, a second array
+of another dtype, a wrong shape) raises ``TypeError`` or ``ValueError``; it never falls back.
+``tests/test_kernels.py`` compares each kernel with its reference op.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..backend import device_of
+from ..ops import flash_attention as _flash
+from ..ops.cross_entropy import IGNORE_INDEX
+
+KERNEL_FILES = ("flash_attention.cu", "layer_norm.cu", "bias_gelu.cu", "softmax_cross_entropy.cu", "adamw.cu")
+COMPILE_OPTIONS = ("-std=c++17",)        # no fast-math: results must not depend on it
+FLASH_HEAD_SIZES = (32, 64, 128)
+FLASH_DTYPES = {"float32": "float", "float16": "minibert::half_t"}   # numpy name -> CUDA type
+MAX_GRID_Y = 65535                       # flash attention launches one grid row per (batch, head)
+DEFAULT_SHARED_MEMORY = 48 * 1024        # above this a kernel must ask for more explicitly
+
+_modules: dict = {}
+
+
+# ============================================================================ loading
+def kernel_source(filename: str) -> str:
+    """The text of a kernel source file, from the installed package or the source tree."""
+    if filename not in KERNEL_FILES:
+        raise ValueError(f"unknown kernel file {filename!r}; expected one of {KERNEL_FILES}")
+    try:
+        from importlib.resources import files
+
+        path = files("minibert.kernels") / filename
+        if path.is_file():
+            return path.read_text(encoding="utf-8")
+    except ModuleNotFoundError:          # a source checkout that was not installed
+        pass
+    path = Path(__file__).resolve().parents[2] / "kernels" / filename
+    if not path.is_file():
+        raise FileNotFoundError(f"kernel source {filename} not found (looked in minibert.kernels and {path.parent})")
+    return path.read_text(encoding="utf-8")
+
+
+def _cupy():
+    import cupy
+
+    return cupy
+
+
+def _function(filename: str, name: str, name_expressions=()):
+    """A compiled kernel: module compiled at first use (per file and set of templates), cached."""
+    key = (filename, tuple(name_expressions))
+    if key not in _modules:
+        cp = _cupy()
+        _modules[key] = cp.RawModule(code=kernel_source(filename), options=COMPILE_OPTIONS,
+                                     name_expressions=tuple(name_expressions) or None)
+    return _modules[key].get_function(name)
+
+
+def _launch(kernel, grid, block, args, shared_mem=0):
+    if shared_mem > DEFAULT_SHARED_MEMORY and kernel.max_dynamic_shared_size_bytes < shared_mem:
+        kernel.max_dynamic_shared_size_bytes = shared_mem
+    kernel(grid, block, args, shared_mem=shared_mem)
+
+
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(device_id: int) -> int:
+    return _cupy().cuda.Device(device_id).attributes["MultiProcessorCount"]
+
+
+def _blocks_for(n, threads=256, per_sm=8):
+    """A grid size for a grid-stride loop: enough blocks to fill the GPU, no more than needed."""
+    sms = _multiprocessors(_cupy().cuda.Device().id)
+    return max(1, min(math.ceil(n / threads), sms * per_sm))
+
+
+def _check_arrays(op: str, dtypes, **arrays):
+    """Raise unless every array is a CuPy array of one dtype, a dtype of ``dtypes``.
+
+    The registry checks the first array of a call; this checks the others, for callers that
+    reach a wrapper some other way too.
+    """
+    (first_name, first), *_ = arrays.items()
+    for name, a in arrays.items():
+        if device_of(a) != "cuda":
+            raise TypeError(f"{op}: the CUDA kernel takes CuPy arrays, got {name} of type {type(a).__name__}")
+        if a.dtype != first.dtype:
+            raise TypeError(f"{op}: the CUDA kernel needs {', '.join(arrays)} of one dtype, "
+                            f"got {first_name} {first.dtype} and {name} {a.dtype}")
+    if first.dtype.name not in dtypes:
+        raise TypeError(f"{op}: the CUDA kernel takes {', '.join(dtypes)}, got {first.dtype}")
+
+
+def _non_empty(x) -> bool:
+    return x.ndim >= 1 and x.size > 0
+
+
+# ============================================================================ flash attention
+FORWARD_ROWS = 64          # query rows per block (forward and dq kernels), see flash_attention.cu
+TILE = 32                  # keys per streamed tile; keys per block of the dk/dv kernel
+THREADS = 128
+
+
+def flash_accepts(q) -> bool:
+    """The shapes the flash attention kernel takes: (B, N, Tq, D) with D in FLASH_HEAD_SIZES and
+    B * N within one launch's grid."""
+    return (q.ndim == 4 and q.size > 0 and q.shape[-1] in FLASH_HEAD_SIZES
+            and q.shape[0] * q.shape[1] <= MAX_GRID_Y)
+
+
+def _flash_names(dtype_name, head_size):
+    t = FLASH_DTYPES[dtype_name]
+    return {kind: f"minibert::flash_attention_{kind}_kernel<{t}, {head_size}>"
+            for kind in ("forward", "backward_delta", "backward_dq", "backward_dkdv")}
+
+
+def _mask_arguments(mask, dummy):
+    """(pointer array, has_mask, strides in elements with 0 on broadcast axes) for the kernels."""
+    if mask is None:
+        return dummy, np.int32(0), (np.int64(0),) * 4
+    cp = _cupy()
+    mask = cp.asarray(mask, dtype=cp.float32)
+    mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
+    strides = tuple(np.int64(s // 4 if n > 1 else 0) for s, n in zip(mask.strides, mask.shape))
+    return mask, np.int32(1), strides
+
+
+def flash_attention_forward(q, k, v, mask=None, dropout_p=0.0, rng=None, training=True,
+                            block_q=_flash.DEFAULT_BLOCK_Q, block_k=_flash.DEFAULT_BLOCK_K, dropout_seed=None):
+    """Fused attention on the GPU; the signature (and the dropout masks) of ops.flash_attention.
+
+    block_q and block_k are checked as the reference does but not used (the kernel's tiles
+    are fixed).
+    """
+    _flash._check_inputs(q, k, v, mask, dropout_p, block_q, block_k)
+    if not flash_accepts(q):
+        raise ValueError(f"flash attention: the CUDA kernel takes (B, N, Tq, D) with D in {FLASH_HEAD_SIZES} "
+                         f"and B * N <= {MAX_GRID_Y}, got q of shape {q.shape}")
+    if v.shape[-1] != q.shape[-1] or k.shape[2] == 0:
+        raise ValueError(f"flash attention: the CUDA kernel needs v's head size equal to q's and at least "
+                         f"one key, got q {q.shape}, k {k.shape}, v {v.shape}")
+    _check_arrays("flash attention", tuple(FLASH_DTYPES), q=q, k=k, v=v)
+
+    cp = _cupy()
+    batch, heads, n_queries, head_size = q.shape
+    n_keys = k.shape[2]
+    q, k, v = (cp.ascontiguousarray(x) for x in (q, k, v))
+    dropout = _flash.dropout_setting(dropout_p, rng, training, dropout_seed)   # (seed, p) or None
+
+    o = cp.empty(q.shape, dtype=q.dtype)                               # (B, N, Tq, D)
+    row_max = cp.empty((batch, heads, n_queries), dtype=cp.float32)    # m
+    row_sum = cp.empty((batch, heads, n_queries), dtype=cp.float32)    # l
+    mask_array, has_mask, mask_strides = _mask_arguments(mask, row_max)
+    scalars = _flash_scalars(heads, n_queries, n_keys, head_size, mask_array, has_mask, mask_strides, dropout)
+    names = _flash_names(q.dtype.name, head_size)
+    kernel = _function("flash_attention.cu", names["forward"], tuple(names.values()))
+    shared = (FORWARD_ROWS * head_size + TILE * (head_size + 1) + TILE * head_size) * 4
+    _launch(kernel, (math.ceil(n_queries / FORWARD_ROWS), batch * heads), (THREADS,),
+            (q, k, v, o, row_max, row_sum, *scalars), shared)
+    return o, (q, k, v, o, row_max, row_sum, scalars)
+
+
+def _flash_scalars(heads, n_queries, n_keys, head_size, mask_array, has_mask, mask_strides, dropout):
+    seed, p = dropout if dropout is not None else (0, 0.0)
+    return (np.int32(heads), np.int32(n_queries), np.int32(n_keys), np.float32(1.0 / math.sqrt(head_size)),
+            mask_array, has_mask, *mask_strides,
+            np.int32(dropout is not None), np.uint64(seed), _flash._dropout_threshold(p),
+            np.float32(1.0 / (1.0 - p)))
+
+
+def flash_attention_backward(do, cache):
+    """dq, dk, dv of the fused attention (three kernels: delta, dq, dk/dv; no atomics)."""
+    cp = _cupy()
+    q, k, v, o, row_max, row_sum, scalars = cache
+    if do.shape != o.shape:
+        raise ValueError(f"do must have the shape of the output {o.shape}, got {do.shape}")
+    do = cp.ascontiguousarray(do, dtype=o.dtype)
+    batch, heads, n_queries, head_size = q.shape
+    n_keys = k.shape[2]
+    names = _flash_names(q.dtype.name, head_size)
+    every = tuple(names.values())
+
+    delta = cp.empty((batch, heads, n_queries), dtype=cp.float32)     # rowsum(do * o)
+    rows = batch * heads * n_queries
+    _launch(_function("flash_attention.cu", names["backward_delta"], every),
+            (math.ceil(rows / (THREADS // 32)),), (THREADS,), (o, do, delta, np.int64(rows)))
+
+    dq, dk, dv = cp.empty_like(q), cp.empty_like(k), cp.empty_like(v)
+    shared_dq = (2 * FORWARD_ROWS * head_size + 2 * TILE * (head_size + 1)) * 4
+    _launch(_function("flash_attention.cu", names["backward_dq"], every),
+            (math.ceil(n_queries / FORWARD_ROWS), batch * heads), (THREADS,),
+            (q, k, v, do, row_max, row_sum, delta, dq, *scalars), shared_dq)
+    shared_dkdv = (2 * TILE * head_size + 2 * TILE * (head_size + 1) + 3 * TILE) * 4
+    _launch(_function("flash_attention.cu", names["backward_dkdv"], every),
+            (math.ceil(n_keys / TILE), batch * heads), (THREADS,),
+            (q, k, v, do, row_max, row_sum, delta, dk, dv, *scalars), shared_dkdv)
+    return dq, dk, dv
+
+
+# ============================================================================ LayerNorm
+def layer_norm_forward(x, gamma, beta, eps=1e-12):
+    """LayerNorm over the last axis; the signature of ops.layer_norm_forward."""
+    hidden = x.shape[-1] if x.ndim else None
+    if gamma.shape != (hidden,) or beta.shape != (hidden,):
+        raise ValueError(f"gamma and beta must have shape ({hidden},) for x of shape {x.shape}, "
+                         f"got {gamma.shape} and {beta.shape}")
+    _check_arrays("layer_norm", ("float32",), x=x, gamma=gamma, beta=beta)
+    cp = _cupy()
+    x2 = cp.ascontiguousarray(x).reshape(-1, hidden)                  # (R, H)
+    rows = x2.shape[0]
+    y = cp.empty_like(x2)
+    mean = cp.empty(rows, dtype=cp.float32)
+    rstd = cp.empty(rows, dtype=cp.float32)
+    gamma, beta = cp.ascontiguousarray(gamma), cp.ascontiguousarray(beta)
+    _launch(_function("layer_norm.cu", "layer_norm_forward"), (math.ceil(rows / 8),), (256,),
+            (x2, gamma, beta, y, mean, rstd, np.int32(rows), np.int32(hidden), np.float32(eps)))
+    return y.reshape(x.shape), (x2, mean, rstd, gamma, x.shape)
+
+
+def layer_norm_backward(dy, cache):
+    """dx, dgamma, dbeta; the signature of ops.layer_norm_backward."""
+    cp = _cupy()
+    x2, mean, rstd, gamma, shape = cache
+    if dy.shape != shape:
+        raise ValueError(f"dy must have the shape of the output {shape}, got {dy.shape}")
+    rows, hidden = x2.shape
+    dy2 = cp.ascontiguousarray(dy, dtype=cp.float32).reshape(rows, hidden)
+    dx = cp.empty_like(x2)
+    dgamma = cp.zeros(hidden, dtype=cp.float32)
+    dbeta = cp.zeros(hidden, dtype=cp.float32)
+    _launch(_function("layer_norm.cu", "layer_norm_backward"), (_blocks_for(rows, threads=8, per_sm=4),), (256,),
+            (dy2, x2, mean, rstd, gamma, dx, dgamma, dbeta, np.int32(rows), np.int32(hidden)),
+            2 * hidden * 4)
+    return dx.reshape(shape), dgamma, dbeta
+
+
+# ============================================================================ GELU
+# bias_gelu.cu computes gelu(x + bias) (its bias add serves a fused dense + GELU); the op is a
+# plain GELU, so it gets a zero bias, one per width and GPU, kept for the process.
+_zero_biases: dict = {}
+
+
+def _zero_bias(cols: int):
+    cp = _cupy()
+    key = (cols, cp.cuda.Device().id)
+    if key not in _zero_biases:
+        _zero_biases[key] = cp.zeros(cols, dtype=cp.float32)
+    return _zero_biases[key]
+
+
+def gelu_forward(x):
+    """y = x * Phi(x), the exact erf GELU; the signature of ops.gelu_forward. Cache: x."""
+    if x.ndim == 0:
+        raise ValueError("gelu: the CUDA kernel needs an array of at least one axis, got a 0-d array")
+    _check_arrays("gelu", ("float32",), x=x)
+    cp = _cupy()
+    x = cp.ascontiguousarray(x)
+    y = cp.empty_like(x)
+    n, cols = x.size, x.shape[-1]
+    _launch(_function("bias_gelu.cu", "bias_gelu_forward"), (_blocks_for(n),), (256,),
+            (x, _zero_bias(cols), y, np.int64(n), np.int32(cols)))
+    return y, x
+
+
+def gelu_backward(dy, cache):
+    """dx = dy * (Phi(x) + x phi(x)); the signature of ops.gelu_backward.
+
+    The kernel also sums dx over rows (a bias gradient); that sum is dropped here.
+    """
+    cp = _cupy()
+    x = cache
+    if dy.shape != x.shape:
+        raise ValueError(f"dy must have the shape of the output {x.shape}, got {dy.shape}")
+    cols = x.shape[-1]
+    rows = x.size // cols
+    dy = cp.ascontiguousarray(dy, dtype=cp.float32)
+    dx = cp.empty_like(x)
+    unused_dbias = cp.zeros(cols, dtype=cp.float32)
+    grid = (math.ceil(cols / 32), max(1, min(math.ceil(rows / 8), 256)))
+    _launch(_function("bias_gelu.cu", "bias_gelu_backward"), grid, (32, 8),
+            (dy, x, _zero_bias(cols), dx, unused_dbias, np.int32(rows), np.int32(cols)))
+    return dx
+
+
+# ============================================================================ cross-entropy
+def cross_entropy_forward(logits, labels, ignore_index=IGNORE_INDEX):
+    """Mean softmax cross-entropy over counted rows; the signature of ops.cross_entropy_forward.
+
+    The kernel computes the gradient (for dL = 1) in the same pass, so the cache holds it
+    instead of the probabilities; the backward only scales it by dL.
+    """
+    if logits.ndim != 2 or getattr(labels, "shape", None) != (logits.shape[0],):
+        raise ValueError(f"logits must be (R, C) and labels (R,), got {logits.shape} and "
+                         f"{getattr(labels, 'shape', type(labels).__name__)}")
+    _check_arrays("cross_entropy", ("float32",), logits=logits)
+    if device_of(labels) != "cuda":
+        raise TypeError(f"cross_entropy: the CUDA kernel takes the labels as a CuPy array, got {type(labels).__name__}")
+    cp = _cupy()
+    rows, classes = logits.shape
+    labels = cp.ascontiguousarray(labels, dtype=cp.int64)
+    counted = labels != ignore_index
+    # one small device-to-host copy: the number of counted rows and of out-of-range labels
+    count, bad = (int(x) for x in cp.stack([counted.sum(), (counted & ((labels < 0) | (labels >= classes))).sum()]).get())
+    if bad:
+        raise ValueError(f"{bad} labels are outside [0, {classes}) and are not the ignore index {ignore_index}")
+    logits = cp.ascontiguousarray(logits)
+    dlogits = cp.empty_like(logits)
+    row_loss = cp.empty(rows, dtype=cp.float32)
+    _launch(_function("softmax_cross_entropy.cu", "softmax_cross_entropy_forward_backward"), (rows,), (256,),
+            (logits, labels, row_loss, dlogits, np.int32(classes), np.int64(ignore_index),
+             np.float32(1.0 / max(count, 1))))
+    loss = float(row_loss.sum()) / max(count, 1)
+    return loss, dlogits
+
+
+def cross_entropy_backward(dloss, cache):
+    """dL/dlogits; the signature of ops.cross_entropy_backward."""
+    dlogits = cache
+    return dlogits if dloss == 1.0 else dlogits * dlogits.dtype.type(dloss)
+
+
+# ============================================================================ AdamW
+def adamw_update(p, g, m, v, *, lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, step=1,
+                 bias_correction=True, scratch=None):
+    """One AdamW step in place on p, m, v; the signature of ops.adamw_update.
+
+    step is the update number t, counted from 1. The kernel needs no temporary, so
+    ``scratch`` is accepted and not used.
+    """
+    for name, a in (("g", g), ("m", m), ("v", v)):
+        if a.shape != p.shape:
+            raise ValueError(f"{name} must have the shape of the parameter {p.shape}, got {a.shape}")
+    _check_arrays("adamw_update", ("float32",), p=p, g=g, m=m, v=v)
+    if not all(a.flags.c_contiguous for a in (p, g, m, v)):
+        raise ValueError("adamw_update: the CUDA kernel needs C-contiguous p, g, m and v")
+    beta1, beta2 = betas
+    if bias_correction:
+        step_size, inv_sqrt_c2 = lr / (1.0 - beta1 ** step), 1.0 / math.sqrt(1.0 - beta2 ** step)
+    else:
+        step_size, inv_sqrt_c2 = lr, 1.0
+    decay = 1.0 - lr * weight_decay
+    _launch(_function("adamw.cu", "adamw_update"), (_blocks_for(p.size),), (256,),
+            (p, g, m, v, np.int64(p.size), np.float32(beta1), np.float32(beta2), np.float32(eps),
+             np.float32(decay), np.float32(step_size), np.float32(inv_sqrt_c2)))
+
+
+# ============================================================================ warm-up
+def compile_all():
+    """Compile every kernel variant now (a warm-up; also a check that NVRTC accepts them all)."""
+    for dtype_name in FLASH_DTYPES:
+        for head_size in FLASH_HEAD_SIZES:
+            names = _flash_names(dtype_name, head_size)
+            for name in names.values():
+                _function("flash_attention.cu", name, tuple(names.values()))
+    for filename, name in (("layer_norm.cu", "layer_norm_forward"), ("layer_norm.cu", "layer_norm_backward"),
+                           ("bias_gelu.cu", "bias_gelu_forward"), ("bias_gelu.cu", "bias_gelu_backward"),
+                           ("softmax_cross_entropy.cu", "softmax_cross_entropy_forward_backward"),
+                           ("adamw.cu", "adamw_update")):
+        _function(filename, name)
+
+
+# ============================================================================ registry entries
+# The keyword arguments of a registry.SpeedUp each; the registry checks device, dtype and
+# ``accepts`` on the first array of a call.
+SPEED_UPS = [
+    dict(op="flash_attention", forward=flash_attention_forward, backward=flash_attention_backward,
+         device="cuda", dtypes=tuple(FLASH_DTYPES), accepts=flash_accepts),
+    dict(op="layer_norm", forward=layer_norm_forward, backward=layer_norm_backward,
+         device="cuda", dtypes=("float32",), accepts=_non_empty),
+    dict(op="gelu", forward=gelu_forward, backward=gelu_backward,
+         device="cuda", dtypes=("float32",), accepts=_non_empty),
+    dict(op="cross_entropy", forward=cross_entropy_forward, backward=cross_entropy_backward,
+         device="cuda", dtypes=("float32",), accepts=lambda logits: logits.ndim == 2 and logits.size > 0),
+    dict(op="adamw_update", forward=adamw_update, backward=None,
+         device="cuda", dtypes=("float32",), accepts=lambda p: p.flags.c_contiguous),
+]

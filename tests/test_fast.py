@@ -1,0 +1,368 @@
+"""The CPU speed wing (minibert/fast/cpu.py) and the registry that chooses it give the
+reference's numbers: bit for bit where the speed-up is exact, to float32 rounding where
+it is an inference shortcut, and the model in inference mode equals the model in training
+mode at every real position.
+"""
+
+import threading
+
+import numpy as np
+import pytest
+from scipy.special import erf as scipy_erf
+
+from minibert import ops, registry
+from minibert.fast import cpu
+from minibert.fast.cpu import (attention_keys_first, cpu_pool, erf_threaded, gelu_exact_threaded, gelu_fast,
+                               layer_norm_fast, single_threaded)
+from minibert.modeling import BertConfig, BertModel
+from minibert.nn import no_grad, op
+from minibert.registry import SpeedUp, implementation, reference_only
+
+
+@pytest.fixture
+def cores(monkeypatch):
+    """``cores(n)``: the speed wing sees n available cores and gets a fresh pool of n threads."""
+    made = []
+
+    def set_cores(n):
+        monkeypatch.setattr(cpu, "available_cores", lambda: n)
+        monkeypatch.setattr(cpu, "_cpu_pool", None)
+        made.append(True)
+
+    yield set_cores
+    if made and cpu._cpu_pool is not None:
+        cpu._cpu_pool.shutdown()
+
+
+def _exact_gelu(x):
+    return x * 0.5 * (1.0 + scipy_erf(x / np.sqrt(2.0)))
+
+
+# --------------------------------------------------------------------------- the exact erf, split
+@pytest.mark.parametrize("n_cores", [2, 3])
+def test_erf_split_over_the_cores_equals_one_call(rng, cores, n_cores):
+    cores(n_cores)
+    x = rng.standard_normal(((1 << 16) + 3, 5)).astype(np.float32) * 3   # above the split size
+    assert x.size >= cpu.PARALLEL_MIN_SIZE
+    y = erf_threaded(x)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    np.testing.assert_array_equal(y, scipy_erf(x))
+
+
+def test_erf_below_the_split_size_and_on_a_pool_thread_is_one_call(rng, cores):
+    cores(2)
+    small = rng.standard_normal(1000)
+    np.testing.assert_array_equal(erf_threaded(small), scipy_erf(small))
+    x = rng.standard_normal(cpu.PARALLEL_MIN_SIZE + 7)
+    with single_threaded():                                 # no pool: one call on this thread
+        np.testing.assert_array_equal(erf_threaded(x), scipy_erf(x))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gelu_exact_threaded_equals_the_reference_bit_for_bit(rng, cores, dtype):
+    cores(2)
+    x = (rng.standard_normal((700, 500)) * 4).astype(dtype)        # above the split size
+    y, (cached_x, cdf) = gelu_exact_threaded(x)
+    y_ref, (ref_x, ref_cdf) = ops.gelu_forward(x)
+    assert y.dtype == dtype and cdf.dtype == dtype
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(cached_x, ref_x)
+    np.testing.assert_array_equal(cdf, ref_cdf)
+    dy = rng.standard_normal(x.shape).astype(dtype)               # so the reference backward fits
+    np.testing.assert_array_equal(ops.gelu_backward(dy, (cached_x, cdf)), ops.gelu_backward(dy, (ref_x, ref_cdf)))
+
+
+def test_cpu_pool_is_made_once_when_first_asked_for_from_many_threads(monkeypatch):
+    monkeypatch.setattr(cpu, "_cpu_pool", None)
+    start = threading.Barrier(8)
+    pools = []
+
+    def ask():
+        start.wait()
+        pools.append(cpu_pool())
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    made = cpu._cpu_pool
+    try:
+        assert len(pools) == 8 and all(p is made for p in pools)
+        assert made._max_workers == cpu.available_cores() >= 1
+    finally:
+        made.shutdown()
+
+
+@pytest.mark.parametrize("n_cores", [1, 2, 16])
+def test_default_embedding_workers_follow_the_available_cores(monkeypatch, n_cores):
+    from minibert import sentence_embeddings
+
+    monkeypatch.setattr(sentence_embeddings, "available_cores", lambda: n_cores)
+    assert sentence_embeddings.default_workers() == min(4, n_cores)
+    assert sentence_embeddings.default_workers("cuda") == 1
+
+
+# --------------------------------------------------------------------------- GELU, float32 inference
+def test_gelu_fast_matches_exact_erf():
+    x = np.concatenate([np.linspace(-12, 12, 200_001), [0.0, -0.0, 1e-30, -1e-30, 40.0, -40.0]])
+    exact = _exact_gelu(x)
+    for dtype, tol in ((np.float64, 2e-7), (np.float32, 5e-7)):
+        given = x.astype(dtype)
+        before = given.copy()
+        y, cache = gelu_fast(given)                              # chunked and threaded (> one chunk)
+        assert cache is None and y.dtype == dtype and y.shape == x.shape
+        np.testing.assert_array_equal(given, before)             # the input is left alone
+        assert np.abs(y - exact).max() <= tol * 12
+        assert (np.abs(y - exact) <= tol * np.maximum(1.0, np.abs(x))).all()
+    small = np.array([[-3.0, -1.0, 0.0, 0.5, 2.0]], np.float32)  # the single-chunk path
+    before = small.copy()
+    y, _ = gelu_fast(small)
+    assert y.shape == small.shape
+    np.testing.assert_allclose(y, _exact_gelu(small), atol=5e-7)
+    np.testing.assert_array_equal(small, before)
+
+
+def test_threaded_gelu_fast_equals_the_one_thread_gelu(rng, cores, monkeypatch):
+    cores(2)
+    x = rng.standard_normal((300, 1000)).astype(np.float32) * 4      # several GELU chunks
+    assert x.size > 2 * cpu.CHUNK
+    threaded, _ = gelu_fast(x)
+    one_call, _ = gelu_fast(x, threaded=False)
+
+    def no_pool():
+        raise AssertionError("the pool was used inside single_threaded()")
+
+    monkeypatch.setattr(cpu, "cpu_pool", no_pool)
+    with single_threaded():
+        single, _ = gelu_fast(x)
+    np.testing.assert_array_equal(threaded, single)
+    np.testing.assert_array_equal(one_call, single)
+    np.testing.assert_allclose(single, _exact_gelu(x.astype(np.float64)), atol=5e-7 * 12)
+
+
+def test_single_threaded_is_per_thread_and_nests():
+    seen = []
+    with single_threaded():
+        with single_threaded():
+            pass
+        assert cpu._in_pool_worker()                            # still on after the inner block
+        other = threading.Thread(target=lambda: seen.append(cpu._in_pool_worker()))
+        other.start()
+        other.join()
+    assert seen == [False] and not cpu._in_pool_worker()
+
+
+# --------------------------------------------------------------------------- LayerNorm, float32 inference
+def _layer_norm_definition(x, w, b, eps):
+    mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps) * w + b
+
+
+def test_layer_norm_fast_matches_definition():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((7, 12)) * 3 + 1
+    w, b = rng.standard_normal(12), rng.standard_normal(12)
+    before = x.copy()
+    y, cache = layer_norm_fast(x, w, b, 1e-12)
+    assert cache is None
+    np.testing.assert_allclose(y, _layer_norm_definition(x, w, b, 1e-12), rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(x, before)                   # the input is left alone
+    x3 = rng.standard_normal((2, 5, 12)).astype(np.float32) * 3 + 1         # (B, T, H), float32
+    y3, _ = layer_norm_fast(x3, w.astype(np.float32), b.astype(np.float32), 1e-12)
+    assert y3.shape == x3.shape and y3.dtype == np.float32
+    np.testing.assert_allclose(y3, _layer_norm_definition(x3.astype(np.float64), w, b, 1e-12), atol=2e-5)
+    np.testing.assert_allclose(y3, ops.layer_norm_forward(x3, w.astype(np.float32), b.astype(np.float32))[0],
+                               atol=2e-5)
+
+
+def test_layer_norm_fast_eps_sits_inside_the_square_root():
+    x = 0.05 * np.random.default_rng(0).standard_normal((4, 8))
+    mean, var = x.mean(1, keepdims=True), x.var(1, keepdims=True)
+    y, _ = layer_norm_fast(x, np.ones(8), np.zeros(8), 1e-2)
+    np.testing.assert_allclose(y, (x - mean) / np.sqrt(var + 1e-2), rtol=1e-12)
+
+
+# --------------------------------------------------------------------------- attention, keys first
+def _qkv(rng, dtype, batch=3, heads=2, n_queries=6, n_keys=6, head_size=4):
+    q = rng.standard_normal((batch, heads, n_queries, head_size)).astype(dtype)
+    k = rng.standard_normal((batch, heads, n_keys, head_size)).astype(dtype)
+    v = rng.standard_normal((batch, heads, n_keys, head_size)).astype(dtype)
+    return q, k, v
+
+
+def _padding_mask(lengths, n_keys, dtype):
+    real = np.arange(n_keys)[None, :] < np.asarray(lengths)[:, None]          # (B, Tk)
+    return ((1.0 - real.astype(dtype)) * np.finfo(dtype).min)[:, None, None, :].astype(dtype)   # (B, 1, 1, Tk)
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 2e-6), (np.float64, 1e-13)])
+@pytest.mark.parametrize("mask_kind", ["padding", "full", "none"])
+def test_attention_keys_first_equals_the_reference(rng, dtype, tol, mask_kind):
+    q, k, v = _qkv(rng, dtype)
+    if mask_kind == "padding":
+        mask = _padding_mask([6, 2, 4], 6, dtype)                            # (B, 1, 1, T)
+    elif mask_kind == "full":                                               # (B, N, T, T): causal and random
+        allowed = np.tril(np.ones((6, 6), bool)) & (rng.random((3, 2, 6, 6)) < 0.7)
+        allowed[..., 0] = True
+        mask = np.where(allowed, 0.0, np.finfo(dtype).min).astype(dtype)
+    else:
+        mask = None
+    given = [a.copy() for a in (q, k, v)]
+    out, cache = attention_keys_first(q, k, v, mask, 0.0, None, False)
+    expected, _ = ops.attention_forward(q, k, v, mask, 0.0, None, False)
+    assert cache is None and out.shape == expected.shape and out.dtype == dtype
+    np.testing.assert_allclose(out, expected, rtol=tol, atol=tol)
+    for before, after in zip(given, (q, k, v)):
+        np.testing.assert_array_equal(before, after)
+
+
+def test_attention_keys_first_with_other_query_and_key_counts_and_a_2d_mask(rng):
+    q, k, v = _qkv(rng, np.float64, n_queries=5, n_keys=7)
+    for mask in (_padding_mask([7, 3, 5], 7, np.float64),
+                 np.where(rng.random((5, 7)) < 0.5, 0.0, -1e4)):            # (Tq, Tk), broadcast
+        np.testing.assert_allclose(attention_keys_first(q, k, v, mask, 0.0, None, False)[0],
+                                   ops.attention_forward(q, k, v, mask, 0.0, None, False)[0], atol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_attention_keys_first_fully_masked_row_behaves_as_the_reference(rng, dtype):
+    q, k, v = _qkv(rng, dtype)
+    mask = np.zeros((3, 2, 6, 6), dtype)
+    mask[1, 0, 2, :] = np.finfo(dtype).min                                  # one query sees no key
+    mask[2, :, :, :] = np.finfo(dtype).min                                  # a sequence that is all padding
+    out, _ = attention_keys_first(q, k, v, mask, 0.0, None, False)
+    expected, _ = ops.attention_forward(q, k, v, mask, 0.0, None, False)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, expected, atol=2e-6 if dtype == np.float32 else 1e-13)
+    np.testing.assert_allclose(out[2], np.broadcast_to(v[2].mean(axis=1, keepdims=True), out[2].shape),
+                               atol=2e-6 if dtype == np.float32 else 1e-13)   # uniform over the keys
+
+
+def test_attention_keys_first_with_dropout_active_gives_the_reference_numbers(rng):
+    q, k, v = _qkv(rng, np.float32)
+    mask = _padding_mask([6, 2, 4], 6, np.float32)
+    out, cache = attention_keys_first(q, k, v, mask, 0.3, np.random.default_rng(5), True)
+    expected, _ = ops.attention_forward(q, k, v, mask, 0.3, np.random.default_rng(5), True)
+    assert cache is None
+    np.testing.assert_array_equal(out, expected)
+    without, _ = ops.attention_forward(q, k, v, mask, 0.0, None, False)
+    assert not np.allclose(out, without)                                    # dropout did act
+
+
+# --------------------------------------------------------------------------- the registry's choice
+def _x(dtype):
+    return np.ones((2, 3, 4, 4), dtype)
+
+
+def test_with_grad_enabled_no_inference_only_speed_up_is_chosen():
+    for dtype in (np.float32, np.float64):
+        x = _x(dtype)
+        assert implementation("gelu", x) == (gelu_exact_threaded, ops.gelu_backward)
+        assert op("gelu", x) == (gelu_exact_threaded, ops.gelu_backward)
+        for name in ("layer_norm", "attention", "gelu_new", "linear", "tanh"):
+            assert implementation(name, x) == registry.REFERENCE[name]
+            assert op(name, x) == registry.REFERENCE[name]
+            assert implementation(name, x)[1] is not None              # a backward to call
+
+
+def test_float32_inference_gets_the_shortcuts():
+    x = _x(np.float32)
+    with no_grad():
+        assert op("gelu", x) == (gelu_fast, None)
+        assert op("layer_norm", x) == (layer_norm_fast, None)
+        assert op("attention", x) == (attention_keys_first, None)
+        assert op("gelu_new", x) == registry.REFERENCE["gelu_new"]
+    assert implementation("attention", x, inference=True) == (attention_keys_first, None)
+
+
+def test_float64_inference_gets_the_reference_but_the_exact_threaded_gelu():
+    x = _x(np.float64)
+    with no_grad():
+        assert op("gelu", x) == (gelu_exact_threaded, ops.gelu_backward)
+        for name in ("layer_norm", "attention"):
+            assert op(name, x) == registry.REFERENCE[name]
+    assert implementation("layer_norm", x, inference=True) == registry.REFERENCE["layer_norm"]
+
+
+def test_reference_only_turns_every_speed_up_off():
+    for dtype in (np.float32, np.float64):
+        x = _x(dtype)
+        with reference_only():
+            for inference in (False, True):
+                for name in ("gelu", "layer_norm", "attention"):
+                    assert implementation(name, x, inference) == registry.REFERENCE[name]
+            with no_grad():
+                assert op("gelu", x) == registry.REFERENCE["gelu"]
+        assert implementation("gelu", x) == (gelu_exact_threaded, ops.gelu_backward)   # on again after
+    with pytest.raises(RuntimeError), reference_only():
+        raise RuntimeError("the block fails")
+    assert implementation("gelu", _x(np.float32), True) == (gelu_fast, None)          # restored after an error
+
+
+def test_register_refuses_an_unknown_op():
+    with pytest.raises(ValueError, match="unknown op 'softplus'"):
+        registry.register(SpeedUp(op="softplus", forward=np.abs, backward=None, device="cpu"))
+    assert "softplus" not in registry._speed_ups
+
+
+# --------------------------------------------------------------------------- the model, inference mode
+def _model_and_batch(act, dtype):
+    config = BertConfig(vocab_size=50, hidden_size=24, num_hidden_layers=2, num_attention_heads=3,
+                        intermediate_size=40, max_position_embeddings=40, hidden_act=act)
+    model = BertModel(config, seed=1, dtype=dtype).eval()
+    rng = np.random.default_rng(3)
+    for p in model.parameters():                                # non-trivial LayerNorms and biases
+        p.data += (0.05 * rng.standard_normal(p.data.shape)).astype(dtype)
+    lengths = [9, 3, 17, 1, 9, 12]
+    ids = np.zeros((len(lengths), max(lengths)), np.int64)
+    mask = np.zeros_like(ids)
+    for j, n in enumerate(lengths):
+        ids[j, :n], mask[j, :n] = rng.integers(1, 50, size=n), 1
+    return model, ids, mask
+
+
+@pytest.mark.parametrize("act", ["gelu", "gelu_new"])
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 2e-6), (np.float64, 1e-12)])
+def test_model_inference_equals_the_reference_forward(act, dtype, tol):
+    model, ids, mask = _model_and_batch(act, dtype)
+    with no_grad():                                             # speed-ups (float32) and packing
+        hidden, pooled = model.forward(ids, attention_mask=mask)
+    with reference_only():                                      # grad on: the reference, padded
+        ref_hidden, ref_pooled = model.forward(ids, attention_mask=mask)
+    assert hidden.dtype == dtype and hidden.shape == ref_hidden.shape == (6, 17, 24)
+    real = mask.astype(bool)
+    np.testing.assert_allclose(hidden[real], ref_hidden[real], atol=tol)
+    np.testing.assert_allclose(pooled, ref_pooled, atol=tol)
+    assert (hidden[~real] == 0).all()                           # padded positions read exactly 0
+    assert (ref_hidden[~real] != 0).any()                       # (the padded reference computes them)
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 2e-6), (np.float64, 1e-12)])
+def test_model_inference_with_output_positions_gives_the_rows_of_the_reference(dtype, tol):
+    model, ids, mask = _model_and_batch("gelu", dtype)
+    length = ids.shape[1]
+    # real positions, a padded one (asked for, so computed) and a [CLS]; in no particular order
+    positions = np.array([2 * length + 16, 0 * length + 4, 1 * length + 10, 3 * length + 0, 5 * length + 11])
+    assert mask.reshape(-1)[positions].tolist() == [1, 1, 0, 1, 1]
+    with no_grad():
+        rows, pooled = model.forward(ids, attention_mask=mask, output_positions=positions)
+    with reference_only():
+        ref_rows, ref_pooled = model.forward(ids, attention_mask=mask, output_positions=positions)
+        full, _ = model.forward(ids, attention_mask=mask)
+    assert rows.shape == ref_rows.shape == (5, 24)
+    np.testing.assert_allclose(rows, ref_rows, atol=tol)
+    np.testing.assert_allclose(rows, full.reshape(-1, 24)[positions], atol=tol)
+    np.testing.assert_allclose(pooled, ref_pooled, atol=tol)
+
+
+def test_model_inference_without_padding_or_mask_equals_the_reference():
+    model, ids, _ = _model_and_batch("gelu", np.float64)
+    ids = ids[:, :9]
+    for mask in (None, np.ones_like(ids)):
+        with no_grad():
+            hidden, pooled = model.forward(ids, attention_mask=mask)
+        with reference_only():
+            ref_hidden, ref_pooled = model.forward(ids, attention_mask=mask)
+        np.testing.assert_allclose(hidden, ref_hidden, atol=1e-12)
+        np.testing.assert_allclose(pooled, ref_pooled, atol=1e-12)

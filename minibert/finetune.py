@@ -4,34 +4,33 @@ BERT's practical tips, each a setting here: a small learning rate with warmup an
 decay (AdamW), few epochs, early stopping on a validation metric (restoring the best weights),
 and gradient accumulation when a batch does not fit in memory.
 
-One optimizer step, top to bottom (``FineTuner._train_step``):
+:class:`FineTuner` is the fine-tuning task of the one training loop
+(:class:`minibert.training.Trainer`, which does the accumulation, clipping, schedule,
+validation, early stopping, best weights, divergence stop, logging and plot). It supplies:
 
-    for each of the k micro-batches:                          # gradient accumulation
-        out = model.forward(**batch)                          # input_ids, ..., labels
-        model.backward(loss_weight=n_i / n)                   # n_i labelled items of n in the step
-    clip_grad_norm(...); optimizer.lr = schedule(step); optimizer.step(); optimizer.zero_grad()
+    next_batches()                  # the step's micro-batches: epoch e visits the examples
+                                    # in the order permutation(seed, e)
+    loss_items(batch)               # {"loss": n_i}, the labelled items the head's loss averages over
+    forward_backward(model, batch, weights)
+        out = model.forward(**batch)                    # input_ids, ..., labels
+        model.backward(loss_weight=weights["loss"])     # n_i / n: the loop's exact accumulation
+    validate(model)                 # evaluate() on the validation set, plus compute_metrics
 
 With ``teacher_logits`` (knowledge distillation, e.g. a pruned model recovering from its
 unpruned self) each micro-batch's loss is ``(1 - w) * CE + w * distillation`` instead, its
 gradient sent back as ``model.backward(dlogits)`` (``FineTuner._distil``).
 
-Each head's loss is a mean over its labelled items (sequences, or tokens that are not -100),
-so weighting micro-batch i by its share n_i / n sums the k gradients to exactly the gradient
-of one batch of all n items.
-
 Data sets are random-access: ``len(dataset)`` and ``dataset.get_batch(indices) -> {name:
-array}`` whose names are ``forward``'s arguments (minibert.data.finetuning builds them);
-epoch e visits the examples in the order ``permutation(seed, e)``. Evaluation helpers: :func:`accuracy`,
-:func:`macro_f1`, :func:`confusion_matrix`; :func:`plot_finetuning_curves` draws the loss
-curves with the early-stopping point.
+array}`` whose names are ``forward``'s arguments (minibert.data.finetuning builds them).
+Evaluation helpers: :func:`evaluate`, :func:`predict`, :func:`accuracy`, :func:`macro_f1`,
+:func:`confusion_matrix`; :func:`plot_finetuning_curves` draws the loss curves with the
+early-stopping point.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,9 +41,8 @@ from .checkpoint import save_pretrained
 from .heads import BertForMaskedLM, BertForSequenceClassification, BertForTokenClassification
 from .nn import no_grad
 from .ops.cross_entropy import IGNORE_INDEX
-from .optim import AdamW, clip_grad_norm, get_schedule
 from .plots import plot_loss_curves
-from .training import TrainingDiverged
+from .training import Task, Trainer, TrainingArguments
 
 
 # ============================================================================ metrics
@@ -116,6 +114,7 @@ class FineTuningArguments:
     output_dir: str | None = None            # when set: best_model/, metrics.jsonl, loss_curve.png
     distillation_weight: float = 0.5         # with teacher logits: loss = (1 - w) CE + w distillation
     distillation_temperature: float = 2.0    # softening of both distributions in the distillation loss
+    fp16: bool = False                       # float16 matrix products, float32 weights, dynamic loss scale
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "gradient_accumulation_steps"):
@@ -154,13 +153,10 @@ class FineTuningResult:
     plot: str | None = None
 
 
-# ============================================================================ the loop
-def _lower_is_better(metric: str) -> bool:
-    return metric == "loss" or metric.endswith("_loss") or metric in ("mse", "perplexity")
-
-
-class FineTuner:
-    """Fine-tunes a model of minibert.heads on an encoded data set (see the module docstring).
+# ============================================================================ the task
+class FineTuner(Task):
+    """Fine-tunes a model of minibert.heads on an encoded data set: the fine-tuning task of
+    the training loop (:class:`minibert.training.Trainer`, which it builds and runs).
 
     ``compute_metrics(model, dataset) -> dict``, when given, adds metrics to every validation
     (e.g. exact match and F1 of question answering); its keys may be used as ``args.metric``.
@@ -171,6 +167,8 @@ class FineTuner:
     student)`` at temperature T (``args.distillation_weight``, ``distillation_temperature``;
     minibert.ops.distillation). A pruned model recovers this way from its unpruned self.
     """
+
+    name = "fine-tuning"
 
     def __init__(self, model, args: FineTuningArguments, train_set, val_set=None, compute_metrics=None,
                  tokenizer=None, optimizer=None, teacher_logits=None):
@@ -198,7 +196,6 @@ class FineTuner:
             if self.metric not in available:
                 raise ValueError(f"metric {self.metric!r} is not measured for {type(model).__name__}; "
                                  f"expected one of {available} (or give compute_metrics)")
-        self.lower_is_better = _lower_is_better(self.metric)
         if args.patience is not None and val_set is None:
             raise ValueError("early stopping (patience) needs a validation set")
         batches = math.ceil(len(train_set) / args.batch_size)             # the last one may be smaller
@@ -206,72 +203,88 @@ class FineTuner:
         self.total_steps = args.epochs * self.steps_per_epoch
         if args.max_steps is not None:
             self.total_steps = min(self.total_steps, args.max_steps)
-        self.optimizer = optimizer or AdamW(model.named_parameters(), lr=args.learning_rate,
-                                            weight_decay=args.weight_decay)
-        warmup = int(round(args.warmup_ratio * self.total_steps))
-        self.schedule = get_schedule("linear", args.learning_rate, warmup, self.total_steps)
-        self.step = 0
-        self.history = []
+        self._steps = self._optimizer_steps()
+        self.trainer = Trainer(model, TrainingArguments(
+            output_dir=args.output_dir, checkpoints=False, max_steps=self.total_steps,
+            gradient_accumulation_steps=args.gradient_accumulation_steps, learning_rate=args.learning_rate,
+            warmup_steps=int(round(args.warmup_ratio * self.total_steps)), schedule="linear",
+            weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
+            eval_every=args.eval_every or self.steps_per_epoch,
+            log_every=args.log_every or max(1, self.steps_per_epoch // 20),
+            metric=self.metric, patience=args.patience, restore_best=args.restore_best, seed=args.seed,
+            progress=args.progress, fp16=args.fp16), task=self, optimizer=optimizer, tokenizer=tokenizer)
 
-    # ------------------------------------------------------------------ one step
-    def _micro_batches(self, epoch: int):
-        """The micro-batches of an epoch, grouped into optimizer steps."""
-        order = np.random.default_rng([self.args.seed, epoch]).permutation(len(self.train_set))
+    # the trainer's state, read here as well
+    optimizer = property(lambda self: self.trainer.optimizer)
+    schedule = property(lambda self: self.trainer.schedule)
+    step = property(lambda self: self.trainer.step)
+    history = property(lambda self: self.trainer.history)
+
+    def train(self) -> FineTuningResult:
+        """Train for ``epochs`` (or ``max_steps``), validating and early-stopping; returns a summary."""
+        summary = self.trainer.train()
+        if self.args.output_dir and not self.args.restore_best:
+            save_pretrained(self.model, os.path.join(self.args.output_dir, "final_model"), self.tokenizer)
+        return FineTuningResult(summary["steps"], summary["stopped_early"], self.metric, summary["best_value"],
+                                summary["best_step"], summary["best_metrics"], summary["history"],
+                                summary["train_seconds"], summary["plot"])
+
+    # ------------------------------------------------------------------ batches and loss
+    def _optimizer_steps(self):
+        """The micro-batches' indices, grouped into optimizer steps, epoch after epoch."""
         size, k = self.args.batch_size, self.args.gradient_accumulation_steps
-        chunks = [order[i:i + size] for i in range(0, len(order), size)]
-        return [chunks[i:i + k] for i in range(0, len(chunks), k)]
+        for epoch in range(self.args.epochs):
+            self.epoch = epoch
+            order = np.random.default_rng([self.args.seed, epoch]).permutation(len(self.train_set))
+            chunks = [order[i:i + size] for i in range(0, len(order), size)]
+            yield from (chunks[i:i + k] for i in range(0, len(chunks), k))
+
+    def next_batches(self) -> list:
+        batches = []
+        for indices in next(self._steps):
+            batch = self.train_set.get_batch(indices)
+            if self.teacher_logits is not None:
+                batch["teacher_logits"] = self.teacher_logits[indices]
+            batches.append(batch)
+        return batches
+
+    def loss_items(self, batch) -> dict:
+        return {"loss": loss_items(self.model, batch)}
+
+    def forward_backward(self, model, batch, weights: dict) -> dict:
+        if "teacher_logits" in batch:
+            return {"loss": self._distil(model, batch, weights["loss"])}
+        out = model.forward(**batch)
+        model.backward(loss_weight=weights["loss"])
+        return {"loss": out.loss}
+
+    def _distil(self, model, batch, weight: float) -> float:
+        """One micro-batch of (1 - w) cross-entropy + w distillation; backpropagates ``weight`` times it."""
+        w, temperature = self.args.distillation_weight, self.args.distillation_temperature
+        inputs = {name: array for name, array in batch.items() if name != "teacher_logits"}
+        logits = model.forward(**inputs).logits                                   # (B, C)
+        xp = get_array_module(logits)
+        labels = xp.asarray(to_device(batch["labels"], model.device)).reshape(-1)
+        hard_loss, hard_cache = ops.cross_entropy_forward(logits, labels)
+        soft_loss, soft_cache = ops.distillation_forward(logits, xp.asarray(batch["teacher_logits"]), temperature)
+        dlogits = (ops.cross_entropy_backward((1.0 - w) * weight, hard_cache)
+                   + ops.distillation_backward(w * weight, soft_cache))
+        model.backward(dlogits)
+        return (1.0 - w) * hard_loss + w * soft_loss
 
     def accumulate(self, batches, teacher_logits=None) -> float:
         """Forward and backward of several micro-batches, gradients summed as one batch; returns its loss.
 
         ``teacher_logits``: one (B_i, C) array per micro-batch, to distil from (see the class).
         """
-        counts = [loss_items(self.model, batch) for batch in batches]
-        total = sum(counts)
-        if total == 0:
-            return 0.0                                 # nothing labelled in this step
-        loss = 0.0
-        for i, (batch, count) in enumerate(zip(batches, counts)):
-            share = count / total
-            if teacher_logits is None:
-                out = self.model.forward(**batch)
-                self.model.backward(loss_weight=share)
-                loss += out.loss * share
-            else:
-                loss += self._distil(batch, teacher_logits[i], share) * share
-        return loss
-
-    def _distil(self, batch, teacher_logits, weight: float) -> float:
-        """One micro-batch of (1 - w) cross-entropy + w distillation; backpropagates ``weight`` times it."""
-        w, temperature = self.args.distillation_weight, self.args.distillation_temperature
-        logits = self.model.forward(**batch).logits                               # (B, C)
-        xp = get_array_module(logits)
-        labels = xp.asarray(to_device(batch["labels"], self.model.device)).reshape(-1)
-        hard_loss, hard_cache = ops.cross_entropy_forward(logits, labels)
-        soft_loss, soft_cache = ops.distillation_forward(logits, xp.asarray(teacher_logits), temperature)
-        dlogits = (ops.cross_entropy_backward((1.0 - w) * weight, hard_cache)
-                   + ops.distillation_backward(w * weight, soft_cache))
-        self.model.backward(dlogits)
-        return (1.0 - w) * hard_loss + w * soft_loss
-
-    def _train_step(self, index_groups) -> dict:
-        batches = [self.train_set.get_batch(indices) for indices in index_groups]
-        teacher = None if self.teacher_logits is None else [self.teacher_logits[i] for i in index_groups]
-        loss = self.accumulate(batches, teacher)
-        params = self.model.named_parameters()
-        grad_norm = (clip_grad_norm(params, self.args.max_grad_norm) if self.args.max_grad_norm is not None
-                     else math.sqrt(sum(float((p.grad.astype(np.float64) ** 2).sum()) for _, p in params)))
-        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-            raise TrainingDiverged(f"step {self.step + 1}: loss {loss} / gradient norm {grad_norm} is not "
-                                   "finite; lower the learning rate or check the data")
-        self.optimizer.lr = self.schedule(self.step)
-        self.optimizer.step()
-        self.optimizer.zero_grad()
-        self.step += 1
-        return {"loss": loss, "grad_norm": grad_norm, "lr": self.optimizer.lr,
-                "sequences": sum(len(b["input_ids"]) for b in batches)}
+        if teacher_logits is not None:
+            batches = [dict(batch, teacher_logits=t) for batch, t in zip(batches, teacher_logits)]
+        return sum(self.trainer.accumulate(batches).values())
 
     # ------------------------------------------------------------------ evaluation
+    def validate(self, model) -> dict:
+        return self.evaluate() if self.val_set is not None else {}
+
     def predict(self, dataset, batch_size: int | None = None) -> np.ndarray:
         """Logits of every example, in order, without labels: (N, C), or (N, T, C) padded with 0."""
         return predict(self.model, dataset, batch_size or self.args.eval_batch_size or self.args.batch_size)
@@ -284,112 +297,10 @@ class FineTuner:
             metrics.update(self.compute_metrics(self.model, dataset))
         return metrics
 
-    # ------------------------------------------------------------------ the loop
-    def train(self) -> FineTuningResult:
-        """Train for ``epochs`` (or ``max_steps``), validating and early-stopping; returns a summary."""
-        from tqdm.auto import tqdm
-
-        args = self.args
-        if args.output_dir:
-            os.makedirs(args.output_dir, exist_ok=True)
-        log_every = args.log_every or max(1, self.steps_per_epoch // 20)
-        eval_every = args.eval_every or self.steps_per_epoch
-        best_value, best_step, best_metrics, best_state = None, None, {}, None
-        bad_evals, stopped_early = 0, False
-        window, start = [], time.perf_counter()
-        self.model.train()
-        bar = tqdm(total=self.total_steps, disable=not args.progress, desc="fine-tuning", unit="step",
-                   dynamic_ncols=True)
-        try:
-            for epoch in range(args.epochs):
-                for groups in self._micro_batches(epoch):
-                    if self.step >= self.total_steps:
-                        break
-                    record = self._train_step(groups)
-                    window.append(record["loss"])
-                    bar.update(1)
-                    last = self.step == self.total_steps
-                    if self.step % log_every == 0 or last:
-                        self._log({"step": self.step, "split": "train", "epoch": epoch,
-                                   "loss": float(np.mean(window)), "lr": record["lr"],
-                                   "grad_norm": record["grad_norm"]})
-                        bar.set_postfix(loss=f"{np.mean(window):.4f}", lr=f"{record['lr']:.1e}")
-                        window = []
-                    if self.val_set is not None and (self.step % eval_every == 0 or last):
-                        metrics = self.evaluate()
-                        self.model.train()
-                        self._log({"step": self.step, "split": "eval", "epoch": epoch, **metrics})
-                        if self.metric not in metrics:
-                            raise ValueError(f"metric {self.metric!r} is not among the validation "
-                                             f"metrics {sorted(metrics)}")
-                        value = metrics[self.metric]
-                        if not (math.isfinite(metrics["loss"]) and math.isfinite(value)):
-                            raise TrainingDiverged(f"step {self.step}: the validation loss is {metrics['loss']} "
-                                                   f"and {self.metric} {value}: the weights have diverged")
-                        improved = best_value is None or (value < best_value if self.lower_is_better
-                                                          else value > best_value)
-                        bar.write(f"step {self.step}: validation " + ", ".join(
-                            f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
-                            + (" (best)" if improved else ""))
-                        if improved:
-                            best_value, best_step, best_metrics, bad_evals = value, self.step, metrics, 0
-                            best_state = {n: p.data.copy() for n, p in self.model.named_parameters()}
-                        else:
-                            bad_evals += 1
-                            if args.patience is not None and bad_evals >= args.patience:
-                                stopped_early = True
-                                bar.write(f"early stopping at step {self.step}: {self.metric} did not improve "
-                                          f"in {args.patience} validations (best {best_value:.4f} at step "
-                                          f"{best_step})")
-                                break
-                if stopped_early or self.step >= self.total_steps:
-                    break
-        except TrainingDiverged as error:
-            raise self._keep_the_best(error, best_state, best_step) from None
-        finally:
-            bar.close()
-        seconds = time.perf_counter() - start
-        if args.restore_best and best_state is not None and best_step != self.step:
-            self._load_weights(best_state)
-        self.model.eval()
-        result = FineTuningResult(self.step, stopped_early, self.metric, best_value, best_step, best_metrics,
-                                  self.history, seconds)
-        if args.output_dir:
-            result.plot = self.plot(early_stop_step=self.step if stopped_early else None, best_step=best_step)
-            save_pretrained(self.model, os.path.join(args.output_dir, "best_model" if args.restore_best
-                                                     else "final_model"), self.tokenizer)
-        return result
-
-    def _load_weights(self, state: dict) -> None:
-        for name, p in self.model.named_parameters():
-            p.data[...] = state[name]
-
-    def _keep_the_best(self, error: TrainingDiverged, best_state, best_step) -> TrainingDiverged:
-        """After divergence: put the best validated weights back (and save them), say where they are."""
-        if best_state is None:
-            return TrainingDiverged(f"{error}; no validation had passed yet, so there are no weights to keep.")
-        self._load_weights(best_state)
-        self.model.eval()
-        where = "the model holds them again"
-        if self.args.output_dir:
-            path = os.path.join(self.args.output_dir, "best_model")
-            save_pretrained(self.model, path, self.tokenizer)
-            where += f" and they are saved in {path}"
-        return TrainingDiverged(f"{error}. The weights of the best validation (step {best_step}) were kept: {where}.")
-
-    def _log(self, record: dict) -> None:
-        self.history.append(record)
-        if self.args.output_dir:
-            with open(os.path.join(self.args.output_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-
     def plot(self, path: str | None = None, early_stop_step: int | None = None,
              best_step: int | None = None) -> str | None:
-        if path is None:
-            if not self.args.output_dir:
-                raise ValueError("plot() needs a path when args.output_dir is not set")
-            path = os.path.join(self.args.output_dir, "loss_curve.png")
-        return plot_finetuning_curves(self.history, path, early_stop_step, best_step, self.metric)
+        """The loss curves of the run (see :meth:`minibert.training.Trainer.plot`)."""
+        return self.trainer.plot(path, early_stop_step, best_step)
 
 
 def finetune(model, train_set, val_set=None, compute_metrics=None, tokenizer=None, **kwargs) -> FineTuningResult:

@@ -1,32 +1,40 @@
-"""The pretraining loop: batches in, optimizer steps out, with evaluation and checkpoints.
+"""The training loop, one for pretraining and fine-tuning: a task supplies the batches and
+the loss, the loop does everything else.
 
 One optimizer step, top to bottom (``Trainer._train_step``):
 
-    for each of the k micro-batches:                      # gradient accumulation
-        out = model.forward(ids, types, mask, labels=..., next_sentence_label=...)
-        model.backward(mlm_weight=M_i / M, nsp_weight=B_i / B)   # sums to the big batch's gradient
-    clip_grad_norm(...)                                   # global norm <= max_grad_norm
+    batches = task.next_batches()                        # the k micro-batches of this step
+    n = the items each loss averages over, in all k      # e.g. masked tokens, sequences
+    for each micro-batch i:                              # gradient accumulation
+        task.forward_backward(model, batch_i, n_i / n)   # backward of (n_i / n) * loss_i
+    clip_grad_norm(...)                                  # global norm <= max_grad_norm
     optimizer.lr = schedule(step); optimizer.step(); optimizer.zero_grad()
 
-Around it: a progress bar (loss, learning rate, tokens/s), evaluation every ``eval_every``
-steps (MLM loss and accuracy, NSP accuracy), early stopping on the validation loss, a
-JSON-lines metrics log, a loss-curve plot, NaN/inf detection, and atomic checkpoints that
-hold everything needed to continue bit for bit: the model, the optimizer's buffers, the step,
-the position in the data and the dropout generator's state.
+Each loss is a mean over its items (masked tokens, sequences, labelled tokens), so weighting
+micro-batch i by its share n_i / n sums the k gradients to exactly the gradient of one batch
+of all n items (``Trainer.accumulate``).
+
+Around the step: a progress bar (loss, learning rate, tokens/s), a validation every
+``eval_every`` steps, early stopping on ``args.metric``, the best weights kept (saved in
+``best_model/``, and without checkpoints also held in memory to be put back), a JSON-lines
+metrics log, a loss-curve plot, and the divergence stop: a NaN or infinite loss, gradient,
+validation loss or weight stops the run before anything is saved. With ``checkpoints`` each
+validation also writes an atomic checkpoint holding everything needed to continue bit for
+bit: the model, the optimizer's buffers, the step, the task's place in its data and the
+dropout generator's state.
+
+A task (:class:`Task`) is small: ``next_batches()``, ``loss_items(batch)``,
+``forward_backward(model, batch, weights)`` and ``validate(model)``. Two ship with the
+library: :class:`PretrainingTask` (masked LM + next-sentence prediction, below;
+``Trainer(model, args, train_dataset, eval_dataset, masking=...)`` builds it) and
+:class:`minibert.finetune.FineTuner` (a head on an encoder, with distillation).
 
 ``TrainingArguments(fp16=True)``: mixed precision. The dense layers multiply in float16
 (``model.set_matmul_dtype``), the weights and the update stay float32, and backward starts
-from ``scale * loss`` (``model.backward(mlm_weight=M_i / M * scale, ...)``); the gradients
-are divided by the scale before clipping, and a step whose gradients overflowed is skipped
-with a smaller scale next time (``optim.DynamicLossScaler``; the scale is checkpointed too).
-
-The data sets are streams of batches (``minibert.data.pretraining.ArrayDataset`` or
-``ShardDataset``): iterating gives one epoch of batches, dicts of NumPy arrays
-(``input_ids``, ``token_type_ids``, ``attention_mask``, ``labels``,
-``next_sentence_label``), and ``dataset.position`` says where the stream is. With dynamic
-masking the examples come unmasked and ``masking`` (a ``DynamicMasking``) corrupts each batch
-and adds its labels. A checkpoint saves the position and the masking generator's state, so a
-resumed run sees the same batches with the same masks.
+from ``scale * loss`` (the weights passed to ``forward_backward`` are multiplied by the
+scale); the gradients are divided by the scale before clipping, and a step whose gradients
+overflowed is skipped with a smaller scale next time (``optim.DynamicLossScaler``; the scale
+is checkpointed too).
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ import numpy as np
 from . import safetensors as st
 from .backend import get_array_module, is_int_at_least, to_numpy
 from .checkpoint import save_pretrained
+from .fast.cpu import keep_freed_memory
 from .nn import no_grad
 from .optim import AdamW, DynamicLossScaler, clip_grad_norm, get_schedule
 from .plots import plot_loss_curves
@@ -53,15 +62,15 @@ CHECKPOINT_POINTER = "latest_checkpoint.txt"   # names the newest complete check
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss or the gradients became NaN or infinite."""
+    """The loss, the gradients, the validation loss or the weights became NaN or infinite."""
 
 
 @dataclass
 class TrainingArguments:
-    """Hyperparameters of a pretraining run (defaults follow the original recipe, scaled down)."""
+    """Settings of the training loop (defaults: the original pretraining recipe, scaled down)."""
 
-    output_dir: str = "runs/pretrain"
-    gradient_accumulation_steps: int = 1    # micro-batches per optimizer step
+    output_dir: str | None = "runs/pretrain"   # metrics.jsonl, loss_curve.png, best_model/, checkpoints
+    gradient_accumulation_steps: int = 1    # micro-batches per optimizer step (the pretraining task's)
     max_steps: int = 1000                   # optimizer steps
     learning_rate: float = 1e-4
     warmup_steps: int = 100
@@ -71,9 +80,12 @@ class TrainingArguments:
     adam_eps: float = 1e-6
     bias_correction: bool = True
     max_grad_norm: float | None = 1.0
-    eval_every: int = 100                   # steps between evaluations (and checkpoints)
-    eval_batches: int | None = None         # None: the whole validation set (statically masked)
-    patience: int | None = None             # evaluations without improvement before stopping
+    eval_every: int = 100                   # steps between validations (and checkpoints)
+    eval_batches: int | None = None         # pretraining: validation batches; None: all of them
+    metric: str = "loss"                    # the validation metric of early stopping and the best weights
+    patience: int | None = None             # validations without improvement before stopping
+    restore_best: bool = False              # end with the best weights (a run without checkpoints)
+    checkpoints: bool = True                # write a resumable checkpoint at every validation
     log_every: int = 10
     seed: int = 0
     progress: bool = True                   # show a tqdm progress bar
@@ -96,22 +108,70 @@ class TrainingArguments:
             raise ValueError(f"max_grad_norm must be positive or None, got {self.max_grad_norm!r}")
         if self.eval_batches is not None and self.eval_batches <= 0:
             raise ValueError(f"eval_batches must be positive or None, got {self.eval_batches!r}")
+        if not (isinstance(self.metric, str) and self.metric):
+            raise ValueError(f"metric must name a validation metric such as 'loss', got {self.metric!r}")
+        if self.checkpoints and not self.output_dir:
+            raise ValueError("checkpoints need an output_dir (or give checkpoints=False)")
+        if self.checkpoints and self.restore_best:
+            raise ValueError("restore_best is for runs without checkpoints: a checkpointed run keeps its "
+                             "best weights in output_dir/best_model")
         self.adam_betas = tuple(self.adam_betas)
 
 
-class Trainer:
-    """Pretrains a :class:`minibert.modeling.BertForPreTraining` (see the module docstring)."""
+class Task:
+    """What the loop asks of a task: its batches, its loss and its validation.
 
-    def __init__(self, model, args: TrainingArguments, train_dataset, eval_dataset=None, tokenizer=None,
-                 optimizer=None, masking=None):
-        if len(train_dataset) == 0:
-            raise ValueError("the training set holds no batch: use a larger corpus or a smaller batch")
+    A subclass fills in the first three methods; the others have defaults.
+    """
+
+    name = "training"        # the progress bar's label
+    epoch = 0                # the epoch the latest batches came from (logged with the losses)
+
+    def next_batches(self) -> list:
+        """The micro-batches (dicts of arrays, with ``attention_mask``) of the next optimizer step."""
+        raise NotImplementedError
+
+    def loss_items(self, batch) -> dict:
+        """How many items each loss of the task averages over in ``batch``, by the loss's name:
+        ``{"loss": labelled tokens}``, or ``{"mlm_loss": masked tokens, "nsp_loss": sequences}``."""
+        raise NotImplementedError
+
+    def forward_backward(self, model, batch, weights: dict) -> dict:
+        """Run ``batch`` forward, then backward from ``sum(weights[name] * loss[name])``; returns
+        the value of each loss (by the names of :meth:`loss_items`)."""
+        raise NotImplementedError
+
+    def validate(self, model) -> dict:
+        """Validation metrics, ``"loss"`` among them; ``{}`` when there is nothing to validate on."""
+        return {}
+
+    def state_dict(self) -> dict:
+        """Where the task stands in its data (JSON values), for a checkpoint."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Go back to where a checkpoint's ``state`` says the task stood."""
+
+
+class Trainer:
+    """The training loop (see the module docstring): ``Trainer(model, args, task=task).train()``.
+
+    ``Trainer(model, args, train_dataset, eval_dataset, tokenizer, masking=...)`` pretrains a
+    :class:`minibert.modeling.BertForPreTraining`: it builds the :class:`PretrainingTask`.
+    ``tokenizer``, when given, is saved with the model.
+    """
+
+    def __init__(self, model, args: TrainingArguments, train_dataset=None, eval_dataset=None, tokenizer=None,
+                 optimizer=None, masking=None, *, task: Task | None = None):
+        if task is None:
+            if train_dataset is None:
+                raise TypeError("Trainer needs a train_dataset (to pretrain) or a task")
+            task = PretrainingTask(train_dataset, eval_dataset, masking, args.gradient_accumulation_steps,
+                                   args.eval_batches)
         self.model = model
         self.args = args
-        self.train_dataset = train_dataset
-        self.eval_dataset = eval_dataset
+        self.task = task
         self.tokenizer = tokenizer
-        self.masking = masking                    # None: the examples carry their labels (static masks)
         self.optimizer = optimizer or AdamW(model.named_parameters(), lr=args.learning_rate,
                                             betas=args.adam_betas, eps=args.adam_eps,
                                             weight_decay=args.weight_decay,
@@ -121,81 +181,64 @@ class Trainer:
         if args.fp16:                       # mixed precision: see DynamicLossScaler
             model.set_matmul_dtype(np.float16)
             self.scaler = DynamicLossScaler()
-        # the state that a checkpoint saves and a resume restores (with the data position)
+        # the state that a checkpoint saves and a resume restores (with the task's place in its data)
         self.step = 0                      # optimizer steps done
-        self.best_eval_loss = math.inf
+        self.best_value = None             # the best validation value of args.metric so far
+        self.best_step = None
+        self.best_metrics = {}             # the validation record of the best step
+        self.best_weights = None           # without checkpoints: a copy of the best step's weights
         self.evals_without_improvement = 0
+        self.stopped_early = False
         self.history = []                  # metrics records, also written to metrics.jsonl
-        self._batches = None               # the iterator over the current epoch
-
-    # ------------------------------------------------------------------ data
-    def _next_batch(self) -> dict:
-        """The next training batch, starting a new epoch when one ends."""
-        for _ in range(2):
-            if self._batches is None:
-                self._batches = iter(self.train_dataset)
-            batch = next(self._batches, None)
-            if batch is not None:
-                return self.masking(batch) if self.masking is not None else batch
-            self._batches = None               # the epoch is over; the dataset moved to the next
-        raise RuntimeError("the training set yielded no batch in a whole epoch")
 
     # ------------------------------------------------------------------ one step
     def _train_step(self) -> dict:
-        """One optimizer step over ``gradient_accumulation_steps`` micro-batches."""
-        model, args = self.model, self.args
-        batches = [self._next_batch() for _ in range(args.gradient_accumulation_steps)]
-        total_masked = sum(int((b["labels"] != -100).sum()) for b in batches)
-        total_sequences = sum(len(b["input_ids"]) for b in batches)
-        mlm_loss = nsp_loss = 0.0
-        tokens = 0
+        """One optimizer step over the task's micro-batches."""
+        batches = self.task.next_batches()
         scale = self.scaler.scale if self.scaler is not None else 1.0   # the loss scale (fp16)
-        for batch in batches:
-            # fp16: an overflow to inf is an expected event (the scaler handles it), not a warning
-            with np.errstate(over="ignore", invalid="ignore") if self.scaler is not None else nullcontext():
-                out = model.forward(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
-                                    labels=batch["labels"], next_sentence_label=batch["next_sentence_label"])
-                masked = int((batch["labels"] != -100).sum())
-                mlm_share = masked / max(total_masked, 1)
-                nsp_share = len(batch["input_ids"]) / total_sequences
-                model.backward(mlm_weight=mlm_share * scale, nsp_weight=nsp_share * scale)
-            mlm_loss += out.mlm_loss * mlm_share
-            nsp_loss += out.nsp_loss * nsp_share
-            tokens += int(batch["attention_mask"].sum())
-        loss = mlm_loss + nsp_loss
+        # fp16: an overflow to inf is an expected event (the scaler handles it), not a warning
+        with np.errstate(over="ignore", invalid="ignore") if self.scaler is not None else nullcontext():
+            losses = self.accumulate(batches, scale)
+        loss = sum(losses.values())
+        tokens = sum(int(batch["attention_mask"].sum()) for batch in batches)
+        record = {"loss": loss, "losses": losses, "tokens": tokens, "loss_scale": scale}
         if self.scaler is not None and math.isfinite(loss):
-            if not self.scaler.unscale(model.named_parameters()):    # float16 overflow in backward
+            if not self.scaler.unscale(self.model.named_parameters()):    # float16 overflow in backward
                 if scale <= self.scaler.min_scale:
                     raise TrainingDiverged(
-                        f"step {self.step + 1}: the gradients overflow even at loss scale {scale:g}; "
-                        "training stopped and the last checkpoint was kept. Lower the learning "
-                        "rate, or train without fp16.")
-                self.scaler.update()                                  # a smaller scale next time
+                        f"step {self.step + 1}: the gradients overflow even at loss scale {scale:g} "
+                        "(lower the learning rate, or train without fp16)")
+                self.scaler.update()                                      # a smaller scale next time
                 self.optimizer.zero_grad()
-                self.step += 1                                        # a step without an update
-                return {"loss": loss, "mlm_loss": mlm_loss, "nsp_loss": nsp_loss, "grad_norm": math.nan,
-                        "lr": self.optimizer.lr, "tokens": tokens, "skipped": True, "loss_scale": scale}
+                self.step += 1                                            # a step without an update
+                return {**record, "lr": self.optimizer.lr, "grad_norm": math.nan, "skipped": True}
             self.scaler.update()
-        grad_norm = (clip_grad_norm(model.named_parameters(), args.max_grad_norm)
-                     if args.max_grad_norm is not None else _global_norm(model))
+        grad_norm = (clip_grad_norm(self.model.named_parameters(), self.args.max_grad_norm)
+                     if self.args.max_grad_norm is not None else _global_norm(self.model))
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-            raise TrainingDiverged(
-                f"step {self.step + 1}: loss {loss} / gradient norm {grad_norm} is not finite; "
-                "training stopped and the last checkpoint was kept. Lower the learning rate "
-                "or check the data, then resume from the checkpoint.")
+            raise TrainingDiverged(f"step {self.step + 1}: loss {loss} / gradient norm {grad_norm} is not "
+                                   "finite (lower the learning rate or check the data)")
         self.optimizer.lr = self.schedule(self.step)
         self.optimizer.step()
         self.optimizer.zero_grad()
         self.step += 1
-        return {"loss": loss, "mlm_loss": mlm_loss, "nsp_loss": nsp_loss, "grad_norm": grad_norm,
-                "lr": self.optimizer.lr, "tokens": tokens, "skipped": False, "loss_scale": scale}
+        return {**record, "lr": self.optimizer.lr, "grad_norm": grad_norm, "skipped": False}
 
-    # ------------------------------------------------------------------ evaluation
-    def evaluate(self) -> dict:
-        """MLM loss and accuracy over the masked tokens, NSP accuracy, on the validation set."""
-        if self.eval_dataset is None or len(self.eval_dataset) == 0:
-            return {}
-        return evaluate_pretraining(self.model, self.eval_dataset, self.args.eval_batches)
+    def accumulate(self, batches, scale: float = 1.0) -> dict:
+        """Forward and backward of micro-batches, their gradients summed as one batch's; returns
+        each loss of the whole batch. ``scale`` multiplies the gradients (fp16's loss scale)."""
+        counts = [self.task.loss_items(batch) for batch in batches]            # {loss: items}, per batch
+        totals = {name: sum(count[name] for count in counts) for name in counts[0]}
+        losses = dict.fromkeys(totals, 0.0)
+        if not any(totals.values()):
+            return losses                                                    # nothing labelled in this step
+        for batch, count in zip(batches, counts):
+            shares = {name: count[name] / max(totals[name], 1) for name in totals}
+            values = self.task.forward_backward(self.model, batch,
+                                                {name: share * scale for name, share in shares.items()})
+            for name in losses:
+                losses[name] += values[name] * shares[name]
+        return losses
 
     # ------------------------------------------------------------------ the loop
     def train(self, resume_from: str | None = None) -> dict:
@@ -203,103 +246,150 @@ class Trainer:
         from tqdm.auto import tqdm
 
         args = self.args
-        os.makedirs(args.output_dir, exist_ok=True)
+        if args.output_dir:
+            os.makedirs(args.output_dir, exist_ok=True)
         if resume_from is not None:
             self.load_checkpoint(resume_from)
             if self.step >= args.max_steps:
                 warnings.warn(f"the checkpoint is at step {self.step} and max_steps is {args.max_steps}: "
                               "nothing to train (raise max_steps to continue)", UserWarning, stacklevel=2)
+        keep_freed_memory()          # every step makes the same large temporaries: reuse their memory
         self.model.train()
-        stopped_early = False
-        window_loss, window_tokens, window_skipped, window_start = [], 0, 0, time.perf_counter()
+        self.stopped_early = False
+        start = time.perf_counter()
+        window, window_start = [], time.perf_counter()      # the steps since the last training record
         bar = tqdm(total=args.max_steps, initial=self.step, disable=not args.progress,
-                   desc="pretraining", unit="step", dynamic_ncols=True)
+                   desc=self.task.name, unit="step", dynamic_ncols=True)
         try:
-            while self.step < args.max_steps:
-                record = self._train_step()
-                window_loss.append(record["loss"])
-                window_tokens += record["tokens"]
-                window_skipped += record["skipped"]
+            while self.step < args.max_steps and not self.stopped_early:
+                window.append(self._train_step())
                 bar.update(1)
-                if self.step % args.log_every == 0 or self.step == args.max_steps:
-                    elapsed = time.perf_counter() - window_start
-                    train_record = {"step": self.step, "split": "train",
-                                    "epoch": self.train_dataset.position["epoch"],
-                                    "loss": float(np.mean(window_loss)), "mlm_loss": record["mlm_loss"],
-                                    "nsp_loss": record["nsp_loss"], "lr": record["lr"],
-                                    "grad_norm": None if record["skipped"] else record["grad_norm"],
-                                    "tokens_per_s": window_tokens / elapsed}
-                    if self.scaler is not None:     # fp16: the loss scale and the overflowed steps
-                        train_record.update(loss_scale=record["loss_scale"], skipped_steps=window_skipped)
-                    self._log(train_record)
-                    bar.set_postfix(loss=f"{train_record['loss']:.3f}", lr=f"{record['lr']:.2e}",
-                                    tok_s=f"{train_record['tokens_per_s']:.0f}")
-                    window_loss, window_tokens, window_skipped, window_start = [], 0, 0, time.perf_counter()
-                if self.step % args.eval_every == 0 or self.step == args.max_steps:
-                    stopped_early = self._evaluate_and_checkpoint(bar)
-                    window_start = time.perf_counter()          # evaluation is not training time
-                    if stopped_early:
-                        break
+                last = self.step == args.max_steps
+                if self.step % args.log_every == 0 or last:
+                    self._log_training(window, time.perf_counter() - window_start, bar)
+                    window, window_start = [], time.perf_counter()
+                if self.step % args.eval_every == 0 or last:
+                    self.stopped_early = self._validate(bar)
+                    window_start = time.perf_counter()          # validation is not training time
+        except TrainingDiverged as error:
+            raise self._diverged(error) from None
         finally:
             bar.close()
-        self.plot()
-        best = os.path.join(args.output_dir, "best_model")
-        return {"steps": self.step, "stopped_early": stopped_early, "best_eval_loss": self.best_eval_loss,
-                "model_dir": best if os.path.isdir(best) else self.latest_checkpoint(),
-                "history": self.history}
+        seconds = time.perf_counter() - start
+        if args.restore_best and self.best_weights is not None and self.best_step != self.step:
+            self._load_weights(self.best_weights)
+        self.model.eval()
+        best = os.path.join(args.output_dir, "best_model") if args.output_dir else None
+        return {"steps": self.step, "stopped_early": self.stopped_early, "metric": args.metric,
+                "best_value": self.best_value, "best_step": self.best_step, "best_metrics": self.best_metrics,
+                "best_eval_loss": min((r["loss"] for r in self.history if r["split"] == "eval"), default=math.inf),
+                "model_dir": best if best and os.path.isdir(best) else self.latest_checkpoint(),
+                "history": self.history, "train_seconds": seconds,
+                "plot": self.plot() if args.output_dir else None}
 
-    def _evaluate_and_checkpoint(self, bar) -> bool:
+    def _validate(self, bar) -> bool:
+        """Validate, keep the best weights, write a checkpoint; True when early stopping ends the run."""
+        args = self.args
         metrics = self.evaluate()
         self.model.train()
         if metrics:
-            self._log({"step": self.step, "split": "eval", **metrics})
-            bar.write(f"step {self.step}: validation MLM loss {metrics['mlm_loss']:.3f}, "
-                      f"MLM accuracy {metrics['mlm_accuracy']:.3f}, NSP accuracy {metrics['nsp_accuracy']:.3f}")
-            loss = metrics["loss"]
-            if not math.isfinite(loss):            # weights gone bad: keep the last checkpoint as it is
-                raise TrainingDiverged(
-                    f"step {self.step}: the validation loss is {loss}; training stopped without saving, "
-                    f"and the last checkpoint ({self.latest_checkpoint() or 'none yet'}) was kept. Lower "
-                    "the learning rate or check the data, then resume from the checkpoint.")
-            if loss < self.best_eval_loss:
-                self.best_eval_loss = loss
-                self.evals_without_improvement = 0
-                save_pretrained(self.model, os.path.join(self.args.output_dir, "best_model"), self.tokenizer)
+            self._log({"step": self.step, "split": "eval", "epoch": self.task.epoch, **metrics})
+            if args.metric not in metrics:
+                raise ValueError(f"metric {args.metric!r} is not among the validation metrics {sorted(metrics)}")
+            value = metrics[args.metric]
+            if not (math.isfinite(metrics["loss"]) and math.isfinite(value)):     # the weights have diverged
+                raise TrainingDiverged(f"step {self.step}: the validation loss is {metrics['loss']}"
+                                       + ("" if args.metric == "loss" else f" and {args.metric} {value}"))
+            improved = self.best_value is None or (value < self.best_value if _lower_is_better(args.metric)
+                                                   else value > self.best_value)
+            bar.write(f"step {self.step}: validation " + ", ".join(
+                f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)) + (" (best)" if improved else ""))
+            if improved:
+                self._keep_best(value, metrics)
             else:
                 self.evals_without_improvement += 1
-        self._check_parameters_finite()
-        self.save_checkpoint()
-        patience = self.args.patience
-        if patience is not None and self.evals_without_improvement >= patience:
-            bar.write(f"early stopping at step {self.step}: no improvement of the validation loss "
-                      f"in {patience} evaluations (best {self.best_eval_loss:.4f})")
+        if args.checkpoints:
+            self._check_parameters_finite()
+            self.save_checkpoint()
+        if args.patience is not None and self.evals_without_improvement >= args.patience:
+            bar.write(f"early stopping at step {self.step}: {args.metric} did not improve in {args.patience} "
+                      f"validations (best {self.best_value:.4f} at step {self.best_step})")
             return True
         return False
 
+    def evaluate(self) -> dict:
+        """The task's validation metrics (``{}`` without a validation set)."""
+        return self.task.validate(self.model)
+
+    # ------------------------------------------------------------------ the best weights
+    def _keep_best(self, value: float, metrics: dict) -> None:
+        self.best_value, self.best_step, self.best_metrics = value, self.step, metrics
+        self.evals_without_improvement = 0
+        if not self.args.checkpoints:       # nothing to resume from: keep them in memory
+            self.best_weights = {n: p.data.copy() for n, p in self.model.named_parameters()}
+        if self.args.output_dir:
+            save_pretrained(self.model, os.path.join(self.args.output_dir, "best_model"), self.tokenizer)
+
+    def _load_weights(self, weights: dict) -> None:
+        for name, p in self.model.named_parameters():
+            p.data[...] = weights[name]
+
+    def _diverged(self, error: TrainingDiverged) -> TrainingDiverged:
+        """The error, saying what the run leaves: its last checkpoint, or its best weights put back."""
+        if self.args.checkpoints:
+            kept = (f"training stopped without saving, and the last checkpoint "
+                    f"({self.latest_checkpoint() or 'none yet'}) was kept, to resume from")
+        elif self.best_weights is None:
+            kept = "no validation had passed yet, so there are no weights to keep"
+        else:
+            self._load_weights(self.best_weights)
+            self.model.eval()
+            kept = f"the weights of the best validation (step {self.best_step}) were kept: the model holds them again"
+            if self.args.output_dir:
+                kept += f" and they are saved in {os.path.join(self.args.output_dir, 'best_model')}"
+        return TrainingDiverged(f"{error}; {kept}.")
+
     # ------------------------------------------------------------------ logging and plots
+    def _log_training(self, window: list, seconds: float, bar) -> None:
+        """A training record: the mean loss of the steps in ``window``, the other values of the last."""
+        last = window[-1]
+        record = {"step": self.step, "split": "train", "epoch": self.task.epoch,
+                  "loss": float(np.mean([step["loss"] for step in window])),
+                  **{name: value for name, value in last["losses"].items() if name != "loss"},
+                  "lr": last["lr"], "grad_norm": None if last["skipped"] else last["grad_norm"],
+                  "tokens_per_s": sum(step["tokens"] for step in window) / seconds}
+        if self.scaler is not None:               # fp16: the loss scale and the overflowed steps
+            record.update(loss_scale=last["loss_scale"], skipped_steps=sum(step["skipped"] for step in window))
+        self._log(record)
+        bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{last['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
+
     def _log(self, record: dict) -> None:
         self.history.append(record)
-        with open(os.path.join(self.args.output_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        if self.args.output_dir:
+            with open(os.path.join(self.args.output_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
 
-    def plot(self, path: str | None = None) -> str | None:
-        """Save the train/validation loss curves as a PNG (when matplotlib is installed)."""
-        stopped = self.step if self.evals_without_improvement and self.args.patience is not None \
-            and self.evals_without_improvement >= self.args.patience else None
-        return plot_loss_curves(self.history, path or os.path.join(self.args.output_dir, "loss_curve.png"),
-                                train_label="training loss (MLM + NSP)", early_stop_step=stopped)
+    def plot(self, path: str | None = None, early_stop_step: int | None = None,
+             best_step: int | None = None) -> str | None:
+        """Save the training and validation loss curves as a PNG (when matplotlib is installed),
+        with the best step and the early stop (by default this run's) marked."""
+        if path is None:
+            if not self.args.output_dir:
+                raise ValueError("plot() needs a path when args.output_dir is not set")
+            path = os.path.join(self.args.output_dir, "loss_curve.png")
+        return plot_loss_curves(self.history, path, best_step=best_step or self.best_step,
+                                best_label=f"best validation {self.args.metric} (weights kept)",
+                                early_stop_step=early_stop_step or (self.step if self.stopped_early else None))
 
     # ------------------------------------------------------------------ checkpoints
     def latest_checkpoint(self) -> str | None:
-        return latest_checkpoint(self.args.output_dir)
+        return latest_checkpoint(self.args.output_dir) if self.args.output_dir else None
 
     def _check_parameters_finite(self) -> None:
         """Raise TrainingDiverged, before anything is saved, if a parameter holds inf or NaN."""
         for name, param in self.model.named_parameters():
             if not bool(get_array_module(param.data).isfinite(param.data).all()):
-                raise TrainingDiverged(
-                    f"step {self.step}: parameter {name} holds inf or NaN; training stopped without "
-                    f"saving, and the last checkpoint ({self.latest_checkpoint() or 'none yet'}) was kept.")
+                raise TrainingDiverged(f"step {self.step}: parameter {name} holds inf or NaN")
 
     def save_checkpoint(self) -> str:
         """Write ``checkpoint-<step>/`` completely, then point ``latest_checkpoint.txt`` at it.
@@ -317,10 +407,9 @@ class Trainer:
         arrays = {k: v for k, v in opt_state.items() if isinstance(v, np.ndarray)}
         scalars = {k: v for k, v in opt_state.items() if not isinstance(v, np.ndarray)}
         st.save_file(arrays, os.path.join(tmp, "optimizer.safetensors"))
-        state = {"step": self.step, "data_position": self.train_dataset.position,
-                 "masking": self.masking.state_dict() if self.masking is not None else None,
-                 "best_eval_loss": self.best_eval_loss if math.isfinite(self.best_eval_loss) else None,
-                 "evals_without_improvement": self.evals_without_improvement,
+        state = {"step": self.step, **self.task.state_dict(),
+                 "best_eval_loss": self.best_value,      # the best value of args.metric (the validation loss)
+                 "best_step": self.best_step, "evals_without_improvement": self.evals_without_improvement,
                  "optimizer": scalars, "dropout_rng": self.model.random.get_state(),
                  "loss_scaler": self.scaler.state_dict() if self.scaler is not None else None,
                  "args": _jsonable(asdict(self.args)), "history": self.history}
@@ -349,7 +438,7 @@ class Trainer:
         from .checkpoint import read_config, read_weights
 
         # read and check everything first, so that a damaged file leaves the trainer untouched
-        needed = ("step", "optimizer", "dropout_rng", "data_position", "best_eval_loss",
+        needed = ("step", "optimizer", "dropout_rng", *self.task.state_dict(), "best_eval_loss",
                   "evals_without_improvement")
         absent = [key for key in needed if not isinstance(state, dict) or key not in state]
         if absent:
@@ -367,20 +456,88 @@ class Trainer:
         self.model.random.set_state(state["dropout_rng"])
         if self.scaler is not None and state.get("loss_scaler") is not None:
             self.scaler.load_state_dict(state["loss_scaler"])
+        self.task.load_state_dict(state)
         self.step = state["step"]
-        self.train_dataset.position = state["data_position"]
-        self._batches = None
-        if self.masking is not None:
-            if state.get("masking") is None:
-                raise ValueError(f"checkpoint {path} was saved without dynamic masking; resume it the same way")
-            self.masking.load_state_dict(state["masking"])
-        best = state["best_eval_loss"]
-        self.best_eval_loss = math.inf if best is None else best
+        self.best_value, self.best_step = state["best_eval_loss"], state.get("best_step")
         self.evals_without_improvement = state["evals_without_improvement"]
         self.history = state.get("history", [])
 
 
-# ---------------------------------------------------------------------------- helpers
+# ---------------------------------------------------------------------------- pretraining
+class PretrainingTask(Task):
+    """Masked LM + next-sentence prediction; ``accumulation`` batches make one optimizer step.
+
+    Its two losses are means over different items: the MLM loss over the masked tokens, the
+    NSP loss over the sequences.
+
+    The data sets are streams of batches (``minibert.data.pretraining.ArrayDataset`` or
+    ``ShardDataset``): iterating gives one epoch of batches, dicts of NumPy arrays
+    (``input_ids``, ``token_type_ids``, ``attention_mask``, ``labels``,
+    ``next_sentence_label``), and ``dataset.position`` says where the stream is. With dynamic
+    masking the examples come unmasked and ``masking`` (a ``DynamicMasking``) corrupts each
+    batch and adds its labels. A checkpoint saves the position and the masking generator's
+    state, so a resumed run sees the same batches with the same masks.
+    """
+
+    name = "pretraining"
+
+    def __init__(self, train_dataset, eval_dataset=None, masking=None, accumulation: int = 1,
+                 eval_batches: int | None = None):
+        if len(train_dataset) == 0:
+            raise ValueError("the training set holds no batch: use a larger corpus or a smaller batch")
+        self.train_dataset = train_dataset
+        self.eval_dataset = eval_dataset
+        self.masking = masking                    # None: the examples carry their labels (static masks)
+        self.accumulation = accumulation
+        self.eval_batches = eval_batches          # None: the whole validation set
+        self._batches = None                      # the iterator over the current epoch
+
+    @property
+    def epoch(self) -> int:
+        return self.train_dataset.position["epoch"]
+
+    def next_batches(self) -> list:
+        return [self._next_batch() for _ in range(self.accumulation)]
+
+    def _next_batch(self) -> dict:
+        """The next training batch, starting a new epoch when one ends."""
+        for _ in range(2):
+            if self._batches is None:
+                self._batches = iter(self.train_dataset)
+            batch = next(self._batches, None)
+            if batch is not None:
+                return self.masking(batch) if self.masking is not None else batch
+            self._batches = None               # the epoch is over; the dataset moved to the next
+        raise RuntimeError("the training set yielded no batch in a whole epoch")
+
+    def loss_items(self, batch) -> dict:
+        return {"mlm_loss": int((batch["labels"] != -100).sum()), "nsp_loss": len(batch["input_ids"])}
+
+    def forward_backward(self, model, batch, weights: dict) -> dict:
+        out = model.forward(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
+                            labels=batch["labels"], next_sentence_label=batch["next_sentence_label"])
+        model.backward(mlm_weight=weights["mlm_loss"], nsp_weight=weights["nsp_loss"])
+        return {"mlm_loss": out.mlm_loss, "nsp_loss": out.nsp_loss}
+
+    def validate(self, model) -> dict:
+        """MLM loss and accuracy over the masked tokens, NSP accuracy, on the validation set."""
+        if self.eval_dataset is None or len(self.eval_dataset) == 0:
+            return {}
+        return evaluate_pretraining(model, self.eval_dataset, self.eval_batches)
+
+    def state_dict(self) -> dict:
+        return {"data_position": self.train_dataset.position,
+                "masking": self.masking.state_dict() if self.masking is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.masking is not None and state["masking"] is None:
+            raise ValueError("the checkpoint was saved without dynamic masking; resume it the same way")
+        self.train_dataset.position = state["data_position"]
+        self._batches = None
+        if self.masking is not None:
+            self.masking.load_state_dict(state["masking"])
+
+
 def evaluate_pretraining(model, dataset, max_batches: int | None = None) -> dict:
     """MLM loss (mean over masked tokens), MLM accuracy, NSP loss and accuracy, without caches.
 
@@ -413,6 +570,7 @@ def evaluate_pretraining(model, dataset, max_batches: int | None = None) -> dict
             "masked_tokens": masked, "sequences": sequences}
 
 
+# ---------------------------------------------------------------------------- helpers
 def latest_checkpoint(output_dir: str) -> str | None:
     pointer = os.path.join(output_dir, CHECKPOINT_POINTER)
     if not os.path.isfile(pointer):
@@ -429,6 +587,10 @@ def latest_checkpoint(output_dir: str) -> str | None:
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{pointer} names {name}, which does not exist")
     return path
+
+
+def _lower_is_better(metric: str) -> bool:
+    return metric == "loss" or metric.endswith("_loss") or metric in ("mse", "perplexity")
 
 
 def _global_norm(model) -> float:

@@ -87,6 +87,18 @@ def test_tens_of_steps_lower_the_loss(tokenizer, sentiment):
     assert np.mean(train_losses[-3:]) < np.mean(train_losses[:3])
 
 
+def test_fp16_fine_tuning_lowers_the_loss_with_float32_weights(tokenizer, sentiment):
+    _, encoded = sentiment
+    model = BertForSequenceClassification(_config(tokenizer), num_labels=3, seed=0)
+    before = evaluate(model, encoded)["loss"]
+    result = finetune(model, encoded, epochs=10, batch_size=8, learning_rate=1e-2, progress=False, fp16=True)
+    assert evaluate(model, encoded)["loss"] < 0.8 * before
+    assert all(p.data.dtype == np.float32 and p.grad.dtype == np.float32 for _, p in model.named_parameters())
+    assert model.classifier.compute_dtype == np.float16
+    train = [r for r in result.history if r["split"] == "train"]
+    assert train[-1]["loss_scale"] == 2.0 ** 16 and sum(r["skipped_steps"] for r in train) == 0
+
+
 def test_gradient_accumulation_equals_one_big_batch(tokenizer, sentiment):
     _, encoded = sentiment
     model = BertForTokenClassification(_config(tokenizer), num_labels=3, seed=1, dtype=np.float64)

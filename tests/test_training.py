@@ -8,7 +8,14 @@ import pytest
 
 from minibert.data.pretraining import ArrayDataset, DynamicMasking, Masker, VocabularyInfo
 from minibert.modeling import BertForPreTraining
-from minibert.training import Trainer, TrainingArguments, TrainingDiverged, evaluate_pretraining, latest_checkpoint
+from minibert.training import (
+    Task,
+    Trainer,
+    TrainingArguments,
+    TrainingDiverged,
+    evaluate_pretraining,
+    latest_checkpoint,
+)
 
 from conftest import tiny_config
 
@@ -63,9 +70,9 @@ def test_accumulated_micro_batches_equal_one_big_batch(tmp_path):
     big = Trainer(_model(np.float64).eval(), _args(tmp_path), dataset(8, batch_size=8, masked=True))
     small = Trainer(_model(np.float64).eval(), _args(tmp_path, gradient_accumulation_steps=2),
                     dataset(8, masked=True))
-    big._next_batch = lambda: batch                        # the same examples: one batch of 8 ...
+    big.task._next_batch = lambda: batch                   # the same examples: one batch of 8 ...
     iterator = iter(halves)
-    small._next_batch = lambda: next(iterator)             # ... or two micro-batches of 4
+    small.task._next_batch = lambda: next(iterator)        # ... or two micro-batches of 4
     grads = {}
     for name, trainer in (("big", big), ("small", small)):
         trainer.optimizer.step = lambda: None               # keep the gradients to compare
@@ -77,6 +84,32 @@ def test_accumulated_micro_batches_equal_one_big_batch(tmp_path):
     assert grads["big"][1] == pytest.approx(grads["small"][1], rel=1e-12)
     for name, g in grads["big"][0].items():
         np.testing.assert_allclose(grads["small"][0][name], g, rtol=1e-9, atol=1e-13, err_msg=name)
+
+
+def test_the_loop_weights_each_loss_of_a_task_by_its_own_items(tmp_path):
+    """Two losses averaging over different items: micro-batch i's weight for each is its
+    share n_i / n of that loss's items, and the step's losses are the shares' sums."""
+    seen = []
+
+    class TwoLosses(Task):
+        def loss_items(self, batch):
+            return {"a": batch["a_items"], "b": batch["b_items"]}
+
+        def forward_backward(self, model, batch, weights):
+            seen.append(weights)
+            return {"a": batch["a_loss"], "b": batch["b_loss"]}
+
+    trainer = Trainer(_model(), _args(tmp_path, checkpoints=False), task=TwoLosses())
+    batches = [{"a_items": 1, "b_items": 2, "a_loss": 4.0, "b_loss": 1.0},
+               {"a_items": 3, "b_items": 1, "a_loss": 8.0, "b_loss": 4.0}]
+    losses = trainer.accumulate(batches, scale=8.0)
+    assert seen == [{"a": 8.0 * 1 / 4, "b": 8.0 * 2 / 3}, {"a": 8.0 * 3 / 4, "b": 8.0 * 1 / 3}]
+    assert losses == pytest.approx({"a": (1 * 4.0 + 3 * 8.0) / 4, "b": (2 * 1.0 + 1 * 4.0) / 3})
+    seen.clear()                                         # nothing labelled in the whole step: no pass at all
+    nothing = [dict(b, a_items=0, b_items=0) for b in batches]
+    assert trainer.accumulate(nothing) == {"a": 0.0, "b": 0.0} and seen == []
+    with pytest.raises(TypeError, match="train_dataset .* or a task"):
+        Trainer(_model(), _args(tmp_path))
 
 
 def test_each_step_uses_the_learning_rate_of_its_own_step(tmp_path):
@@ -282,7 +315,8 @@ def test_early_stopping_with_patience(tmp_path):
 
 
 @pytest.mark.parametrize("field, value", [("learning_rate", -1.0), ("max_steps", 0),
-                                          ("gradient_accumulation_steps", 0), ("patience", 0)])
+                                          ("gradient_accumulation_steps", 0), ("patience", 0),
+                                          ("output_dir", None), ("restore_best", True)])
 def test_invalid_hyperparameters(field, value):
     with pytest.raises(ValueError, match=field):
         TrainingArguments(**{field: value})
@@ -349,7 +383,7 @@ def test_fp16_gives_up_when_even_the_smallest_scale_overflows(tmp_path):
 
 def test_fp16_resume_restores_the_loss_scale(tmp_path):
     first = Trainer(_model(), _args(tmp_path, max_steps=3, eval_every=3, fp16=True), dataset(12))
-    first.masking = masking()
+    first.task.masking = masking()
     first.scaler.scale, first.scaler.good_steps = 512.0, 7
     first.save_checkpoint()
     resumed = Trainer(_model(), _args(tmp_path, max_steps=3, eval_every=3, fp16=True), dataset(12),

@@ -167,13 +167,13 @@ class Module:
     # ----------------------------------------------------------------- devices
     @property
     def device(self) -> str:
-        first = next(iter(self.parameters()), None)
-        return "cpu" if first is None else device_of(first.data)
+        first = next(self.named_parameters(), None)          # the first parameter: no full walk
+        return "cpu" if first is None else device_of(first[1].data)
 
     @property
     def dtype(self):
-        first = next(iter(self.parameters()), None)
-        return np.dtype(np.float32) if first is None else first.data.dtype
+        first = next(self.named_parameters(), None)
+        return np.dtype(np.float32) if first is None else first[1].data.dtype
 
     def to(self, device: str | None = None, dtype=None) -> "Module":
         """Move every parameter (and gradient) to ``device`` and/or cast it to ``dtype``, in place."""

@@ -23,6 +23,8 @@ import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+
 from . import fast, ops
 from .backend import device_of
 
@@ -60,19 +62,20 @@ class SpeedUp:
     accepts: Callable | None = None
 
     def applies(self, x, inference: bool) -> bool:
+        """True for arrays like ``x`` (already known to be on ``self.device``)."""
         return ((inference or not self.inference_only) and x.dtype.name in self.dtypes
-                and device_of(x) == self.device and (self.accepts is None or self.accepts(x)))
+                and (self.accepts is None or self.accepts(x)))
 
 
-_speed_ups: dict[str, list[SpeedUp]] = {}
+_speed_ups: dict[tuple, list[SpeedUp]] = {}       # (op, device) -> speed-ups, latest first
 _enabled = True
 
 
 def register(speed_up: SpeedUp) -> None:
-    """Add a speed-up; the latest registered for an op is tried first."""
+    """Add a speed-up; the latest registered for an op and device is tried first."""
     if speed_up.op not in REFERENCE:
         raise ValueError(f"unknown op {speed_up.op!r}; expected one of {sorted(REFERENCE)}")
-    _speed_ups.setdefault(speed_up.op, []).insert(0, speed_up)
+    _speed_ups.setdefault((speed_up.op, speed_up.device), []).insert(0, speed_up)
 
 
 def implementation(op: str, x, inference: bool = False):
@@ -82,10 +85,15 @@ def implementation(op: str, x, inference: bool = False):
     speed-ups may be used.
     """
     if _enabled:
-        for speed_up in _speed_ups.get(op, ()):
+        for speed_up in _speed_ups.get((op, array_device(x)), ()):
             if speed_up.applies(x, inference):
                 return speed_up.forward, speed_up.backward
     return REFERENCE[op]
+
+
+def array_device(x) -> str:
+    """"cpu" for a NumPy array (the common case, answered here), else the backend's answer."""
+    return "cpu" if isinstance(x, np.ndarray) else device_of(x)
 
 
 @contextlib.contextmanager

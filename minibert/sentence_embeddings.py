@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .backend import available_cores, get_array_module, is_int_at_least, to_numpy
-from .fast.cpu import single_threaded
+from .fast.cpu import keep_freed_memory, single_threaded
 from .modeling import BertModel
 from .nn import no_grad
 from .tokenization import BertTokenizer
@@ -108,6 +108,7 @@ class SentenceEncoder:
         if workers > 1 and device != "cpu":
             raise ValueError("workers > 1 needs device='cpu'")
         self.workers = workers
+        keep_freed_memory()          # each batch makes the same temporaries: reuse their memory
         self.directory = directory
         self.model = BertModel.from_pretrained(directory, device=device, dtype=dtype)
         self.model.eval()

@@ -303,7 +303,7 @@ def test_reference_only_turns_every_speed_up_off():
 def test_register_refuses_an_unknown_op():
     with pytest.raises(ValueError, match="unknown op 'softplus'"):
         registry.register(SpeedUp(op="softplus", forward=np.abs, backward=None, device="cpu"))
-    assert "softplus" not in registry._speed_ups
+    assert not any(op == "softplus" for op, _ in registry._speed_ups)
 
 
 # --------------------------------------------------------------------------- the model, inference mode

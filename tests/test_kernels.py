@@ -74,7 +74,7 @@ def test_source_compiles_with_nvcc(filename, tmp_path):
 
 # ============================================================================ the registry (CPU)
 def _cuda_entries(op):
-    return [s for s in registry._speed_ups.get(op, []) if s.device == "cuda"]
+    return registry._speed_ups.get((op, "cuda"), [])
 
 
 def test_the_registry_lists_the_cuda_kernels_for_their_ops_and_dtypes():
@@ -108,7 +108,7 @@ def test_numpy_arrays_never_get_a_cuda_kernel(op, dtype, inference):
 def numpy_as_gpu_arrays(monkeypatch):
     """Let the registry take NumPy arrays for GPU arrays, to test its choice without a GPU
     (the kernels themselves are not called)."""
-    monkeypatch.setattr(registry, "device_of", lambda x: "cuda")
+    monkeypatch.setattr(registry, "array_device", lambda x: "cuda")
 
 
 def _shaped(shape, dtype=np.float32):

@@ -8,8 +8,8 @@ Shapes: B batch, N heads, T sequence (Tq queries, Tk keys), D head size, H hidde
 * Float32 inference, forward only (no cache, so no backward):
   ``gelu_fast`` (erf from Abramowitz & Stegun 7.1.26, worked through cache-sized chunks on
   the cores: 1.7e-7 max(1, |x|) from the exact GELU, 3.4e-7 at most), ``layer_norm_fast``
-  (fewer full-size temporaries), and ``attention_keys_first`` (the scores stored keys first,
-  so the softmax reduces along long rows).
+  (fewer full-size temporaries), and ``attention_keys_first`` (each sequence over its real
+  keys only, the scores stored keys first so the softmax reduces along long rows).
 
 All pool work goes through one thread pool, :func:`cpu_pool`, one thread per available core.
 
@@ -195,16 +195,48 @@ def layer_norm_fast(x, gamma, beta, eps=1e-12):
 
 
 def attention_keys_first(q, k, v, mask=None, dropout_p=0.0, rng=None, training=True):
-    """ops.attention_forward for inference, with the scores laid out keys first.
+    """ops.attention_forward for inference, each sequence attending over its real keys only.
 
-    The scores are stored (Tk, B, N, Tq), so the softmax over the keys reduces along the
-    first axis: whole-array passes over rows of B*N*Tq numbers, where the (B, N, Tq, Tk)
-    layout reduces ~20 numbers at a time for short sentences. Both matrix products read
-    and write that layout through strides. With dropout active it runs the reference.
+    With a padding mask of shape (B, 1, 1, T) whose real tokens come first (what the
+    tokenizer makes), sequences with the same number of real tokens are attended together
+    over just those keys, with no mask: a long sequence no longer makes every other one in
+    the batch attend over its padding. Other masks: every key, as the reference. With
+    dropout active it runs the reference.
     """
     if training and dropout_p > 0.0:
         o, _ = ops.attention_forward(q, k, v, mask, dropout_p, rng, training)
         return o, None
+    lengths = padding_lengths(mask, k.shape[2])                        # (B,) or None
+    if lengths is None or lengths.min() == k.shape[2] or lengths.min() == 0:
+        return _attend_keys_first(q, k, v, mask), None
+    o = np.empty(q.shape[:3] + v.shape[3:], dtype=q.dtype)             # (B, N, Tq, D)
+    order = np.argsort(-lengths, kind="stable")
+    for group in np.split(order, np.flatnonzero(np.diff(lengths[order])) + 1):
+        n = int(lengths[group[0]])                                     # real keys of these sequences
+        o[group] = _attend_keys_first(q[group], k[group, :, :n], v[group, :, :n], None)
+    return o, None
+
+
+def padding_lengths(mask, n_keys):
+    """The real keys of each sequence when ``mask`` (B, 1, 1, Tk) hides only trailing
+    padding (0, then the large negative value); None for any other mask."""
+    if mask is None or mask.ndim != 4 or mask.shape[1:3] != (1, 1):
+        return None
+    real = mask[:, 0, 0, :] == 0                                       # (B, Tk)
+    lengths = real.sum(axis=1)                                         # (B,)
+    if not (real == (np.arange(n_keys) < lengths[:, None])).all():
+        return None
+    return lengths
+
+
+def _attend_keys_first(q, k, v, mask):
+    """softmax(q k^T / sqrt(D) + mask) v with the scores stored keys first.
+
+    The scores are laid out (Tk, B, N, Tq), so the softmax over the keys reduces along the
+    first axis: whole-array passes over rows of B*N*Tq numbers, where the (B, N, Tq, Tk)
+    layout reduces ~20 numbers at a time for short sentences. Both matrix products read
+    and write that layout through strides.
+    """
     batch, heads, n_queries, head_size = q.shape
     n_keys = k.shape[2]
     q_t = q.swapaxes(-1, -2) * (1.0 / math.sqrt(head_size))            # (B, N, D, Tq)
@@ -218,7 +250,7 @@ def attention_keys_first(q, k, v, mask=None, dropout_p=0.0, rng=None, training=T
     np.exp(s, out=s)
     s *= np.reciprocal(s.sum(axis=0))
     probabilities = scores.transpose(1, 2, 3, 0)                       # (B, N, Tq, Tk) view
-    return probabilities @ v, None                                     # (B, N, Tq, D)
+    return probabilities @ v                                           # (B, N, Tq, D)
 
 
 SPEED_UPS = [

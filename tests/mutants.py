@@ -73,6 +73,7 @@ BK = "minibert/backend.py"
 FC = "minibert/fast/cpu.py"
 PJ, CP = "minibert/pretrain.py", "minibert/cli_pretrain.py"
 OA, VA = "minibert/ops/adamw.py", "minibert/validation.py"
+RG, CF = "minibert/registry.py", "minibert/config.py"
 
 MUTANTS = [
     Mutant('A1', A, '    pdf *= -0.5\n', '    pdf *= 0.5\n', OPS, 'gelu_backward: pdf exponent sign flipped exp(+x^2/2)'),
@@ -317,6 +318,35 @@ MUTANTS = [
     Mutant('SQ3', SQ, 'precision, recall = common / len(predicted), common / len(expected)', 'precision, recall = common / len(expected), common / len(predicted)', FINETUNE_DATA, 'precision and recall swapped', equivalent='F1 is symmetric in precision and recall'),
     Mutant('SQ4', SQ, 'common = sum((Counter(predicted) & Counter(expected)).values())', 'common = len(set(predicted) & set(expected))', FINETUNE_DATA, 'F1 overlap ignores repeated words'),
     Mutant('SQ5', SQ, '        count += 1\n        if qid not in predictions:\n            continue                                   # unanswered: scores 0\n', '        if qid not in predictions:\n            continue                                   # unanswered: scores 0\n        count += 1\n', FINETUNE_DATA, 'unanswered questions left out of the mean instead of scoring 0'),
+    # round 5: today's redesign: the registry, the CPU speed wing, inference packing, head masks,
+    # attention outputs, pruned heads in the config and the model, the one training loop
+    Mutant('RG1', RG, '(inference or not self.inference_only) and x.dtype', 'x.dtype', FAST, 'registry: an inference-only speed-up (no backward) chosen with grad on'),
+    Mutant('RG2', RG, '(inference or not self.inference_only)', '(not self.inference_only)', FAST, 'registry: inference-only speed-ups never chosen, even under no_grad'),
+    Mutant('RG3', RG, ' and x.dtype.name in self.dtypes\n', '\n', FAST, 'registry: dtype not checked (float64 inference gets the float32 shortcuts)'),
+    Mutant('RG4', RG, '        _enabled = previous\n', '        _enabled = True\n', FAST, 'reference_only: speed-ups switched on at the end of a nested block, not put back as found'),
+    Mutant('RG5', RG, '.insert(0, speed_up)', '.append(speed_up)', FAST, 'register: a new speed-up tried last, not first'),
+    Mutant('FC1', FC, '    if not (real == (np.arange(n_keys) < lengths[:, None])).all():\n        return None\n', '', FAST, 'padding_lengths: a mask hiding other keys than trailing padding read as lengths'),
+    Mutant('FC2', FC, 'np.split(order, np.flatnonzero(np.diff(lengths[order])) + 1)', 'np.split(order, np.flatnonzero(np.diff(lengths[order])))', FAST, 'keys-first attention: groups of equal length split one sequence early'),
+    Mutant('FC3', FC, 'k[group, :, :n], v[group, :, :n]', 'k[group, :, :n - 1], v[group, :, :n - 1]', FAST, 'keys-first attention: a group attends over n-1 of its n real keys'),
+    Mutant('FC4', FC, '        _local.single = self.previous\n', '        _local.single = False\n', FAST, 'single_threaded: the end of a nested block turns the outer one off'),
+    Mutant('FC5', FC, 'libc.mallopt(GLIBC_M_MMAP_THRESHOLD, MMAP_THRESHOLD)', 'libc.mallopt(GLIBC_M_MMAP_THRESHOLD, TRIM_THRESHOLD)', FAST, 'keep_freed_memory: the two thresholds swapped', also=[('libc.mallopt(GLIBC_M_TRIM_THRESHOLD, TRIM_THRESHOLD)', 'libc.mallopt(GLIBC_M_TRIM_THRESHOLD, MMAP_THRESHOLD)')]),
+    Mutant('FC6', FC, 'lengths.min() == k.shape[2] or lengths.min() == 0:', 'lengths.min() == k.shape[2]:', FAST, 'keys-first attention: a sequence that is all padding grouped over zero keys'),
+    Mutant('MP1', M, '            if rows is not None:\n                needed[rows] = True\n', '', FAST, 'inference packing: asked-for padded output positions not computed'),
+    Mutant('MP2', M, 'needed = mask.reshape(-1) == 0', 'needed = xp.ones(batch * length, dtype=bool)', FAST, 'inference packing: the padded rows packed and computed too'),
+    Mutant('MP3', M, 'xp.searchsorted(order, positions), xp.searchsorted(order, first_tokens)', 'xp.searchsorted(rows, positions), xp.searchsorted(rows, first_tokens)', FAST, 'output_positions: searched among the packed rows, not the flat positions they hold'),
+    Mutant('MP4', M, 'h = scatter_rows(h, packed.rows, (batch, length, hidden))', 'h = scatter_rows(h, xp.arange(packed.rows.size), (batch, length, hidden))', FAST, 'inference packing: the sequence output scattered to the first rows, not the real positions'),
+    Mutant('MP5', M, 'ungated, context = context, context * gate', 'ungated, context = context, context', ['tests/test_modules.py'], 'head_mask: the gate not applied in forward'),
+    Mutant('MP6', M, '            dcontext = dcontext * gate\n', '', ['tests/test_modules.py'], 'head_mask: backward does not multiply the gradient by the gate'),
+    Mutant('MP7', M, '(ungated * dcontext).sum(axis=(2, 3))', '(ungated * dcontext).sum(axis=(0, 2, 3))', ['tests/test_modules.py', 'tests/test_prune.py'], 'head_mask_grad summed over the batch too (not per sequence)'),
+    Mutant('MP8', M, 'return (merged, cache.p) if output_attentions', 'return (merged, cache.p_dropped) if output_attentions', ['tests/test_attention_maps.py'], 'output_attentions returns the probabilities after dropout'),
+    Mutant('PH1', M, 'kept = [before.kept_heads(layer_index).index(h)', 'kept = [config.kept_heads(layer_index).index(h)', ['tests/test_modules.py'], 'prune_heads: kept heads located in the config after pruning, not before'),
+    Mutant('PH2', M, '            kept[name] = value[:, columns]', '            kept[name] = value[columns]', ['tests/test_modules.py', 'tests/test_prune.py'], '_state_of_heads: rows of output.dense kept instead of columns'),
+    Mutant('CF1', CF, '.get("pruned_heads", {}).get(str(layer), ())', '.get("pruned_heads", {}).get(layer, ())', ['tests/test_modules.py', 'tests/test_prune.py'], 'kept_heads: looks the layer up by int (config.json keys are strings): pruned heads ignored'),
+    Mutant('CF2', CF, '            if len(heads) >= self.num_attention_heads:\n', '            if len(heads) > self.num_attention_heads:\n', ['tests/test_modules.py', 'tests/test_prune.py'], 'pruned_heads: every head of a layer may be pruned'),
+    Mutant('TK1', TR, '{name: share * scale for name, share in shares.items()}', '{name: count[name] * scale for name in shares}', ['tests/test_training.py'], 'accumulation: loss weights are item counts, not divided by the step\'s total'),
+    Mutant('TK2', TR, '{name: share * scale for name, share in shares.items()}', '{name: share for name, share in shares.items()}', ['tests/test_training.py'], 'fp16: the loss scale not applied to the loss weights'),
+    Mutant('TK3', TR, 'if not (math.isfinite(loss) and math.isfinite(grad_norm)):', 'if not (math.isfinite(loss) and not math.isnan(grad_norm)):', ['tests/test_training.py'], 'divergence check passes an infinite gradient norm (only NaN stops)'),
+    Mutant('VA1', VA, '    if length > config.max_position_embeddings:\n', '    if length >= config.max_position_embeddings:\n', ['tests/test_model_errors.py'], 'a sequence of exactly max_position_embeddings tokens refused'),
 ]
 
 

@@ -97,3 +97,14 @@ def test_output_attentions_returns_every_layer_and_keeps_backward_working(rng):
     model.backward(dseq, None)
     for name, param in model.named_parameters():
         np.testing.assert_allclose(grads[name], param.grad, rtol=1e-10, atol=1e-14, err_msg=name)
+
+
+def test_output_attentions_in_training_gives_the_probabilities_before_dropout(rng):
+    model = _model(attention_probs_dropout_prob=0.5).train()         # attention dropout acts
+    ids = rng.integers(5, len(VOCAB), (2, 6))
+    _, _, attentions = model.forward(ids, output_attentions=True)
+    model.clear_caches()
+    _, _, evaluated = model.eval().forward(ids, output_attentions=True)
+    for p in attentions:
+        np.testing.assert_allclose(p.sum(axis=-1), 1.0, rtol=1e-12)  # p itself, not the dropped p
+    np.testing.assert_allclose(attentions[0], evaluated[0], rtol=1e-12)   # layer 0 sees the same input

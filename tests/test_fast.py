@@ -4,6 +4,10 @@ it is an inference shortcut, and the model in inference mode equals the model in
 mode at every real position.
 """
 
+import os
+import platform
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -153,6 +157,52 @@ def test_single_threaded_is_per_thread_and_nests():
     assert seen == [False] and not cpu._in_pool_worker()
 
 
+# --------------------------------------------------------------------------- the allocator
+_HEAP_AFTER_FREE = """
+import ctypes
+import numpy as np
+from minibert.fast.cpu import keep_freed_memory
+
+class Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                     "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Mallinfo2
+print(keep_freed_memory())
+before = libc.mallinfo2()
+arrays = [np.ones(1 << 20) for _ in range(8)]       # 8 x 8 MiB, as a step's temporaries
+made = libc.mallinfo2()
+del arrays
+freed = libc.mallinfo2()
+print(made.arena - before.arena, made.hblkhd - before.hblkhd, freed.arena - before.arena, freed.fordblks)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_keep_freed_memory_keeps_a_steps_freed_arrays_in_the_heap():
+    """In a fresh process: after keep_freed_memory(), 8 MiB arrays come from the heap (not
+    one mapping each) and, once freed, stay there for the next step (not trimmed away)."""
+    done = subprocess.run([sys.executable, "-c", _HEAP_AFTER_FREE], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if "mallinfo2" in done.stderr:
+        pytest.skip("glibc older than 2.33 (no mallinfo2)")
+    assert done.returncode == 0, done.stderr
+    accepted, lines = done.stdout.split("\n", 1)
+    grew, mapped, kept, free = (int(n) for n in lines.split())
+    assert accepted == "True"
+    assert grew >= 56 << 20 and mapped == 0              # from the heap, no mapping of their own
+    assert kept >= 56 << 20 and free >= 56 << 20         # freed, the heap still holds them
+
+
+def test_keep_freed_memory_without_glibc_says_false(monkeypatch):
+    def no_libc(name):
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(cpu.ctypes, "CDLL", no_libc)
+    assert cpu.keep_freed_memory() is False
+
+
 # --------------------------------------------------------------------------- LayerNorm, float32 inference
 def _layer_norm_definition(x, w, b, eps):
     mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
@@ -197,11 +247,17 @@ def _padding_mask(lengths, n_keys, dtype):
 
 
 @pytest.mark.parametrize("dtype, tol", [(np.float32, 2e-6), (np.float64, 1e-13)])
-@pytest.mark.parametrize("mask_kind", ["padding", "full", "none"])
+@pytest.mark.parametrize("mask_kind", ["padding", "padding_and_empty", "not_trailing", "full", "none"])
 def test_attention_keys_first_equals_the_reference(rng, dtype, tol, mask_kind):
     q, k, v = _qkv(rng, dtype)
     if mask_kind == "padding":
         mask = _padding_mask([6, 2, 4], 6, dtype)                            # (B, 1, 1, T)
+    elif mask_kind == "padding_and_empty":                                  # the middle sequence is all padding
+        mask = _padding_mask([6, 0, 3], 6, dtype)
+    elif mask_kind == "not_trailing":                                       # (B, 1, 1, T), hidden keys not at the end
+        real = np.array([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1], [1, 0, 1, 1, 0, 1]], bool)
+        mask = np.where(real, 0.0, np.finfo(dtype).min).astype(dtype)[:, None, None, :]
+        assert cpu.padding_lengths(mask, 6) is None                         # not read as lengths
     elif mask_kind == "full":                                               # (B, N, T, T): causal and random
         allowed = np.tril(np.ones((6, 6), bool)) & (rng.random((3, 2, 6, 6)) < 0.7)
         allowed[..., 0] = True
@@ -295,6 +351,10 @@ def test_reference_only_turns_every_speed_up_off():
             with no_grad():
                 assert op("gelu", x) == registry.REFERENCE["gelu"]
         assert implementation("gelu", x) == (gelu_exact_threaded, ops.gelu_backward)   # on again after
+    with reference_only():
+        with reference_only():
+            pass
+        assert implementation("gelu", _x(np.float32), True) == registry.REFERENCE["gelu"]   # still off: nested
     with pytest.raises(RuntimeError), reference_only():
         raise RuntimeError("the block fails")
     assert implementation("gelu", _x(np.float32), True) == (gelu_fast, None)          # restored after an error

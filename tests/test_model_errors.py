@@ -83,6 +83,9 @@ def test_float_ids(model):
 def test_sequence_too_long(model):
     with pytest.raises(ValueError, match=r"sequence length 17 exceeds max_position_embeddings \(16\)"):
         model.forward(np.zeros((1, 17), dtype=np.int64))
+    out = model.forward(np.zeros((1, 16), dtype=np.int64))          # exactly max_position_embeddings: fine
+    assert out.prediction_logits.shape == (1, 16, model.config.vocab_size)
+    model.clear_caches()
 
 
 def test_mask_of_wrong_shape(model):

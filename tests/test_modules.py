@@ -342,3 +342,42 @@ def test_pruned_heads_equal_masked_heads_and_survive_a_rebuild(rng):
     np.testing.assert_array_equal(rebuilt.forward(ids)[0], model.forward(ids)[0])
     with pytest.raises(ValueError, match="cannot prune every head of layer 0"):
         model.prune_heads({0: [2]})
+
+
+def test_head_mask_gates_each_heads_context_and_its_gradients_check_out(rng):
+    config = tiny_config()
+    d, heads = config.head_size, config.num_attention_heads
+    model = BertModel(config, seed=4, dtype=F64).eval()
+    ids = rng.integers(0, config.vocab_size, (2, 6))
+    mask = np.ones((2, 6))
+    mask[1, 4:] = 0
+    # a gate g on a head scales its context P V, as scaling its value rows and bias by g does
+    per_layer = [np.array([0.0, 1.5, 0.7]), np.array([1.2, 0.3, 2.0])]            # (N,) per layer
+    scaled = BertModel(config, seed=4, dtype=F64).eval()
+    for layer, gates in enumerate(per_layer):
+        value = scaled.encoder.layer[layer].attention.self.value
+        for h in range(heads):
+            value.weight.data[h * d:(h + 1) * d] *= gates[h]
+            value.bias.data[h * d:(h + 1) * d] *= gates[h]
+    expected, _ = scaled.forward(ids, None, mask)
+    np.testing.assert_allclose(model.forward(ids, None, mask, head_mask=per_layer)[0], expected, rtol=1e-12,
+                               atol=1e-12)
+    model.clear_caches()
+    # per-sequence gates (B, N), one head silenced: parameter gradients and d(loss)/d(gate)
+    head_mask = [rng.uniform(0.2, 1.8, (2, heads)) for _ in range(2)]
+    head_mask[0][1, 2] = 0.0
+    dseq, dpooled = rng.standard_normal((2, 6, config.hidden_size)), rng.standard_normal((2, config.hidden_size))
+    model.zero_grad()
+    model.forward(ids, None, mask, head_mask=head_mask)
+    model.backward(dseq, dpooled)
+    attention = {n: p for n, p in model.named_parameters() if ".attention.self." in n}
+    arrays = {**{n: p.data for n, p in attention.items()}, **{f"gate{i}": g for i, g in enumerate(head_mask)}}
+    grads = {**{n: p.grad.copy() for n, p in attention.items()},
+             **{f"gate{i}": g.copy() for i, g in enumerate(model.head_mask_grad)}}
+
+    def loss():
+        seq, pooled = model.forward(ids, None, mask, head_mask=head_mask)
+        model.clear_caches()
+        return float((seq * dseq).sum() + (pooled * dpooled).sum())
+
+    gradcheck(loss, arrays, grads).raise_if_failed()

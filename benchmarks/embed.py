@@ -127,7 +127,7 @@ def worker_minibert(sentences, args, sort, workers, matmuls_only=False):
     encoder = SentenceEncoder(args.model, batch_size=args.batch_size, sort_by_length=sort,
                               workers=workers)
     if matmuls_only:
-        encoder._fast = MatmulsOnly(encoder._fast)
+        encoder.model = MatmulsOnly(encoder.model)
     rss_loaded = _peak_rss_mb()
     seconds, times, out = _time_runs(encoder.encode, sentences, args.repeats)
     return seconds, times, out, rss_loaded
@@ -166,40 +166,43 @@ def worker_transformers(sentences, args, sort, _workers):
 
 
 class MatmulsOnly:
-    """The matrix products of :class:`minibert.embeddings.InferenceEncoder`'s forward, alone.
+    """The matrix products of ``BertModel.forward`` in inference mode, alone.
 
-    Same weights, same (M, K) x (K, N) products per layer, and per group of equal-length
-    sequences the two batched attention products on strided views, as the encoder does;
-    no bias, residual, LayerNorm, softmax or GELU. The hidden states it returns are
-    meaningless: it measures the ceiling that the matrix products set.
+    Same weights, the same (M, K) x (K, N) products per layer on the M real tokens, and per
+    group of equal-length sequences the two batched attention products; no bias, residual,
+    LayerNorm, softmax or GELU. The hidden states it returns are meaningless: it measures
+    the ceiling that the matrix products set.
     """
 
-    def __init__(self, encoder):
-        self.encoder = encoder
+    def __init__(self, model):
+        self.model = model
+        self.config = model.config
 
-    def forward(self, sequences, token_types=None, threaded=True):
+    def forward(self, ids, attention_mask=None):
         import numpy as np
 
-        enc = self.encoder
-        n, d = enc.num_heads, enc.head_size
-        lengths = np.array([len(s) for s in sequences])
-        x = np.zeros((int(lengths.sum()), n * d), np.float32)              # (M, H)
-        for p in enc.layers:
-            qkv = x @ p["qkv"][0]                                           # (M, 3H)
-            context = np.zeros_like(x)                                      # (M, H)
+        batch, length = ids.shape
+        lengths = np.asarray(attention_mask).sum(axis=1)
+        hidden = self.model.config.hidden_size
+        x = np.zeros((int(lengths.sum()), hidden), np.float32)             # (M, H)
+        for layer in self.model.encoder.layer:
+            s = layer.attention.self
+            n, d = s.num_heads, s.head_size
+            q, k, v = (x @ lin.weight.data.T for lin in (s.query, s.key, s.value))   # (M, H) each
+            context = np.zeros_like(x)
             row = 0
             for t in np.unique(lengths):
                 b = int((lengths == t).sum())
-                parts = qkv[row:row + b * t].reshape(b, t, 3, n, d)
-                k = parts[:, :, 1].transpose(0, 2, 1, 3)                    # (b, N, t, D)
-                q = parts[:, :, 0].transpose(0, 2, 3, 1)                    # (b, N, D, t)
-                v = parts[:, :, 2].transpose(0, 2, 1, 3)                    # (b, N, t, D)
-                scores = k @ q                                              # (b, N, t, t)
+                split = [a[row:row + b * t].reshape(b, t, n, d).transpose(0, 2, 1, 3) for a in (q, k, v)]
+                scores = split[0] @ split[1].swapaxes(-1, -2)               # (b, N, t, t)
                 out = context[row:row + b * t].reshape(b, t, n, d).transpose(0, 2, 1, 3)
-                np.matmul(scores, v, out=out)                               # (b, N, t, D) view
+                np.matmul(scores, split[2], out=out)                        # (b, N, t, D) view
                 row += b * t
-            x = ((context @ p["attn_out"][0]) @ p["inter"][0]) @ p["out"][0]
-        return x, lengths
+            a = context @ layer.attention.output.dense.weight.data.T
+            x = (a @ layer.intermediate.dense.weight.data.T) @ layer.output.dense.weight.data.T
+        padded = np.zeros((batch, length, hidden), np.float32)
+        padded[np.asarray(attention_mask, bool)] = x                        # rows back in place
+        return padded, None
 
 
 def worker_matmuls_only(sentences, args, sort, workers):

@@ -26,8 +26,8 @@ Forward and backward come in pairs, like every module of the project::
     model.backward(dlogits)               # or: the gradient of your own loss w.r.t. out.logits
 
 ``backward(..., loss_weight=w)`` differentiates ``w * loss``: gradient accumulation gives
-each micro-batch its share of the big batch (see minibert/finetune.py), which makes the
-accumulated gradient equal to the big batch's.
+each micro-batch its share of the big batch (``Trainer.accumulate`` in minibert/training.py),
+which makes the accumulated gradient equal to the big batch's.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ import numpy as np
 
 from . import ops
 from .backend import RandomSource, check_device, check_dtype, get_array_module, is_int_at_least, xp_for_device
-from .config import PRESETS, BertConfig  # noqa: F401  (BertConfig is part of this module's interface)
+from .config import BertConfig
 from .layers import Activation, Dropout, Embedding, LayerNorm, Linear
 from .nn import Module, ModuleList, Parameter, grad_enabled, op
 from .validation import as_int_array, check_grad_shape, check_inputs, check_range, check_shape

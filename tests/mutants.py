@@ -328,6 +328,8 @@ MUTANTS = [
     Mutant('FC1', FC, '    if not (real == (np.arange(n_keys) < lengths[:, None])).all():\n        return None\n', '', FAST, 'padding_lengths: a mask hiding other keys than trailing padding read as lengths'),
     Mutant('FC2', FC, 'np.split(order, np.flatnonzero(np.diff(lengths[order])) + 1)', 'np.split(order, np.flatnonzero(np.diff(lengths[order])))', FAST, 'keys-first attention: groups of equal length split one sequence early'),
     Mutant('FC3', FC, 'k[group, :, :n], v[group, :, :n]', 'k[group, :, :n - 1], v[group, :, :n - 1]', FAST, 'keys-first attention: a group attends over n-1 of its n real keys'),
+    Mutant('FC7', FC, 'zero = n < n_queries and not q[group, :, n:].any()', 'zero = n < n_queries', FAST, 'keys-first attention: padded queries taken for zero without looking'),
+    Mutant('FC8', FC, 'o[group, :, n:] = v_g.mean(axis=2, keepdims=True)', 'o[group, :, n:] = v_g.sum(axis=2, keepdims=True)', FAST, 'keys-first attention: zero queries given the sum of the values, not their mean'),
     Mutant('FC4', FC, '        _local.single = self.previous\n', '        _local.single = False\n', FAST, 'single_threaded: the end of a nested block turns the outer one off'),
     Mutant('FC5', FC, 'libc.mallopt(GLIBC_M_MMAP_THRESHOLD, MMAP_THRESHOLD)', 'libc.mallopt(GLIBC_M_MMAP_THRESHOLD, TRIM_THRESHOLD)', FAST, 'keep_freed_memory: the two thresholds swapped', also=[('libc.mallopt(GLIBC_M_TRIM_THRESHOLD, TRIM_THRESHOLD)', 'libc.mallopt(GLIBC_M_TRIM_THRESHOLD, MMAP_THRESHOLD)')]),
     Mutant('FC6', FC, 'lengths.min() == k.shape[2] or lengths.min() == 0:', 'lengths.min() == k.shape[2]:', FAST, 'keys-first attention: a sequence that is all padding grouped over zero keys'),

@@ -247,6 +247,22 @@ def _padding_mask(lengths, n_keys, dtype):
 
 
 @pytest.mark.parametrize("dtype, tol", [(np.float32, 2e-6), (np.float64, 1e-13)])
+def test_attention_keys_first_with_zero_queries_at_padding_equals_the_reference(rng, dtype, tol):
+    """BertModel's packed rows leave the queries of padded positions at zero: those attend
+    evenly over the real keys, and the shortcut gives them the mean of the values."""
+    q, k, v = _qkv(rng, dtype, batch=4)
+    lengths = [6, 2, 4, 2]                                                  # two groups of one length
+    for b, n in enumerate(lengths):
+        q[b, :, n:] = 0.0
+    mask = _padding_mask(lengths, 6, dtype)
+    out, _ = attention_keys_first(q, k, v, mask, 0.0, None, False)
+    expected, _ = ops.attention_forward(q, k, v, mask, 0.0, None, False)
+    np.testing.assert_allclose(out, expected, rtol=tol, atol=tol)
+    np.testing.assert_allclose(out[1, :, 2:], np.broadcast_to(v[1, :, :2].mean(axis=1)[:, None], (2, 4, 4)),
+                               rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 2e-6), (np.float64, 1e-13)])
 @pytest.mark.parametrize("mask_kind", ["padding", "padding_and_empty", "not_trailing", "full", "none"])
 def test_attention_keys_first_equals_the_reference(rng, dtype, tol, mask_kind):
     q, k, v = _qkv(rng, dtype)

@@ -109,8 +109,8 @@ _SQRT_HALF = 1.0 / math.sqrt(2.0)
 CHUNK = 1 << 16                       # elements per GELU chunk: temporaries stay in L2 cache
 
 
-def _gelu_chunk(x, a, t, e):
-    """In place on the 1-D chunk x: x <- x * Phi(x), the exact (erf) GELU to ~2e-7 max(1, |x|).
+def _gelu_chunk(x, y, a, t, e):
+    """y <- x * Phi(x) on the 1-D chunk x, the exact (erf) GELU to ~2e-7 max(1, |x|).
 
     With a = |x|:  x Phi(x) = 0.5 (x + |x| erf(a / sqrt 2)) = 0.5 (x + |x|) - 0.5 |x| q(t) exp(-x^2 / 2),
     where q(t) exp(-x^2 / 2) = 1 - erf(|x| / sqrt 2) comes straight from the A&S formula (no
@@ -130,9 +130,9 @@ def _gelu_chunk(x, a, t, e):
     np.exp(t, out=t)                                   # exp(-x^2 / 2)
     e *= t
     e *= a                                             # 0.5 |x| (1 - erf(|x| / sqrt 2))
-    x += a
-    x *= 0.5                                           # 0.5 (x + |x|) = max(x, 0)
-    x -= e
+    np.add(x, a, out=y)
+    y *= 0.5                                           # 0.5 (x + |x|) = max(x, 0)
+    y -= e
 
 
 def gelu_fast(x, threaded: bool = True):
@@ -146,9 +146,8 @@ def gelu_fast(x, threaded: bool = True):
     def work(start):
         if not hasattr(local, "buffers"):
             local.buffers = [np.empty(CHUNK, flat.dtype) for _ in range(3)]
-        piece = flat[start:start + CHUNK]
-        piece[...] = flat_in[start:start + CHUNK]
-        _gelu_chunk(piece, *(b[:piece.size] for b in local.buffers))
+        piece = flat_in[start:start + CHUNK]
+        _gelu_chunk(piece, flat[start:start + CHUNK], *(b[:piece.size] for b in local.buffers))
 
     starts = range(0, flat.size, CHUNK)
     if threaded and flat.size > CHUNK and not _in_pool_worker():
@@ -209,11 +208,21 @@ def attention_keys_first(q, k, v, mask=None, dropout_p=0.0, rng=None, training=T
     lengths = padding_lengths(mask, k.shape[2])                        # (B,) or None
     if lengths is None or lengths.min() == k.shape[2] or lengths.min() == 0:
         return _attend_keys_first(q, k, v, mask), None
+    n_queries = q.shape[2]
     o = np.empty(q.shape[:3] + v.shape[3:], dtype=q.dtype)             # (B, N, Tq, D)
     order = np.argsort(-lengths, kind="stable")
     for group in np.split(order, np.flatnonzero(np.diff(lengths[order])) + 1):
         n = int(lengths[group[0]])                                     # real keys of these sequences
-        o[group] = _attend_keys_first(q[group], k[group, :, :n], v[group, :, :n], None)
+        if group[-1] - group[0] == group.size - 1:                     # neighbours (sorted batches): views
+            group = slice(group[0], group[-1] + 1)
+        k_g, v_g = k[group, :, :n], v[group, :, :n]                    # (b, N, n, D)
+        # Queries at padded positions that are all zero (BertModel's packed rows) score 0
+        # against every key: they attend evenly, and their output is the mean of the values.
+        zero = n < n_queries and not q[group, :, n:].any()
+        queries = n if zero else n_queries
+        o[group, :, :queries] = _attend_keys_first(q[group, :, :queries], k_g, v_g, None)
+        if zero:
+            o[group, :, n:] = v_g.mean(axis=2, keepdims=True)           # (b, N, 1, D) broadcast
     return o, None
 
 

@@ -114,7 +114,7 @@ def test_gelu_fast_matches_exact_erf():
     for dtype, tol in ((np.float64, 2e-7), (np.float32, 5e-7)):
         given = x.astype(dtype)
         before = given.copy()
-        y, cache = gelu_fast(given)                              # chunked and threaded (> one chunk)
+        y, cache = gelu_fast(given, threaded=True)               # chunked and threaded (> one chunk)
         assert cache is None and y.dtype == dtype and y.shape == x.shape
         np.testing.assert_array_equal(given, before)             # the input is left alone
         assert np.abs(y - exact).max() <= tol * 12
@@ -131,7 +131,7 @@ def test_threaded_gelu_fast_equals_the_one_thread_gelu(rng, cores, monkeypatch):
     cores(2)
     x = rng.standard_normal((300, 1000)).astype(np.float32) * 4      # several GELU chunks
     assert x.size > 2 * cpu.CHUNK
-    threaded, _ = gelu_fast(x)
+    threaded, _ = gelu_fast(x, threaded=True)
     one_call, _ = gelu_fast(x, threaded=False)
 
     def no_pool():
@@ -139,7 +139,7 @@ def test_threaded_gelu_fast_equals_the_one_thread_gelu(rng, cores, monkeypatch):
 
     monkeypatch.setattr(cpu, "cpu_pool", no_pool)
     with single_threaded():
-        single, _ = gelu_fast(x)
+        single, _ = gelu_fast(x, threaded=True)                  # asked for, but kept on this thread
     np.testing.assert_array_equal(threaded, single)
     np.testing.assert_array_equal(one_call, single)
     np.testing.assert_allclose(single, _exact_gelu(x.astype(np.float64)), atol=5e-7 * 12)

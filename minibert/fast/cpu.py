@@ -6,8 +6,8 @@ Shapes: B batch, N heads, T sequence (Tq queries, Tk keys), D head size, H hidde
   (NumPy runs a ufunc on one core but releases the GIL, so threads give a real speed-up);
   the same numbers as the reference, bit for bit, for training too.
 * Float32 inference, forward only (no cache, so no backward):
-  ``gelu_fast`` (erf from Abramowitz & Stegun 7.1.26, worked through cache-sized chunks on
-  the cores: 1.7e-7 max(1, |x|) from the exact GELU, 3.4e-7 at most), ``layer_norm_fast``
+  ``gelu_fast`` (erf from Abramowitz & Stegun 7.1.26, worked through cache-sized chunks:
+  1.7e-7 max(1, |x|) from the exact GELU, 3.4e-7 at most), ``layer_norm_fast``
   (fewer full-size temporaries), and ``attention_keys_first`` (each sequence over its real
   keys only, the scores stored keys first so the softmax reduces along long rows).
 
@@ -135,9 +135,15 @@ def _gelu_chunk(x, y, a, t, e):
     y -= e
 
 
-def gelu_fast(x, threaded: bool = True):
+def gelu_fast(x, threaded: bool = False):
     """GELU for float32 inference: a new array, worked through cache-sized chunks (on the
-    pool's threads when ``threaded``). Returns (y, None): no cache."""
+    pool's threads when ``threaded``). Returns (y, None): no cache.
+
+    The model runs it on the calling thread: at about 4 ns an element it is too short to
+    gain from the pool while OpenBLAS's own threads spin between the matrix products
+    (measured one batch at a time with two BLAS threads: 4.42-4.47 s on one thread against
+    4.73-4.94 s on the pool, for the 1,000 sentences of benchmarks/embed.py).
+    """
     flat_in = x.reshape(-1)
     y = np.empty(x.shape, dtype=x.dtype)
     flat = y.reshape(-1)

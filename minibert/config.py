@@ -13,10 +13,11 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 
 from .backend import is_int_at_least
+from .ops.activations import ACTIVATIONS
 
-# hidden_act values (as config.json names them): "gelu" is the exact erf form BERT was trained
-# with, "gelu_new" / "gelu_pytorch_tanh" the tanh approximation.
-HIDDEN_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "tanh")
+# hidden_act values (as config.json names them): the activations of minibert/ops ("gelu" is the
+# exact erf form BERT was trained with, "gelu_new" / "gelu_pytorch_tanh" the tanh approximation)
+HIDDEN_ACTIVATIONS = (*ACTIVATIONS, "tanh")
 ATTENTION_IMPLEMENTATIONS = ("naive", "flash")
 
 

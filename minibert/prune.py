@@ -228,11 +228,8 @@ def encoder_sparsity(model) -> float:
 
 # ============================================================================ head importance
 def original_head_numbers(bert) -> list[list[int]]:
-    """For each layer, the original numbers of the heads it still has (``config.extra["pruned_heads"]``)."""
-    config = bert.config
-    pruned = {int(k): set(v) for k, v in config.extra.get("pruned_heads", {}).items()}
-    return [[h for h in range(config.num_attention_heads) if h not in pruned.get(layer, set())]
-            for layer in range(config.num_hidden_layers)]
+    """For each layer, the original numbers of the heads it still has (``config.kept_heads``)."""
+    return [bert.config.kept_heads(layer) for layer in range(bert.config.num_hidden_layers)]
 
 
 def head_gate_gradients(model, batch: dict) -> np.ndarray:

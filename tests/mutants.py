@@ -290,7 +290,7 @@ MUTANTS = [
     Mutant('PR3', PR, 'summed = np.abs(gates).sum(axis=0)', 'summed = gates.sum(axis=0)', PRUNE, 'head importance: signed gradients summed (cancel out)'),
     Mutant('PR4', PR, 'count = min(int(round(sparsity * magnitudes.size)), magnitudes.size - 1)', 'count = min(int(sparsity * magnitudes.size), magnitudes.size - 1)', PRUNE, 'magnitude pruning count floored, not rounded'),
     Mutant('PR5', PR, '        self.pruner.mask_gradients()\n', '', PRUNE, 'masked optimizer: gradients of pruned weights not zeroed (moments build up)'),
-    Mutant('PR6', PR, 'pruned = {int(k): set(v) for k, v in', 'pruned = {k: set(v) for k, v in', PRUNE, 'pruned_heads keys read back from JSON as strings, not ints'),
+    Mutant('PR6', M, 'pruned = {int(k): set(v) for k, v in', 'pruned = {k: set(v) for k, v in', PRUNE + ['tests/test_modules.py'], 'pruned_heads keys read back from JSON as strings, not ints'),
     # vocab_trainer.py
     Mutant('V1', V, 'ranked = sorted(char_counts, key=lambda c: (-char_counts[c], c))', 'ranked = sorted(char_counts, key=lambda c: (char_counts[c], c))', VOCAB, 'alphabet: least frequent characters kept'),
     Mutant('V2', V, '        if count < min_frequency:\n', '        if count <= min_frequency:\n', VOCAB, 'a pair seen exactly min_frequency times is not merged'),

@@ -164,13 +164,14 @@ def gelu_fast(x, threaded: bool = False):
     return y, None
 
 
+_local = threading.local()          # .single: this thread keeps its work off the pool
+
+
 def _in_pool_worker() -> bool:
     """True on a thread that may not use the pool (a pool thread, or a caller that runs
     several batches at once and keeps each on its own thread: see :func:`single_threaded`)."""
     return threading.current_thread().name.startswith("minibert-elementwise") or getattr(_local, "single", False)
 
-
-_local = threading.local()
 
 
 class single_threaded:

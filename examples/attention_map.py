@@ -15,7 +15,6 @@ other pieces or to a related word, and heads that spread out evenly (mostly in l
 """
 
 import argparse
-import importlib.util
 import os
 import warnings
 
@@ -38,8 +37,7 @@ tokenizer = BertTokenizer.from_pretrained(directory)
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)        # a fine-tuned model's head is not needed here
     model = BertModel.from_pretrained(directory)
-if importlib.util.find_spec("matplotlib"):                  # the pictures need it; the summary does not
-    os.makedirs(args.output, exist_ok=True)
+os.makedirs(args.output, exist_ok=True)
 
 tokens, maps = attention_probabilities(model, tokenizer, args.text)
 print(f"{len(tokens)} tokens: {' '.join(tokens)}")
@@ -65,4 +63,4 @@ one = plot_attention_map(model, tokenizer, args.text, os.path.join(args.output, 
                          layer=args.layer)
 every = plot_attention_map(model, tokenizer, args.text, os.path.join(args.output, "attention_all_layers.png"),
                            layer=None)
-print(f"saved {one} and {every}" if one else "matplotlib is not installed: no pictures")
+print(f"saved {one} and {every}")

@@ -256,7 +256,7 @@ def main(argv=None) -> dict:
         print(f"  {name:<38} {100 * scores['accuracy']:7.2f}% {f1}")
     print("\nfine-tuned model:\n" + format_confusion_matrix(report["confusion_matrix"], names))
     print("bag-of-words (same tweets):\n" + format_confusion_matrix(bow["confusion_matrix"], names))
-    print(f"\nwall time {wall / 60:.1f} min; loss curves: {result.plot or 'not drawn (pip install matplotlib)'}")
+    print(f"\nwall time {wall / 60:.1f} min; loss curves: {result.plot}")
 
     results = {
         "model": model_dir, "model_name": model_name, "data": summary, "labels": names,

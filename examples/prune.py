@@ -47,7 +47,7 @@ from minibert.data.finetuning import encode_classification  # noqa: E402
 from minibert.finetune import FineTuner, FineTuningArguments, accuracy, macro_f1, predict  # noqa: E402
 from minibert.heads import BertForSequenceClassification  # noqa: E402
 from minibert.optim import AdamW  # noqa: E402
-from minibert.plots import _pyplot  # noqa: E402
+from minibert.plots import pyplot  # noqa: E402
 from minibert.prune import (MagnitudePruner, compare_speed, format_reports, head_importance,  # noqa: E402
                             heads_for_fraction, measure, prune_heads_by_importance)
 from minibert.tokenization import BertTokenizer  # noqa: E402
@@ -226,35 +226,33 @@ with open(os.path.join(args.output, "results.json"), "w", encoding="utf-8") as f
                "importance_size": len(importance_set), "importance": importance.tolist(), "rows": rows,
                "wall_seconds": wall}, fh, indent=2)
 
-plt = _pyplot()
-if plt is not None:
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for kind, label, color in (("magnitude", "encoder weights zeroed", "tab:blue"),
-                               ("heads", "attention heads removed", "tab:orange")):
-        points = [(0.0, control["accuracy"], reference.accuracy)] + \
-                 [(r["level"], r["accuracy"], r["accuracy_before_recovery"]) for r in rows if r["kind"] == kind]
-        x, after, before = (np.array(v) for v in zip(*points))
-        left.plot(100 * x, 100 * after, "o-", color=color, label=f"{label}, after recovery")
-        left.plot(100 * x, 100 * before, "x--", color=color, alpha=0.6, label=f"{label}, before recovery")
-    left.axhline(100 * reference.accuracy, color="gray", lw=1, label="fine-tuned, unpruned")
-    left.axhspan(100 * reference.accuracy - 1, 100 * reference.accuracy, color="gray", alpha=0.15,
-                 label="within 1 point")
-    left.set_xlabel("% pruned")
-    left.set_ylabel(f"test accuracy (%), {len(test_set)} tweets")
-    left.legend(fontsize=7)
-    left.grid(alpha=0.3)
-    heads = [r for r in rows if r["kind"] in ("none", "heads")]
-    x = [100 * r["level"] for r in heads]
-    right.bar([str(int(v)) for v in x], [1000 * r["seconds_per_batch"] for r in heads], color="tab:orange")
-    right.set_xlabel("% attention heads removed")
-    right.set_ylabel("ms per batch of 32 tweets (inference)")
-    for i, r in enumerate(heads):
-        right.text(i, 1000 * r["seconds_per_batch"], f"{r['parameters'] / 1e6:.1f}M params", ha="center",
-                   va="bottom", fontsize=7)
-    fig.suptitle("Pruning the fine-tuned all-MiniLM-L6-v2 (sentiment of tweets)")
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.output, "pruning_tradeoff.png"), dpi=90)
-    plt.close(fig)
-written = "table.md, results.json" + (" and pruning_tradeoff.png" if plt is not None else
-                                      " (pip install matplotlib for the plot)")
+plt = pyplot()
+fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+for kind, label, color in (("magnitude", "encoder weights zeroed", "tab:blue"),
+                           ("heads", "attention heads removed", "tab:orange")):
+    points = [(0.0, control["accuracy"], reference.accuracy)] + \
+             [(r["level"], r["accuracy"], r["accuracy_before_recovery"]) for r in rows if r["kind"] == kind]
+    x, after, before = (np.array(v) for v in zip(*points))
+    left.plot(100 * x, 100 * after, "o-", color=color, label=f"{label}, after recovery")
+    left.plot(100 * x, 100 * before, "x--", color=color, alpha=0.6, label=f"{label}, before recovery")
+left.axhline(100 * reference.accuracy, color="gray", lw=1, label="fine-tuned, unpruned")
+left.axhspan(100 * reference.accuracy - 1, 100 * reference.accuracy, color="gray", alpha=0.15,
+             label="within 1 point")
+left.set_xlabel("% pruned")
+left.set_ylabel(f"test accuracy (%), {len(test_set)} tweets")
+left.legend(fontsize=7)
+left.grid(alpha=0.3)
+heads = [r for r in rows if r["kind"] in ("none", "heads")]
+x = [100 * r["level"] for r in heads]
+right.bar([str(int(v)) for v in x], [1000 * r["seconds_per_batch"] for r in heads], color="tab:orange")
+right.set_xlabel("% attention heads removed")
+right.set_ylabel("ms per batch of 32 tweets (inference)")
+for i, r in enumerate(heads):
+    right.text(i, 1000 * r["seconds_per_batch"], f"{r['parameters'] / 1e6:.1f}M params", ha="center",
+               va="bottom", fontsize=7)
+fig.suptitle("Pruning the fine-tuned all-MiniLM-L6-v2 (sentiment of tweets)")
+fig.tight_layout()
+fig.savefig(os.path.join(args.output, "pruning_tradeoff.png"), dpi=90)
+plt.close(fig)
+written = "table.md, results.json and pruning_tradeoff.png"
 print(f"\nwall time {wall / 60:.1f} min; {written} in {args.output}")

@@ -92,7 +92,7 @@ for example in eval_examples[:20]:
     print(f"  {example.question}\n      predicted {predictions[example.id]!r}; "
           f"gold {[a.text for a in example.answers]}")
 wall = time.perf_counter() - start
-print(f"wall time {wall:.0f} s; loss curves: {result.plot or 'not drawn (pip install matplotlib)'}")
+print(f"wall time {wall:.0f} s; loss curves: {result.plot}")
 with open(os.path.join(args.output, "results.json"), "w", encoding="utf-8") as f:
     json.dump({"train": args.train, "eval": args.eval or args.train, "smoke_demonstration": smoke,
                "model": directory, "before": before, "after": after, "steps": result.steps,

@@ -22,7 +22,7 @@ import math
 
 from .backend import to_numpy
 from .nn import no_grad
-from .plots import _pyplot
+from .plots import pyplot
 from .prune import encoder, original_head_numbers
 
 def attention_probabilities(model, tokenizer, text: str, text_pair: str | None = None):
@@ -52,12 +52,9 @@ def plot_attention_map(model, tokenizer, text: str, path: str, layer: int | None
     ``layer`` an int: one panel per head of that layer, rows = queries, columns = keys, with
     the tokens written along both axes. ``layer=None``: every layer (rows) x every head
     (columns), small panels without token labels, to see the whole model at a glance.
-    Heads keep their original numbers in a model whose heads were pruned. Returns None when
-    matplotlib is not installed.
+    Heads keep their original numbers in a model whose heads were pruned.
     """
-    plt = _pyplot()
-    if plt is None:
-        return None
+    plt = pyplot()
     tokens, maps = attention_probabilities(model, tokenizer, text, text_pair)
     numbers = original_head_numbers(encoder(model))
     if layer is not None:

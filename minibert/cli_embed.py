@@ -89,6 +89,9 @@ def _fill_mask_command(args) -> int:
                          "its weights), so it cannot fill masks; use a checkpoint trained with "
                          "masked language modelling (e.g. one saved by minibert pretrain)")
     tokenizer = BertTokenizer.from_pretrained(args.model)
+    if not args.text and sys.stdin.isatty():
+        raise ValueError("no text: give a sentence containing [MASK] as an argument, or pipe lines to "
+                         "standard input")
     texts = args.text or [line for line in sys.stdin.read().splitlines() if line.strip()]
     if not texts:
         raise ValueError("no text: give a sentence containing [MASK]")
@@ -97,7 +100,7 @@ def _fill_mask_command(args) -> int:
         print(text)
         for n, candidates in enumerate(results, 1):
             label = f"[MASK] {n}" if len(results) > 1 else "[MASK]"
-            print(f"  {label}: " + "  ".join(f"{token} ({p:.3f})" for token, p in candidates))
+            print(f"  {label}: " + "  ".join(f"{token!r} ({p:.3f})" for token, p in candidates))
     return 0
 
 

@@ -17,11 +17,16 @@ import json
 import os
 import warnings
 
+from .cli import HelpFormatter
+
+RUN_FILES = ("results.json", "metrics.jsonl", "best_model", "final_model")   # what a finished run leaves
+
 
 def add_finetune_commands(subparsers) -> None:
     parser = subparsers.add_parser(
         "finetune", help="fine-tune a checkpoint for text classification on a CSV/TSV file",
-        description="Fine-tune a pretrained BERT checkpoint for text classification (CSV or TSV files).")
+        description="Fine-tune a pretrained BERT checkpoint for text classification (CSV or TSV files).",
+        formatter_class=HelpFormatter)
     data = parser.add_argument_group("data")
     parser.add_argument("--model", required=True, metavar="DIR",
                         help="checkpoint folder (config.json, model.safetensors, vocab.txt)")
@@ -29,21 +34,23 @@ def add_finetune_commands(subparsers) -> None:
     data.add_argument("--validation", metavar="FILE", help="validation file for early stopping "
                       "(default: hold out --validation-fraction of the training file)")
     data.add_argument("--test", metavar="FILE", help="test file for the final report")
-    data.add_argument("--text-column", default="text", help="column holding the text (default: text)")
+    data.add_argument("--text-column", default="text", help="column holding the text")
     data.add_argument("--text-pair-column", default=None, help="column holding a second text, for pairs")
-    data.add_argument("--label-column", default="label", help="column holding the label (default: label)")
+    data.add_argument("--label-column", default="label", help="column holding the label")
     data.add_argument("--validation-fraction", type=float, default=0.1,
-                      help="share of the training file held out when --validation is not given (default 0.1)")
+                      help="share of the training file held out when --validation is not given")
     data.add_argument("--invalid-utf8", choices=("skip", "replace", "error"), default="skip",
                       help="rows with invalid UTF-8: skip them (counted), replace the bad bytes, or stop")
     data.add_argument("--limit", type=int, default=None, metavar="N",
                       help="use only the first N training examples (after the split), for a quick run")
     train = parser.add_argument_group("training")
-    train.add_argument("--epochs", type=int, default=3)
-    train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default 5e-5)")
-    train.add_argument("--warmup-ratio", type=float, default=0.1)
-    train.add_argument("--weight-decay", type=float, default=0.01)
+    train.add_argument("--epochs", type=int, default=3, help="passes over the training examples")
+    train.add_argument("--batch-size", type=int, default=32, help="examples per micro-batch")
+    train.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (AdamW)")
+    train.add_argument("--warmup-ratio", type=float, default=0.1,
+                       help="share of the steps over which the learning rate rises to its peak")
+    train.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (not on biases "
+                       "and LayerNorm)")
     train.add_argument("--accumulation", type=int, default=1, metavar="K",
                        help="micro-batches per optimizer step (gradient accumulation)")
     train.add_argument("--patience", type=int, default=None,
@@ -52,12 +59,14 @@ def add_finetune_commands(subparsers) -> None:
                        help="optimizer steps between validations (default: once per epoch)")
     train.add_argument("--metric", choices=("accuracy", "macro_f1", "loss"), default="accuracy",
                        help="validation metric for early stopping and the best model")
-    train.add_argument("--max-length", type=int, default=128, help="tokens per sequence (default 128)")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--max-length", type=int, default=128, help="tokens per sequence")
+    train.add_argument("--seed", type=int, default=0, help="seed of the split, the new head's weights, "
+                       "the batch order and dropout")
     train.add_argument("--device", default="cpu", help="cpu or cuda")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--output", metavar="DIR", default=None,
-                        help="folder for the best model, metrics.jsonl, results.json and loss_curve.png")
+                        help="folder for the best model, metrics.jsonl, results.json and loss_curve.png "
+                             "(default: runs/finetune-<training file's name>, numbered when taken)")
     parser.set_defaults(func=run_finetune)
 
 
@@ -79,6 +88,20 @@ def _check_arguments(args) -> None:
     if not os.path.isfile(os.path.join(args.model, "vocab.txt")):
         raise FileNotFoundError(f"--model {args.model}: no vocab.txt there (a checkpoint folder with its "
                                 "vocabulary is needed to tokenize the texts)")
+    if args.output is not None and any(os.path.exists(os.path.join(args.output, name)) for name in RUN_FILES):
+        raise FileExistsError(f"--output {args.output} already holds a fine-tuned model: give another folder "
+                              "(nothing was overwritten)")
+
+
+def default_output(train_file: str, root: str = "runs") -> str:
+    """``runs/finetune-<name of the training file>``, or ``...-2``, ``-3``... when that one is taken."""
+    stem = os.path.splitext(os.path.basename(train_file))[0] or "run"
+    path = os.path.join(root, f"finetune-{stem}")
+    number = 1
+    while os.path.exists(path):
+        number += 1
+        path = os.path.join(root, f"finetune-{stem}-{number}")
+    return path
 
 
 def run_finetune(args) -> int:
@@ -88,6 +111,9 @@ def run_finetune(args) -> int:
     from .tokenization import BertTokenizer
 
     _check_arguments(args)
+    if args.output is None:
+        args.output = default_output(args.train)
+    print(f"output: {args.output}")
     tokenizer = BertTokenizer.from_pretrained(args.model)
 
     def read(path, labels=None):
@@ -139,11 +165,11 @@ def run_finetune(args) -> int:
     print(f"{split} accuracy {100 * report['accuracy']:.2f}%  macro-F1 {100 * report['macro_f1']:.2f}%  "
           f"({report['examples']} examples)")
     print(format_confusion_matrix(report["confusion_matrix"], names))
-    if args.output:
-        results = {"split": split, **report, "labels": names, "steps": result.steps,
-                   "stopped_early": result.stopped_early, "best_step": result.best_step,
-                   "train_seconds": result.train_seconds, "plot": result.plot}
-        with open(os.path.join(args.output, "results.json"), "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
-        print(f"saved the best model and results.json in {args.output}")
+    results = {"split": split, **report, "labels": names, "steps": result.steps,
+               "stopped_early": result.stopped_early, "best_step": result.best_step,
+               "train_seconds": result.train_seconds, "plot": result.plot}
+    with open(os.path.join(args.output, "results.json"), "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
+    print(f"saved: {os.path.join(args.output, 'best_model')} (the best validation, step {result.best_step}), "
+          f"results.json" + (f", {os.path.basename(result.plot)}" if result.plot else ""))
     return 0

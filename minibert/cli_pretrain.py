@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
+import shlex
+import shutil
+import sys
 import time
 
 from . import pretrain as job
+from .cli import HelpFormatter
 from .data.corpus import split_documents
 
 D = job.DEFAULTS
@@ -20,7 +23,7 @@ def add_pretrain_commands(subparsers) -> None:
         description="Pretrain a small BERT. With no arguments: trains a WordPiece vocabulary on the "
                     "Python standard library's docstrings (no download), pretrains a tiny BERT, "
                     "evaluates it, saves it to runs/<name>/ and prints fill-in-the-mask predictions.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     data = p.add_argument_group("data")
     data.add_argument("--corpus", default=None,
                       help="a .txt file or folder of them (default: the built-in standard-library corpus)")
@@ -63,7 +66,7 @@ def add_pretrain_commands(subparsers) -> None:
     train.add_argument("--eval-batches", type=int, default=D["eval_batches"],
                        help="validation batches per evaluation")
     train.add_argument("--patience", type=int, default=D["patience"],
-                       help="stop after this many evaluations without improvement (default: %(default)s, never)")
+                       help="stop after this many evaluations without improvement (default: never)")
     train.add_argument("--seed", type=int, default=D["seed"], help="seed of the data, masks, weights and dropout")
     train.add_argument("--name", default="pretrain", help="the run folder: runs/<name>/")
     train.add_argument("--output-root", default="runs", help="folder that holds the run folders")
@@ -77,15 +80,83 @@ RUN_SHAPE = ("corpus", "corpus_format", "vocab", "vocab_size", "max_seq_length",
              "whole_word_masking", "validation_fraction", "preset", "config", "attn_implementation",
              "batch_size", "accumulation", "seed")
 RUN_SHAPE_FILE = "run_shape.json"
+# what a run writes before its first checkpoint: a start that failed before then leaves only these
+STARTED_FILES = (RUN_SHAPE_FILE, "tokenizer", "metrics.jsonl", "loss_curve.png")
 
 
-def _check_same_data_and_model(args, run_dir) -> None:
-    """Write the run's shape on its first start; on --resume, refuse options that change it
+def _check_options(args) -> None:
+    """Refuse a bad option before anything is read or written."""
+    for name in ("vocab_size", "max_seq_length", "dupe_factor", "batch_size", "accumulation", "steps",
+                 "eval_every", "eval_batches"):
+        value = getattr(args, name)
+        if value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    if args.max_seq_length < 8:
+        raise ValueError(f"--max-seq-length must leave room for [CLS] A [SEP] B [SEP]: at least 8, "
+                         f"got {args.max_seq_length}")
+    if not (args.lr > 0 and math.isfinite(args.lr)):
+        raise ValueError(f"--lr must be a positive number, got {args.lr}")
+    if not (args.weight_decay >= 0 and math.isfinite(args.weight_decay)):
+        raise ValueError(f"--weight-decay must be 0 or more, got {args.weight_decay}")
+    if args.patience is not None and args.patience < 1:
+        raise ValueError(f"--patience must be a positive integer, got {args.patience}")
+    if not (args.warmup >= 0 and math.isfinite(args.warmup)):
+        raise ValueError(f"--warmup must be a fraction of the steps (< 1) or a number of steps, got {args.warmup}")
+    if not 0.0 < args.validation_fraction < 1.0:
+        raise ValueError(f"--validation-fraction must be between 0 and 1 (exclusive): the run is "
+                         f"evaluated on held-out documents; got {args.validation_fraction}")
+    if args.corpus is not None and not os.path.exists(args.corpus):
+        raise FileNotFoundError(f"--corpus {args.corpus}: no such file or folder")
+    if args.vocab is not None and not os.path.exists(args.vocab):
+        raise FileNotFoundError(f"--vocab {args.vocab}: no such file or folder")
+    if args.config and not os.path.isfile(args.config):
+        raise FileNotFoundError(f"--config {args.config}: no such file")
+    if args.device not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu or cuda, got {args.device!r}")
+
+
+def _claim_run_dir(run_dir: str, resume: bool) -> str | None:
+    """Decide what ``run_dir`` holds before anything is written; returns the checkpoint to resume
+    from, or None for a fresh start.
+
+    A folder holding a run (a checkpoint, a saved model or results) is refused without
+    ``--resume``. A start that failed before its first checkpoint left only ``STARTED_FILES``:
+    those are removed and the run starts afresh, so a corrected command just works.
+    """
+    from .training import latest_checkpoint
+
+    if not os.path.isdir(run_dir):
+        if os.path.exists(run_dir):
+            raise FileExistsError(f"{run_dir} is a file, not a run folder: choose another --name or --output-root")
+        return None
+    checkpoint = latest_checkpoint(run_dir)
+    if resume and checkpoint is not None:
+        return checkpoint
+    names = os.listdir(run_dir)
+    if checkpoint is not None or any(name in ("best_model", "results.json") for name in names):
+        raise FileExistsError(f"{run_dir} already holds a run: pass --resume to continue it, "
+                              "or --name to start another (nothing was overwritten)")
+    others = [name for name in names if name not in STARTED_FILES and not name.startswith(".tmp-checkpoint-")]
+    if others:
+        raise FileExistsError(f"{run_dir} holds files that are not a run's ({', '.join(sorted(others)[:3])}): "
+                              "choose another --name (nothing was touched)")
+    if names:
+        print(f"{run_dir} holds a start that never reached a checkpoint: starting afresh")
+        for name in names:
+            path = os.path.join(run_dir, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    elif resume:
+        print(f"--resume: {run_dir} has no checkpoint yet, so this run starts from step 0")
+    return None
+
+
+def _check_same_data_and_model(args, run_dir, resuming: bool) -> None:
+    """Write the run's shape on its first start; on resume, refuse options that change it
     (the checkpoint's data position and weights would no longer fit). --lr, --steps and the
     evaluation options may change."""
     path = os.path.join(run_dir, RUN_SHAPE_FILE)
     shape = {name: getattr(args, name) for name in RUN_SHAPE}
-    if args.resume and os.path.isfile(path):
+    if resuming and os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
             before = json.load(f)
         changed = [f"--{name.replace('_', '-')} {before[name]!r} -> {shape[name]!r}"
@@ -98,31 +169,52 @@ def _check_same_data_and_model(args, run_dir) -> None:
             json.dump(shape, f, indent=2)
 
 
+def _checkpoint_state(checkpoint: str) -> dict:
+    with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _resume_command(args) -> str:
+    words = ["minibert", *getattr(args, "command_line", ["pretrain"])]
+    return shlex.join(words if "--resume" in words else [*words, "--resume"])
+
+
+def _describe(metrics: dict) -> str:
+    return (f"loss {metrics['loss']:.3f} (MLM {metrics['mlm_loss']:.3f} + NSP {metrics['nsp_loss']:.3f}), "
+            f"MLM accuracy {metrics['mlm_accuracy']:.3f}, NSP accuracy {metrics['nsp_accuracy']:.3f}")
+
+
 def run_pretrain(args) -> int:
     from .modeling import BertConfig, BertForPreTraining
-    from .training import Trainer, TrainingArguments, latest_checkpoint
+    from .plots import plot_loss_curves
+    from .training import Trainer, TrainingArguments
 
+    _check_options(args)
     run_dir = os.path.join(args.output_root, args.name)
-    if os.path.isdir(run_dir) and os.listdir(run_dir) and not args.resume:
-        raise FileExistsError(f"{run_dir} already holds a run: pass --resume to continue it, "
-                              "or --name to start another (nothing was overwritten)")
-    if not (args.warmup >= 0 and math.isfinite(args.warmup)):
-        raise ValueError(f"--warmup must be a fraction of the steps (< 1) or a number of steps, got {args.warmup}")
-    if not 0.0 < args.validation_fraction < 1.0:
-        raise ValueError(f"--validation-fraction must be between 0 and 1 (exclusive): the run is "
-                         f"evaluated on held-out documents; got {args.validation_fraction}")
-    if args.config and not os.path.isfile(args.config):        # before minutes of data preparation
-        raise FileNotFoundError(f"--config {args.config}: no such file")
-    if args.resume and latest_checkpoint(run_dir) is None:
-        print(f"--resume: {run_dir} has no checkpoint yet, so this run starts from step 0")
-    os.makedirs(run_dir, exist_ok=True)
-    _check_same_data_and_model(args, run_dir)
+    warmup = int(args.warmup * args.steps) if args.warmup < 1 else int(args.warmup)
+    training_args = TrainingArguments(
+        output_dir=run_dir, gradient_accumulation_steps=args.accumulation, max_steps=args.steps,
+        learning_rate=args.lr, warmup_steps=warmup, schedule=args.schedule, weight_decay=args.weight_decay,
+        eval_every=args.eval_every, eval_batches=args.eval_batches, patience=args.patience, seed=args.seed,
+        progress=not args.no_progress, fp16=args.fp16)
+    checkpoint = _claim_run_dir(run_dir, args.resume)
+    if checkpoint is not None:
+        state = _checkpoint_state(checkpoint)
+        if state["step"] >= args.steps:            # a finished run: redraw its curve, change nothing
+            curve = plot_loss_curves(state.get("history", []), os.path.join(run_dir, "loss_curve.png"),
+                                     best_step=state.get("best_step"))
+            print(f"{run_dir} is finished: its checkpoint is at step {state['step']} and --steps is "
+                  f"{args.steps}, so there is nothing to train (raise --steps to continue)"
+                  + (f"; loss curve: {curve}" if curve else ""))
+            return 0
 
     t0 = time.perf_counter()
     documents = job.load_documents(args.corpus, args.corpus_format)
     train_docs, val_docs = split_documents(documents, args.validation_fraction, args.seed)
+    os.makedirs(run_dir, exist_ok=True)
+    _check_same_data_and_model(args, run_dir, resuming=checkpoint is not None)
     vocab = args.vocab
-    if args.resume and vocab is None and os.path.isfile(os.path.join(run_dir, "tokenizer", "vocab.txt")):
+    if checkpoint is not None and vocab is None and os.path.isfile(os.path.join(run_dir, "tokenizer", "vocab.txt")):
         vocab = os.path.join(run_dir, "tokenizer")                 # the vocabulary the run was trained with
     tokenizer = job.build_tokenizer(train_docs, run_dir, vocab, args.vocab_size)
     t_vocab = time.perf_counter() - t0
@@ -150,38 +242,50 @@ def run_pretrain(args) -> int:
         raise ValueError(f"--max-seq-length {args.max_seq_length} exceeds the model's "
                          f"max_position_embeddings ({config.max_position_embeddings})")
     model = BertForPreTraining(config, seed=args.seed, device=args.device)
-    warmup = int(args.warmup * args.steps) if args.warmup < 1 else int(args.warmup)
-    training_args = TrainingArguments(
-        output_dir=run_dir, gradient_accumulation_steps=args.accumulation, max_steps=args.steps,
-        learning_rate=args.lr, warmup_steps=warmup, schedule=args.schedule, weight_decay=args.weight_decay,
-        eval_every=args.eval_every, eval_batches=args.eval_batches, patience=args.patience, seed=args.seed,
-        progress=not args.no_progress, fp16=args.fp16)
     print(f"model: {args.preset if not args.config else args.config} "
           f"(L{config.num_hidden_layers} H{config.hidden_size} A{config.num_attention_heads}), "
           f"{model.num_parameters():,} parameters; {args.steps} steps of "
           f"{args.batch_size * args.accumulation} sequences x {args.max_seq_length} tokens")
     trainer = Trainer(model, training_args, data.train, data.validation, tokenizer, masking=data.masking)
     t1 = time.perf_counter()
-    resume = args.resume and trainer.latest_checkpoint() is not None
-    summary = trainer.train(resume_from=run_dir if resume else None)
+    try:
+        summary = trainer.train(resume_from=checkpoint)
+    except KeyboardInterrupt:
+        kept = trainer.latest_checkpoint()
+        if kept is None:
+            print(f"\ninterrupted at step {trainer.step}, before the first checkpoint: nothing was kept, and "
+                  "the same command starts afresh", file=sys.stderr)
+        else:
+            print(f"\ninterrupted at step {trainer.step}; the checkpoint {kept} (step "
+                  f"{_checkpoint_state(kept)['step']}) is kept; continue with:\n  {_resume_command(args)}",
+                  file=sys.stderr)
+        return 130
     train_seconds = time.perf_counter() - t1
 
     final = trainer.evaluate()
+    best_step, best = summary["best_step"], summary["best_metrics"] or final
     baseline = job.unigram_baseline(data, args.eval_batches)
     results = {"data_seconds": round(t_vocab + data.seconds, 1), "train_seconds": round(train_seconds, 1),
-               "steps": summary["steps"], "validation": final, "unigram_baseline_accuracy": baseline}
+               "steps": summary["steps"], "validation": final, "best_step": best_step, "best_validation": best,
+               "saved_model": summary["model_dir"], "unigram_baseline_accuracy": baseline}
     with open(os.path.join(run_dir, "results.json"), "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2)
     print(f"\ndata preparation {results['data_seconds']} s, training {train_seconds:.0f} s "
           f"({summary['steps']} steps)")
-    print(f"validation: MLM loss {final['mlm_loss']:.3f}, MLM accuracy {final['mlm_accuracy']:.3f} "
-          f"(unigram baseline {baseline:.3f}), NSP accuracy {final['nsp_accuracy']:.3f}")
+    print(f"unigram baseline (always the most frequent token): MLM accuracy {baseline:.3f}")
+    if best_step == summary["steps"]:
+        print(f"validation at step {best_step}, the last and the best: {_describe(final)}")
+    else:
+        print(f"validation at step {summary['steps']}, the last: {_describe(final)}")
+        print(f"validation at step {best_step}, the best (lowest loss): {_describe(best)}")
     curve = os.path.join(run_dir, "loss_curve.png")
-    print(f"saved: {summary['model_dir']}  " + (f"(loss curve: {curve})" if os.path.isfile(curve) else
-                                               "(pip install matplotlib for a loss-curve plot)"))
-    print("\nfill in the mask, on held-out sentences:")
+    print(f"saved: {summary['model_dir']} (the model of step {best_step})"
+          + (f"; loss curve: {curve}" if os.path.isfile(curve) else ""))
+
+    saved = BertForPreTraining.from_pretrained(summary["model_dir"], device=args.device)
+    print(f"\nfill in the mask with the saved model (step {best_step}), on held-out sentences:")
     for text, answer in job.held_out_fill_mask_examples(val_docs, tokenizer, seed=args.seed):
-        (predictions,) = job.fill_mask(model, tokenizer, text)
-        shown = ", ".join(f"{token} {p:.2f}" for token, p in predictions)
-        print(f"  {text}\n    answer: {answer}   predicted: {shown}")
+        (predictions,) = job.fill_mask(saved, tokenizer, text)
+        shown = ", ".join(f"{token!r} {p:.2f}" for token, p in predictions)
+        print(f"  {text}\n    answer: {answer!r}   predicted: {shown}")
     return 0

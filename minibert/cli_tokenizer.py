@@ -55,6 +55,8 @@ def _tokenize_command(args) -> int:
         tokenizer = BertTokenizer.from_pretrained(args.vocab, **({"do_lower_case": False} if args.cased else {}))
     except (FileNotFoundError, ValueError) as exc:
         raise InputError(str(exc)) from None
+    if not args.text and sys.stdin.isatty():
+        raise InputError("no text: give it as arguments, or pipe lines to standard input")
     lines = args.text if args.text else read_text_lines("-")
     out = sys.stdout
     for line in lines:
@@ -77,6 +79,10 @@ def _train_vocab_command(args) -> int:
                             limit_alphabet=args.limit_alphabet, do_lower_case=not args.cased)
     path = save_vocab(vocab, args.output, do_lower_case=not args.cased)
     print(f"wrote {len(vocab)} tokens to {path} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    if len(vocab) < args.vocab_size:
+        print(f"note: {args.vocab_size} tokens were asked for, but after {len(vocab)} the text holds no pair "
+              f"of pieces that occurs --min-frequency ({args.min_frequency}) times or more: more text gives "
+              "more tokens", file=sys.stderr)
     return 0
 
 

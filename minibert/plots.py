@@ -1,20 +1,18 @@
 """Pictures people would rather look at than read: loss curves (and attention maps).
 
-Every function saves a PNG and returns its path, or returns None when matplotlib (the
-optional ``plot`` extra) is not installed: plotting never stops a run.
+Every function saves a PNG with matplotlib and returns its path.
 """
 
 from __future__ import annotations
 
 
-def _pyplot():
-    try:
-        import matplotlib
+def pyplot():
+    """matplotlib's pyplot, drawing to files only (imported when first needed: it takes a while)."""
+    import matplotlib
 
-        matplotlib.use("Agg")                 # files only, no window
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -28,11 +26,11 @@ def plot_loss_curves(history: list, path: str, *, train_label: str = "training l
     default: the lowest validation loss); past it the training loss keeps falling while the
     validation loss rises. ``early_stop_step`` marks where early stopping ended the run.
     """
-    plt = _pyplot()
     train = [(r["step"], r["loss"]) for r in history if r.get("split") == "train"]
     evals = [(r["step"], r["loss"]) for r in history if r.get("split") == "eval"]
-    if plt is None or not train:
+    if not train:
         return None
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     ax.plot(*zip(*train), label=train_label, lw=1.2)
     if evals:

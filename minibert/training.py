@@ -250,6 +250,9 @@ class Trainer:
             os.makedirs(args.output_dir, exist_ok=True)
         if resume_from is not None:
             self.load_checkpoint(resume_from)
+            tqdm.write(f"resumed at step {self.step} from {resume_from}")
+            if args.output_dir:
+                self._rewrite_metrics()
             if self.step >= args.max_steps:
                 warnings.warn(f"the checkpoint is at step {self.step} and max_steps is {args.max_steps}: "
                               "nothing to train (raise max_steps to continue)", UserWarning, stacklevel=2)
@@ -369,9 +372,18 @@ class Trainer:
             with open(os.path.join(self.args.output_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
 
+    def _rewrite_metrics(self) -> None:
+        """metrics.jsonl as of the restored checkpoint: the records of the steps a resumed run
+        does again are dropped, so each step is logged once."""
+        lines = "".join(json.dumps(record) + "\n" for record in self.history)
+        path = os.path.join(self.args.output_dir, "metrics.jsonl")
+        with open(f"{path}.tmp", "w", encoding="utf-8") as f:
+            f.write(lines)
+        os.replace(f"{path}.tmp", path)
+
     def plot(self, path: str | None = None, early_stop_step: int | None = None,
              best_step: int | None = None) -> str | None:
-        """Save the training and validation loss curves as a PNG (when matplotlib is installed),
+        """Save the training and validation loss curves as a PNG (None before the first training record),
         with the best step and the early stop (by default this run's) marked."""
         if path is None:
             if not self.args.output_dir:
@@ -461,6 +473,8 @@ class Trainer:
         self.best_value, self.best_step = state["best_eval_loss"], state.get("best_step")
         self.evals_without_improvement = state["evals_without_improvement"]
         self.history = state.get("history", [])
+        best = [r for r in self.history if r.get("split") == "eval" and r["step"] == self.best_step]
+        self.best_metrics = {k: v for k, v in best[-1].items() if k not in ("step", "split", "epoch")} if best else {}
 
 
 # ---------------------------------------------------------------------------- pretraining

@@ -54,7 +54,6 @@ def test_the_model_is_left_as_it_was():
 
 
 def test_plots_are_written_for_one_layer_and_for_all(tmp_path):
-    pytest.importorskip("matplotlib")
     model, tokenizer = _model(), BertTokenizer(VOCAB)
     model.prune_heads({1: [0]})                                   # a pruned head leaves an empty cell
     one = plot_attention_map(model, tokenizer, "the cat sat", str(tmp_path / "one.png"), layer=1)

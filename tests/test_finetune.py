@@ -18,7 +18,6 @@ from minibert.finetune import (
     finetune,
     format_confusion_matrix,
     macro_f1,
-    plot_finetuning_curves,
     squad_compute_metrics,
 )
 from minibert.data.finetuning import prepare_squad_features, read_squad
@@ -191,7 +190,6 @@ def test_early_stopping_restores_the_best_weights(tokenizer, sentiment, tmp_path
     assert os.path.isfile(tmp_path / "best_model" / "model.safetensors")
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == len(result.history) and json.loads(lines[0])["split"] == "train"
-    pytest.importorskip("matplotlib")
     assert result.plot == str(tmp_path / "loss_curve.png") and os.path.getsize(result.plot) > 0
 
 
@@ -260,21 +258,6 @@ def test_question_answering_steps_with_exact_match_and_f1_validation():
     assert result.metric == "f1" and result.best_value == max(r["f1"] for r in evals)
 
 
-def test_plot_without_matplotlib_returns_none(monkeypatch, tmp_path):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_matplotlib(name, *args, **kwargs):
-        if name.startswith("matplotlib"):
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
-    history = [{"step": 1, "split": "train", "loss": 1.0}, {"step": 1, "split": "eval", "loss": 1.1}]
-    assert plot_finetuning_curves(history, str(tmp_path / "x.png")) is None
-
-
 def test_a_metric_that_is_not_measured_is_refused_before_training(tokenizer, sentiment):
     _, encoded = sentiment
     model = BertForSequenceClassification(_config(tokenizer), num_labels=3, seed=0)
@@ -325,3 +308,20 @@ def test_finetune_command_on_a_tiny_checkpoint(tokenizer, tmp_path, capsys):
     assert "holds 1 distinct label(s) (positive); a classifier needs at least 2" in capsys.readouterr().err
     assert cli_main(["finetune", "--model", str(checkpoint), "--train", SENTIMENT, "--max-length", "2"]) == 2
     assert "--max-length must leave room for [CLS], a token and [SEP]" in capsys.readouterr().err
+
+
+def test_finetune_keeps_the_model_without_output_and_never_overwrites_one(tokenizer, tmp_path, capsys,
+                                                                          monkeypatch):
+    checkpoint = tmp_path / "checkpoint"
+    BertForPreTraining(_config(tokenizer), seed=3).save_pretrained(checkpoint, tokenizer=tokenizer)
+    monkeypatch.chdir(tmp_path)
+    command = ["finetune", "--model", str(checkpoint), "--train", SENTIMENT, "--label-column", "sentiment",
+               "--epochs", "1", "--batch-size", "8", "--max-length", "24", "--no-progress"]
+    stem = os.path.splitext(os.path.basename(SENTIMENT))[0]
+    for expected in (f"runs/finetune-{stem}", f"runs/finetune-{stem}-2"):     # numbered when taken
+        assert cli_main(command) == 0
+        printed = capsys.readouterr().out
+        assert f"output: {expected}" in printed and f"saved: {expected}/best_model" in printed
+        assert os.path.isfile(os.path.join(expected, "best_model", "model.safetensors"))
+    assert cli_main([*command, "--output", f"runs/finetune-{stem}"]) == 2
+    assert "already holds a fine-tuned model" in capsys.readouterr().err

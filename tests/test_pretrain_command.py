@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+import warnings
 
 import numpy as np
 import pytest
@@ -37,7 +39,8 @@ def test_a_short_run_then_resume(corpus, tmp_path, capsys):
     assert _pretrain(corpus, tmp_path, "--steps", "2", "--eval-every", "2") == 0
     run = tmp_path / "pretrain"
     printed = capsys.readouterr().out
-    assert "validation: MLM loss" in printed and "answer" in printed          # the fill-mask demo ran
+    assert "validation at step 2, the last and the best: loss" in printed and "(MLM" in printed
+    assert "answer" in printed                                                  # the fill-mask demo ran
     results = json.loads((run / "results.json").read_text())
     assert results["steps"] == 2 and np.isfinite(results["validation"]["mlm_loss"])
     assert latest_checkpoint(str(run)).endswith("checkpoint-2")
@@ -46,13 +49,157 @@ def test_a_short_run_then_resume(corpus, tmp_path, capsys):
     assert _pretrain(corpus, tmp_path, "--steps", "4") == 2                  # the run exists: refused
     assert "already holds a run" in capsys.readouterr().err
     assert _pretrain(corpus, tmp_path, "--steps", "4", "--eval-every", "2", "--resume") == 0
+    assert "resumed at step 2 from" in capsys.readouterr().out
     assert json.loads((run / "results.json").read_text())["steps"] == 4
     assert latest_checkpoint(str(run)).endswith("checkpoint-4")
-    capsys.readouterr()
     assert _pretrain(corpus, tmp_path, "--steps", "6", "--resume", "--max-seq-length", "24") == 2
     assert "--max-seq-length 32 -> 24" in capsys.readouterr().err              # other examples: refused
-    with pytest.warns(UserWarning, match="checkpoint is at step 4 and max_steps is 3: nothing to train"):
+
+    # resuming a finished run only redraws its curve: no warning, results.json untouched
+    results = (run / "results.json").read_bytes()
+    (run / "loss_curve.png").unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         assert _pretrain(corpus, tmp_path, "--steps", "3", "--resume") == 0
+    assert "is finished: its checkpoint is at step 4 and --steps is 3" in capsys.readouterr().out
+    assert (run / "results.json").read_bytes() == results
+    assert (run / "loss_curve.png").is_file()
+
+
+def test_a_resumed_run_logs_each_step_once(corpus, tmp_path, monkeypatch, capsys):
+    from minibert.training import Trainer
+
+    assert _pretrain(corpus, tmp_path, "--steps", "4", "--eval-every", "2") == 0
+    run = tmp_path / "pretrain"
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    state = json.loads((run / "checkpoint-4" / "trainer_state.json").read_text())
+    state_path = run / "checkpoint-4" / "trainer_state.json"
+    # a run stopped at step 3, whose last checkpoint is step 2: records 3 and 4 are redone
+    (run / "latest_checkpoint.txt").write_text('"checkpoint-2"')
+    os.rename(run / "checkpoint-4", run / "checkpoint-2")
+    state["step"] = 2
+    state["history"] = [r for r in state["history"] if r["step"] <= 2]
+    state["data_position"] = state["data_position"]
+    (run / "checkpoint-2" / "trainer_state.json").write_text(json.dumps(state))
+    assert not state_path.exists()
+    (run / "results.json").unlink()
+    assert _pretrain(corpus, tmp_path, "--steps", "4", "--eval-every", "2", "--resume") == 0
+    again = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert again == steps                                   # no duplicate records of steps 3 and 4
+
+
+def test_an_interrupted_run_says_what_survived_and_how_to_continue(corpus, tmp_path, monkeypatch, capsys):
+    from minibert.training import Trainer
+
+    train_step = Trainer._train_step
+
+    def interrupted_at_step_3(self):
+        if self.step == 2:
+            raise KeyboardInterrupt
+        return train_step(self)
+
+    monkeypatch.setattr(Trainer, "_train_step", interrupted_at_step_3)
+    assert _pretrain(corpus, tmp_path, "--steps", "4", "--eval-every", "2") == 130
+    err = capsys.readouterr().err
+    assert "interrupted at step 2; the checkpoint" in err and "checkpoint-2 (step 2) is kept" in err
+    assert "minibert pretrain --corpus" in err and err.rstrip().endswith("--resume")
+    monkeypatch.undo()
+    assert _pretrain(corpus, tmp_path, "--steps", "4", "--eval-every", "2", "--resume") == 0
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--steps", "0"], "--steps must be a positive integer, got 0"),
+    (["--lr", "nan"], "--lr must be a positive number, got nan"),
+    (["--batch-size", "-1"], "--batch-size must be a positive integer, got -1"),
+])
+def test_a_failed_start_does_not_block_the_corrected_command(corpus, tmp_path, capsys, extra, message):
+    assert _pretrain(corpus, tmp_path, *extra) == 2
+    assert message in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "pretrain")                        # refused before anything
+    assert _pretrain(corpus, tmp_path, "--steps", "1") == 0
+
+
+def test_a_start_that_failed_on_its_data_leaves_nothing_in_the_way(corpus, tmp_path, capsys):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(open(corpus, "rb").read() + b"\nan invalid \xff byte.\n")
+    assert _pretrain(corpus, tmp_path, "--steps", "1", "--corpus", str(bad)) == 2
+    assert "invalid UTF-8" in capsys.readouterr().err
+    # a start that failed later (here: simulated) leaves files, but no checkpoint: it is taken over
+    run = tmp_path / "pretrain"
+    (run / "tokenizer").mkdir(parents=True, exist_ok=True)
+    (run / "run_shape.json").write_text(json.dumps({"corpus": str(bad)}))
+    assert _pretrain(corpus, tmp_path, "--steps", "1") == 0
+    assert "never reached a checkpoint: starting afresh" in capsys.readouterr().out
+    assert json.loads((run / "run_shape.json").read_text())["corpus"] == corpus
+    # with --resume too, and a folder holding someone else's files is left alone
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert _pretrain(corpus, tmp_path, "--steps", "1", "--name", "other", "--resume") == 2
+    assert "holds files that are not a run's (notes.txt)" in capsys.readouterr().err
+
+
+def test_the_reported_metrics_are_those_of_the_saved_model(corpus, tmp_path, capsys):
+    from minibert import pretrain as job
+    from minibert.data.corpus import split_documents
+    from minibert.modeling import BertForPreTraining
+    from minibert.training import evaluate_pretraining
+
+    loaded = []
+    from_pretrained = BertForPreTraining.from_pretrained.__func__
+
+    def recorded(cls, folder, **kwargs):
+        loaded.append(str(folder))
+        return from_pretrained(cls, folder, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(BertForPreTraining, "from_pretrained", classmethod(recorded))
+        assert _pretrain(corpus, tmp_path, "--steps", "6", "--eval-every", "2", "--lr", "3e-3") == 0
+    run = tmp_path / "pretrain"
+    results = json.loads((run / "results.json").read_text())
+    evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in evals if r["split"] == "eval"]
+    best = min(evals, key=lambda r: r["loss"])
+    assert results["best_step"] == best["step"] and results["saved_model"].endswith("best_model")
+    assert f"saved: {results['saved_model']} (the model of step {best['step']})" in capsys.readouterr().out
+    assert loaded == [results["saved_model"]]                 # the fill-mask demo queries the saved model
+
+    documents = job.load_documents(corpus)
+    train_docs, val_docs = split_documents(documents, job.DEFAULTS["validation_fraction"], 0)
+    tokenizer = job.build_tokenizer(train_docs, str(tmp_path), vocab=str(run / "tokenizer"))
+    data = job.build_datasets(train_docs, val_docs, tokenizer, max_seq_length=32, batch_size=4)
+    saved = BertForPreTraining.from_pretrained(results["saved_model"])
+    metrics = evaluate_pretraining(saved, data.validation, max_batches=1)
+    assert metrics["loss"] == pytest.approx(results["best_validation"]["loss"], rel=1e-6)
+    assert metrics["mlm_accuracy"] == results["best_validation"]["mlm_accuracy"]
+
+
+def test_options_work_between_positionals_and_warnings_are_one_line(corpus, tmp_path, capsys, monkeypatch):
+    assert _pretrain(corpus, tmp_path, "--steps", "1") == 0
+    model = str(tmp_path / "pretrain" / "best_model")
+    capsys.readouterr()
+    assert main(["fill-mask", model, "--top-k", "2", "the [MASK] of a function", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "the [MASK] of a function" and out[1].count("(") == 2     # two quoted candidates
+
+    import minibert.cli_embed
+
+    def warns(args):
+        warnings.warn("something to know", UserWarning)
+        return 0
+
+    monkeypatch.setattr(minibert.cli_embed, "_fill_mask_command", warns)
+    assert main(["fill-mask", model, "x"]) == 0
+    assert capsys.readouterr().err == "warning: something to know\n"
+
+
+def test_help_shows_each_default_once(capsys):
+    for command in ("pretrain", "finetune"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "(default: None)" not in text and not re.search(r"\(default:[^)]*\) \(default:", text)
+    assert "passes over the training examples (default: 3)" in text         # finetune --epochs
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")

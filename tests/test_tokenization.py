@@ -386,6 +386,9 @@ class _FakeStdin:
     def __init__(self, data: bytes):
         self.buffer = io.BytesIO(data)
 
+    def isatty(self):
+        return False
+
 
 def test_tokenize_command(tmp_path, capsys, monkeypatch):
     from minibert.cli_tokenizer import main

@@ -24,6 +24,12 @@ def add_pretrain_commands(subparsers) -> None:
                     "Python standard library's docstrings (no download), pretrains a tiny BERT, "
                     "evaluates it, saves it to runs/<name>/ and prints fill-in-the-mask predictions.",
         formatter_class=HelpFormatter)
+    add_pretrain_options(p)
+    p.set_defaults(func=run_pretrain)
+
+
+def add_pretrain_options(p) -> None:
+    """The options of the pretraining job (``minibert sweep`` and ``lr-find`` take them too)."""
     data = p.add_argument_group("data")
     data.add_argument("--corpus", default=None,
                       help="a .txt file or folder of them (default: the built-in standard-library corpus)")
@@ -72,7 +78,6 @@ def add_pretrain_commands(subparsers) -> None:
     train.add_argument("--output-root", default="runs", help="folder that holds the run folders")
     train.add_argument("--resume", action="store_true", help="continue runs/<name>/ from its last checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_pretrain)
 
 
 # the options that decide the examples and the model: a resumed run must keep them

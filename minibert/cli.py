@@ -5,6 +5,7 @@
     minibert tokenize / train-vocab    the WordPiece tokenizer
     minibert embed                     sentence embeddings with a pretrained checkpoint
     minibert finetune                  fine-tune a checkpoint for text classification
+    minibert sweep / lr-find           training experiments: knobs swept, the learning-rate range test
 
 Each family of commands lives beside the code it drives (``cli_*.py``) and registers itself
 here; this file only builds the parser and turns expected errors into one clear line.
@@ -23,6 +24,7 @@ COMMAND_MODULES = {
     "minibert.cli_pretrain": "add_pretrain_commands",
     "minibert.cli_embed": "add_embed_commands",
     "minibert.cli_finetune": "add_finetune_commands",
+    "minibert.cli_sweep": "add_sweep_commands",
 }
 
 

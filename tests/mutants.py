@@ -74,6 +74,8 @@ FC = "minibert/fast/cpu.py"
 PJ, CP = "minibert/pretrain.py", "minibert/cli_pretrain.py"
 OA, VA = "minibert/ops/adamw.py", "minibert/validation.py"
 RG, CF = "minibert/registry.py", "minibert/config.py"
+SW, NS, CW = "minibert/sweep.py", "minibert/noise_scale.py", "minibert/cli_sweep.py"
+SWEEP = ["tests/test_sweep.py"]
 
 MUTANTS = [
     Mutant('A1', A, '    pdf *= -0.5\n', '    pdf *= 0.5\n', OPS, 'gelu_backward: pdf exponent sign flipped exp(+x^2/2)'),
@@ -353,6 +355,10 @@ MUTANTS = [
     Mutant('TK2', TR, '{name: share * scale for name, share in shares.items()}', '{name: share for name, share in shares.items()}', ['tests/test_training.py'], 'fp16: the loss scale not applied to the loss weights'),
     Mutant('TK3', TR, 'if not (math.isfinite(loss) and math.isfinite(grad_norm)):', 'if not (math.isfinite(loss) and not math.isnan(grad_norm)):', ['tests/test_training.py'], 'divergence check passes an infinite gradient norm (only NaN stops)'),
     Mutant('VA1', VA, '    if length > config.max_position_embeddings:\n', '    if length >= config.max_position_embeddings:\n', ['tests/test_model_errors.py'], 'a sequence of exactly max_position_embeddings tokens refused'),
+    Mutant('SW1', SW, '    if last > 0.95 * first:\n', '    if last > 0.5 * first:\n', SWEEP, 'a run whose loss halved labelled stagnant'),
+    Mutant('SW2', SW, '    steepest = first + int(np.argmin(slopes[first:lowest + 1]))', '    steepest = first + int(np.argmax(slopes[first:lowest + 1]))', SWEEP, 'range test: suggests the flattest point, not the steepest fall'),
+    Mutant('SW3', NS, '    trace = (small_sq - big_sq) / (1.0 / b_small - 1.0 / b_big)', '    trace = (small_sq - big_sq) / (1.0 / b_small)', SWEEP, 'noise scale: tr(Sigma) divided by 1/b only'),
+    Mutant('SW4', CW, '            baseline[name] = values[0]                    # one value: part of the baseline', '            knobs[name] = values', SWEEP, 'a knob with one value swept alone instead of setting the baseline'),
 ]
 
 

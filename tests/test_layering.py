@@ -37,7 +37,8 @@ LAYERS = [
     ("command line", ["minibert.cli", "minibert.cli_*", "minibert.pretrain"]),
     ("applications and the training loop", [
         "minibert.training", "minibert.finetune", "minibert.prune", "minibert.attention_maps",
-        "minibert.sentence_embeddings", "minibert.fill_mask", "minibert.plots"]),
+        "minibert.sentence_embeddings", "minibert.fill_mask", "minibert.plots", "minibert.sweep",
+        "minibert.noise_scale"]),
     ("model, heads, optimizer, data, checkpoints, tokenizer", [
         "minibert.modeling", "minibert.heads", "minibert.optim", "minibert.data", "minibert.data.*",
         "minibert.checkpoint", "minibert.safetensors", "minibert.tokenization",

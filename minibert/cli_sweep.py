@@ -1,0 +1,160 @@
+"""``minibert sweep`` and ``minibert lr-find``: the training experiments.
+
+    minibert sweep --lr 3e-4,1e-3,3e-3 --steps 300          # one knob around the default job
+    minibert sweep --lr 1e-4,1e-3 --batch-size 16,32 --grid  # every combination
+    minibert lr-find --steps 200                             # the learning-rate range test
+
+Both take every ``minibert pretrain`` option as the baseline (see ``minibert.sweep``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .cli import HelpFormatter
+from .cli_pretrain import add_pretrain_options
+
+PER_RUN_OPTIONS = ("name", "output_root", "resume", "no_progress")     # set by the sweep for each run
+
+
+def add_sweep_commands(subparsers) -> None:
+    from .sweep import KNOBS
+
+    p = subparsers.add_parser(
+        "sweep", help="pretraining runs that vary the learning rate, batch size, warm-up or weight decay",
+        description="Run minibert pretrain once per setting of the knobs (comma-separated values), one "
+                    "knob at a time around the baseline (or every combination with --grid), and write "
+                    "sweep_report.md with the curves, the sweet spot and a label for each run.",
+        formatter_class=HelpFormatter, conflict_handler="resolve")
+    add_pretrain_options(p)
+    knobs = p.add_argument_group("knobs (comma-separated; one value sets the baseline)")
+    for name in KNOBS:
+        knobs.add_argument("--" + name.replace("_", "-"), default=None, metavar="VALUES",
+                           help=f"values of --{name.replace('_', '-')} to try")
+    sweep = p.add_argument_group("sweep")
+    sweep.add_argument("--grid", action="store_true", help="every combination of the knobs' values")
+    sweep.add_argument("--output", default="runs/sweep", help="the sweep's folder: one sub-folder per run")
+    sweep.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                       help="runs at the same time, one BLAS thread each")
+    sweep.add_argument("--max-runs", type=int, default=12, help="refuse larger sweeps unless --yes")
+    sweep.add_argument("--yes", action="store_true", help="run a sweep larger than --max-runs")
+    p.set_defaults(func=run_sweep_command)
+
+    p = subparsers.add_parser(
+        "lr-find", help="the learning-rate range test: loss against an exponentially growing learning rate",
+        description="Train the pretraining model for --steps steps while the learning rate grows from "
+                    "--start-lr to --end-lr, plot the loss against it and suggest a learning rate. "
+                    "--lr, --warmup and the evaluation options of pretrain are not used.",
+        formatter_class=HelpFormatter)
+    add_pretrain_options(p)
+    p.add_argument("--start-lr", type=float, default=1e-6, help="the first learning rate of the ramp")
+    p.add_argument("--end-lr", type=float, default=1.0, help="the last learning rate of the ramp")
+    p.set_defaults(func=run_lr_find_command, steps=200, name="lr-find")
+
+
+def _pretrain_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
+    add_pretrain_options(parser)
+    return parser
+
+
+def _baseline(args) -> tuple[list[str], dict]:
+    """The ``minibert pretrain`` arguments shared by every run, and the baseline's knob values."""
+    from .pretrain import DEFAULTS
+    from .sweep import KNOBS
+
+    defaults = {"lr": DEFAULTS["learning_rate"], "batch_size": DEFAULTS["batch_size"],
+                "warmup": DEFAULTS["warmup_fraction"], "weight_decay": DEFAULTS["weight_decay"]}
+    arguments = []
+    for action in _pretrain_parser()._actions:
+        name = action.dest
+        if not action.option_strings or name in PER_RUN_OPTIONS or name in KNOBS:
+            continue
+        value = getattr(args, name)
+        if isinstance(action, argparse._StoreTrueAction):
+            arguments += [action.option_strings[0]] if value else []
+        elif value is not None:
+            arguments += [action.option_strings[0], str(value)]
+    return arguments, defaults
+
+
+def run_sweep_command(args) -> int:
+    from . import sweep
+    from .cli_pretrain import _check_options
+
+    for name in ("jobs", "max_runs"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    arguments, baseline = _baseline(args)
+    knobs = {}
+    for name in sweep.KNOBS:
+        text = getattr(args, name)
+        if text is None:
+            continue
+        values = sweep.parse_values(text, name)
+        if len(values) == 1:
+            baseline[name] = values[0]                    # one value: part of the baseline
+        else:
+            knobs[name] = values
+    if not knobs:
+        raise ValueError("nothing to sweep: give a knob two or more values, such as --lr 3e-4,1e-3,3e-3")
+    for name, value in baseline.items():
+        arguments += ["--" + name.replace("_", "-"), repr(value) if isinstance(value, float) else str(value)]
+    plan = sweep.plan_runs(baseline, knobs, grid=args.grid)
+    options = _pretrain_parser().parse_args(arguments)
+    for overrides in plan:                                 # every run's options valid before any run
+        _check_options(argparse.Namespace(**{**vars(options), **overrides}))
+    if len(plan) > args.max_runs and not args.yes:
+        raise ValueError(f"this sweep would launch {len(plan)} runs (more than --max-runs {args.max_runs}): "
+                         "pass --yes to run them all, or fewer values")
+    sweep.check_sweep_folder(args.output, {"baseline": arguments, "knobs": knobs, "grid": args.grid})
+    print(f"{len(plan)} runs in {args.output}, {min(args.jobs, len(plan))} at a time: "
+          + ", ".join(sweep.run_name(o) for o in plan))
+    command = [sys.executable, "-m", "minibert.cli", "pretrain", *arguments]
+    runs = sweep.run_sweep(plan, baseline, command, args.output, jobs=args.jobs)
+    report = sweep.write_report(runs, baseline, args.output)
+    with open(os.path.join(args.output, "sweep_results.json"), encoding="utf-8") as f:
+        for row in json.load(f):
+            print(f"  {row['name']:28s} best validation loss {row['best_validation_loss']:.4f}  "
+                  f"{row['label']}: {row['why']}")
+    print(f"report: {report}")
+    return 0
+
+
+def run_lr_find_command(args) -> int:
+    from . import pretrain as job
+    from .cli_pretrain import _check_options
+    from .data.corpus import split_documents
+    from .modeling import BertConfig, BertForPreTraining
+    from .sweep import lr_find, plot_range_test
+    from .training import Trainer, TrainingArguments
+
+    _check_options(args)
+    folder = os.path.join(args.output_root, args.name)
+    documents = job.load_documents(args.corpus, args.corpus_format)
+    train_docs, validation_docs = split_documents(documents, args.validation_fraction, args.seed)
+    os.makedirs(folder, exist_ok=True)
+    tokenizer = job.build_tokenizer(train_docs, folder, args.vocab, args.vocab_size)
+    data = job.build_datasets(train_docs, validation_docs, tokenizer, args.max_seq_length, args.batch_size,
+                              args.dupe_factor, args.whole_word_masking, args.seed)
+    config = (BertConfig.from_json_file(args.config) if args.config else
+              BertConfig.preset(args.preset, vocab_size=len(tokenizer),
+                                max_position_embeddings=max(args.max_seq_length, 128)))
+    model = BertForPreTraining(config, seed=args.seed, device=args.device)
+    settings = TrainingArguments(output_dir=None, checkpoints=False, max_steps=args.steps,
+                                 learning_rate=args.start_lr, warmup_steps=0, weight_decay=args.weight_decay,
+                                 gradient_accumulation_steps=args.accumulation, seed=args.seed,
+                                 progress=not args.no_progress)
+    trainer = Trainer(model, settings, data.train, None, tokenizer, masking=data.masking)
+    result = lr_find(trainer, args.start_lr, args.end_lr, args.steps, progress=not args.no_progress)
+    plot = plot_range_test(result, os.path.join(folder, "lr_find.png"))
+    with open(os.path.join(folder, "lr_find.json"), "w", encoding="utf-8") as f:
+        json.dump(result.to_dict(), f, indent=2)
+    print(f"{len(result.learning_rates)} steps from lr {result.learning_rates[0]:.2g} to "
+          f"{result.learning_rates[-1]:.2g}; suggested learning rate: {result.suggested_lr:.2g}")
+    print(f"why: {result.reason}")
+    print(f"plot: {plot}")
+    return 0

@@ -1,0 +1,405 @@
+"""Finding the sweet spot: the learning-rate range test, sweeps of one knob at a time, and
+the report that reads them.
+
+**The range test** (:func:`lr_find`): train from the starting weights while the learning
+rate grows exponentially, ``lr_i = start · (end / start)^(i / (n − 1))``, one step each, and
+record the loss. Too low a rate and the loss barely moves; in the useful range it falls
+quickly; too high and it turns up and blows up. The suggestion is the rate where the
+smoothed loss falls fastest against log(lr) (the steepest descent), with the common
+alternative, a tenth of the rate of the lowest loss, reported beside it.
+
+**A sweep** (:func:`plan_runs`, :func:`run_sweep`): a baseline ``minibert pretrain`` command
+and knobs with several values each. By default one knob changes at a time around the
+baseline ("one parameter change per test"); ``grid=True`` runs every combination. Each run
+is a separate ``minibert pretrain`` process with one BLAS thread, as many at once as there
+are cores, and keeps its own ``metrics.jsonl``; a sweep started again skips the finished runs
+and resumes the interrupted ones.
+
+**The report** (:func:`label_run`, :func:`write_report`): each run is *diverged* (a
+non-finite loss, or a training loss that ends above where it began), *stagnant* (the
+training loss fell by less than 5%), *overfitting* (the validation loss rose by more than 2%
+after its lowest point while the training loss kept falling) or *healthy*; the best run is
+the one with the lowest validation loss; and the best learning rate of each batch size is
+compared with the linear and the square-root scaling rules.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .optim import clip_grad_norm
+from .plots import pyplot
+
+KNOBS = {"lr": float, "batch_size": int, "warmup": float, "weight_decay": float}   # what a sweep may vary
+SWEEP_FILE = "sweep.json"
+
+
+# ---------------------------------------------------------------------------- the range test
+@dataclass
+class RangeTest:
+    learning_rates: list
+    losses: list                 # the training loss of each step
+    smoothed: list               # its exponential moving average (bias-corrected)
+    suggested_lr: float          # the steepest descent of the smoothed loss against log(lr)
+    lowest_loss_lr: float        # the rate of the lowest smoothed loss
+    reason: str
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def exponential_ramp(start: float, end: float, steps: int):
+    """The learning rate of step ``i`` (0-based) in a range test of ``steps`` steps."""
+    if not (0 < start < end and math.isfinite(end)):
+        raise ValueError(f"the range test needs 0 < start_lr < end_lr, got {start} and {end}")
+    if steps < 2:
+        raise ValueError(f"the range test needs at least 2 steps, got {steps}")
+    return lambda i: start * (end / start) ** (i / (steps - 1))
+
+
+def lr_find(trainer, start_lr: float = 1e-6, end_lr: float = 1.0, steps: int = 200,
+            smoothing: float = 0.9, stop_factor: float = 4.0, progress: bool = True) -> RangeTest:
+    """Run the learning-rate range test with ``trainer``'s model, optimizer and task.
+
+    Each step is the loop's own step (``trainer.accumulate``, clipping, the optimizer) with the
+    learning rate of the ramp. The test stops early once the smoothed loss exceeds
+    ``stop_factor`` times its lowest value, or the loss is no longer finite. The model is
+    changed by the test: build a fresh one for training.
+    """
+    from tqdm.auto import tqdm
+
+    ramp = exponential_ramp(start_lr, end_lr, steps)
+    rates, losses, smoothed = [], [], []
+    average = 0.0
+    trainer.model.train()
+    for i in tqdm(range(steps), desc="lr-find", disable=not progress, dynamic_ncols=True):
+        lr = ramp(i)
+        loss = sum(trainer.accumulate(trainer.task.next_batches()).values())
+        if not math.isfinite(loss):
+            break
+        if trainer.args.max_grad_norm is not None:
+            clip_grad_norm(trainer.model.named_parameters(), trainer.args.max_grad_norm)
+        trainer.optimizer.lr = lr
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad()
+        average = smoothing * average + (1 - smoothing) * loss
+        rates.append(lr)
+        losses.append(loss)
+        smoothed.append(average / (1 - smoothing ** (i + 1)))
+        if smoothed[-1] > stop_factor * min(smoothed):
+            break
+    return _suggest(rates, losses, smoothed)
+
+
+def _suggest(rates, losses, smoothed) -> RangeTest:
+    if len(rates) < 3:
+        raise ValueError(f"the range test stopped after {len(rates)} step(s): the loss was not finite "
+                         "from the start; lower start_lr")
+    lowest = int(np.argmin(smoothed))
+    log_rates = np.log(rates)
+    slopes = np.gradient(np.asarray(smoothed), log_rates)        # d(loss) / d(log lr)
+    # the steepest fall before the lowest point, skipping the first steps (the average warms up)
+    first = min(len(rates) // 10, max(lowest - 1, 0))
+    steepest = first + int(np.argmin(slopes[first:lowest + 1]))
+    suggested = rates[steepest]
+    reason = (f"the smoothed loss falls fastest at lr {suggested:.2g} ({slopes[steepest]:.3f} per unit of "
+              f"log lr), well before its lowest point at lr {rates[lowest]:.2g}, past which it turns up; "
+              f"a tenth of that, {rates[lowest] / 10:.2g}, is the other common choice")
+    return RangeTest(list(map(float, rates)), list(map(float, losses)), list(map(float, smoothed)),
+                     float(suggested), float(rates[lowest]), reason)
+
+
+def plot_range_test(result: RangeTest, path: str) -> str:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot(result.learning_rates, result.losses, lw=0.8, alpha=0.4, label="training loss")
+    ax.plot(result.learning_rates, result.smoothed, lw=1.6, label="smoothed")
+    ax.axvline(result.suggested_lr, color="green", ls="--", lw=1,
+               label=f"suggested {result.suggested_lr:.2g} (steepest fall)")
+    ax.axvline(result.lowest_loss_lr, color="gray", ls=":", lw=1, label=f"lowest loss {result.lowest_loss_lr:.2g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss")
+    low, high = min(result.losses + result.smoothed), result.smoothed[0]
+    ax.set_ylim(low - 0.1 * (high - low + 1e-9), high + 0.5 * (high - low + 1e-9))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------- planning a sweep
+def parse_values(text: str, name: str) -> list:
+    """``"1e-4,3e-4"`` -> ``[1e-4, 3e-4]`` for knob ``name``: numbers of its type, positive
+    (warm-up and weight decay may be 0)."""
+    flag, kind = "--" + name.replace("_", "-"), KNOBS[name]
+    values = []
+    for part in text.split(","):
+        try:
+            value = kind(part.strip())
+        except ValueError:
+            raise ValueError(f"{flag}: {part.strip()!r} is not {'an integer' if kind is int else 'a number'}") from None
+        smallest_ok = 0 if name in ("warmup", "weight_decay") else None
+        if not math.isfinite(value) or value < 0 or (value == 0 and smallest_ok is None):
+            raise ValueError(f"{flag}: {part.strip()} must be {'0 or more' if smallest_ok == 0 else 'positive'}")
+        values.append(value)
+    return values
+
+
+def run_name(values: dict) -> str:
+    """A run's folder name from the knob values that differ from the baseline: ``lr=0.0003``."""
+    return ",".join(f"{name}={value:g}" for name, value in sorted(values.items())) or "baseline"
+
+
+def plan_runs(baseline: dict, knobs: dict, grid: bool = False) -> list[dict]:
+    """The knob settings of each run: ``{knob: value}`` overrides of the baseline.
+
+    One at a time (default): the baseline, then each knob's other values with everything else
+    at the baseline. ``grid``: every combination.
+    """
+    if not knobs:
+        raise ValueError("a sweep needs at least one knob with values, such as --lr 1e-4,1e-3")
+    if grid:
+        names = sorted(knobs)
+        runs = [dict(zip(names, combination)) for combination in itertools.product(*(knobs[n] for n in names))]
+    else:
+        runs = [{}]
+        for name in sorted(knobs):
+            runs += [{name: value} for value in knobs[name] if value != baseline[name]]
+    unique, seen = [], set()
+    for run in runs:
+        overrides = {n: v for n, v in run.items() if v != baseline[n]}
+        if run_name(overrides) not in seen:
+            seen.add(run_name(overrides))
+            unique.append(overrides)
+    return unique
+
+
+# ---------------------------------------------------------------------------- running a sweep
+@dataclass
+class Run:
+    name: str
+    overrides: dict
+    settings: dict                     # the baseline with the overrides applied
+    folder: str
+    status: str = "pending"            # pending | finished | failed
+    message: str = ""
+    history: list = field(default_factory=list)
+
+
+def run_sweep(plan: list[dict], baseline: dict, command: list[str], output: str, jobs: int = 1,
+              option_names: dict | None = None, log=print) -> list[Run]:
+    """Run ``command`` (``[python, -m, minibert.cli, pretrain, ...baseline options]``) once per
+    plan entry, ``jobs`` at a time, each with one BLAS thread, into ``output/<run name>/``.
+
+    A finished run (``results.json``) is skipped; one with a checkpoint is resumed. A run that
+    fails (divergence included) is recorded as failed with its last error line; the sweep goes on.
+    """
+    option_names = option_names or {name: "--" + name.replace("_", "-") for name in KNOBS}
+    runs = [Run(run_name(o), o, {**baseline, **o}, os.path.join(output, run_name(o))) for o in plan]
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    waiting = [r for r in runs if not os.path.isfile(os.path.join(r.folder, "results.json"))]
+    for r in runs:
+        if r not in waiting:
+            r.status = "finished"
+            log(f"{r.name}: finished before, kept")
+    active = []
+    while waiting or active:
+        while waiting and len(active) < jobs:
+            r = waiting.pop(0)
+            arguments = [*command, "--output-root", output, "--name", r.name, "--no-progress"]
+            for name, value in r.overrides.items():
+                arguments += [option_names[name], repr(value) if isinstance(value, float) else str(value)]
+            if os.path.isfile(os.path.join(r.folder, "latest_checkpoint.txt")):
+                arguments.append("--resume")
+            os.makedirs(output, exist_ok=True)
+            logfile = open(os.path.join(output, f"{r.name}.log"), "w", encoding="utf-8")
+            active.append((r, subprocess.Popen(arguments, stdout=logfile, stderr=subprocess.STDOUT, env=env),
+                           logfile, time.perf_counter()))
+            log(f"{r.name}: started")
+        time.sleep(0.2)
+        for entry in list(active):
+            r, process, logfile, started = entry
+            if process.poll() is None:
+                continue
+            logfile.close()
+            active.remove(entry)
+            r.status = "finished" if process.returncode == 0 else "failed"
+            if process.returncode != 0:
+                lines = open(logfile.name, encoding="utf-8").read().strip().splitlines()
+                r.message = (lines[-1].split(": error: ", 1)[-1] if lines
+                             else f"exit status {process.returncode}")
+            log(f"{r.name}: {r.status} in {time.perf_counter() - started:.0f} s" +
+                (f" ({r.message})" if r.message else ""))
+    for r in runs:
+        r.history = read_metrics(r.folder)
+    return runs
+
+
+def read_metrics(folder: str) -> list:
+    path = os.path.join(folder, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def check_sweep_folder(output: str, description: dict) -> None:
+    """Write ``sweep.json`` in a new sweep folder; refuse one that holds another sweep."""
+    path = os.path.join(output, SWEEP_FILE)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            before = json.load(f)
+        if before != description:
+            raise ValueError(f"{output} holds another sweep (its {SWEEP_FILE} differs: other knobs or baseline); "
+                             "give another --output, or the same options to resume it")
+        return
+    if os.path.isdir(output) and os.listdir(output):
+        raise ValueError(f"{output} is not empty and holds no {SWEEP_FILE}: give another --output")
+    os.makedirs(output, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(description, f, indent=2)
+
+
+# ---------------------------------------------------------------------------- reading a sweep
+def label_run(history: list, failed_message: str = "") -> tuple[str, str]:
+    """``(label, why)`` for one run's metrics records (see the module docstring)."""
+    train = [r["loss"] for r in history if r.get("split") == "train"]
+    evals = [(r["step"], r["loss"]) for r in history if r.get("split") == "eval"]
+    if "diverged" in failed_message or "not finite" in failed_message or any(
+            not math.isfinite(x) for x in train + [loss for _, loss in evals]):
+        return "diverged", failed_message or "a non-finite loss"
+    if len(train) < 3:                       # a short run: judge by its validations instead
+        train = [loss for _, loss in evals]
+    if len(train) < 2:
+        return ("failed", failed_message) if failed_message else ("stagnant", "too few records to tell")
+    window = max(1, len(train) // 5)
+    first, last = float(np.mean(train[:window])), float(np.mean(train[-window:]))
+    if last > first:
+        return "diverged", f"the training loss rose from {first:.3f} to {last:.3f}"
+    if last > 0.95 * first:
+        return "stagnant", f"the training loss fell only from {first:.3f} to {last:.3f}"
+    if len(evals) >= 2:
+        best_step, best = min(evals, key=lambda e: e[1])
+        final_step, final = evals[-1]
+        at_best = [r["loss"] for r in history if r.get("split") == "train" and r["step"] <= best_step]
+        if final > 1.02 * best and at_best and last < at_best[-1]:
+            return "overfitting", (f"the validation loss turned up after step {best_step} ({best:.3f} -> {final:.3f} "
+                                   f"at step {final_step}) while the training loss kept falling")
+    if failed_message:
+        return "failed", failed_message
+    return "healthy", f"the training loss fell from {first:.3f} to {last:.3f}"
+
+
+def best_validation(history: list) -> float:
+    evals = [r["loss"] for r in history if r.get("split") == "eval" and math.isfinite(r["loss"])]
+    return min(evals) if evals else math.inf
+
+
+def scaling_check(runs: list[Run]) -> list[str]:
+    """Does the best learning rate grow with the batch size? Compared with lr ∝ B and lr ∝ √B."""
+    by_batch = {}
+    for r in runs:
+        value = best_validation(r.history)
+        if math.isfinite(value):
+            batch = r.settings["batch_size"]
+            if batch not in by_batch or value < by_batch[batch][1]:
+                by_batch[batch] = (r.settings["lr"], value)
+    if len(by_batch) < 2 or len({lr for lr, _ in by_batch.values()}) < 1:
+        return ["(needs runs at two or more batch sizes, each with several learning rates: use --grid)"]
+    batches = sorted(by_batch)
+    b0, (lr0, _) = batches[0], by_batch[batches[0]]
+    lines = ["| batch size | best lr | linear rule (lr ∝ B) | square-root rule (lr ∝ √B) |", "|---|---|---|---|"]
+    for b in batches:
+        lines.append(f"| {b} | {by_batch[b][0]:.2g} | {lr0 * b / b0:.2g} | {lr0 * math.sqrt(b / b0):.2g} |")
+    return lines
+
+
+def write_report(runs: list[Run], baseline: dict, output: str) -> str:
+    """``sweep_report.md`` with a table of the runs, the best one, the scaling check and the plots."""
+    rows, labelled = [], []
+    for r in runs:
+        label, why = label_run(r.history, r.message)
+        labelled.append((r, label, why))
+    ranked = sorted(labelled, key=lambda item: best_validation(item[0].history))
+    best = ranked[0][0] if ranked and math.isfinite(best_validation(ranked[0][0].history)) else None
+    for r, label, why in labelled:
+        value = best_validation(r.history)
+        rows.append(f"| {r.name} | {', '.join(f'{k} {v:g}' for k, v in sorted(r.settings.items()) if k in KNOBS)} | "
+                    f"{value:.4f} | **{label}** | {why} |")
+    plots = [plot_sweep_curves(runs, output), plot_sweet_spot(runs, output)]
+    text = ["# Sweep report", "",
+            "Baseline: " + ", ".join(f"`--{k.replace('_', '-')} {v}`" for k, v in sorted(baseline.items())), "",
+            "| run | knobs | best validation loss | label | why |", "|---|---|---|---|---|", *rows, ""]
+    if best is not None:
+        text += [f"Best: **{best.name}** (validation loss {best_validation(best.history):.4f}).", ""]
+    text += ["Learning rate against batch size:", "", *scaling_check(runs), ""]
+    text += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots if p]
+    path = os.path.join(output, "sweep_report.md")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(text) + "\n")
+    with open(os.path.join(output, "sweep_results.json"), "w", encoding="utf-8") as f:
+        json.dump([{"name": r.name, "settings": r.settings, "label": label, "why": why,
+                    "best_validation_loss": best_validation(r.history)} for r, label, why in labelled], f, indent=2)
+    return path
+
+
+def plot_sweep_curves(runs: list[Run], output: str) -> str | None:
+    """The loss curves of all runs overlaid: training (thin) and validation (dots)."""
+    if not any(r.history for r in runs):
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    for index, r in enumerate(runs):
+        color = f"C{index % 10}"
+        train = [(x["step"], x["loss"]) for x in r.history if x.get("split") == "train"]
+        evals = [(x["step"], x["loss"]) for x in r.history if x.get("split") == "eval"]
+        if train:
+            ax.plot(*zip(*train), lw=0.9, alpha=0.6, color=color)
+        if evals:
+            ax.plot(*zip(*evals), "o-", ms=3, lw=1.4, color=color, label=r.name)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (lines: training, dots: validation)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(output, "sweep_curves.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_sweet_spot(runs: list[Run], output: str) -> str | None:
+    """Best validation loss against the learning rate (log axis), one line per batch size."""
+    lines = {}
+    for r in runs:
+        value = best_validation(r.history)
+        if math.isfinite(value):
+            lines.setdefault(r.settings["batch_size"], []).append((r.settings["lr"], value))
+    if not any(len(points) >= 2 for points in lines.values()):
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for batch, points in sorted(lines.items()):
+        ax.plot(*zip(*sorted(points)), "o-", label=f"batch {batch}")
+    ax.set_xscale("log")
+    ax.set_xlabel("peak learning rate")
+    ax.set_ylabel("best validation loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = os.path.join(output, "sweet_spot.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,157 @@
+"""The training experiments: the range test, sweeps and their report (a tiny sweep end to end)."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from minibert import sweep
+from minibert.cli import main
+
+WORDS = ("the value of a function returns data string number file object list in with for to "
+         "this that is an").split()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    documents = ["\n".join(" ".join(rng.choice(WORDS, size=rng.integers(4, 12))).capitalize() + "."
+                           for _ in range(8)) for _ in range(30)]
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n\n".join(documents) + "\n", encoding="utf-8")
+    return str(path)
+
+
+SMALL = ["--vocab-size", "120", "--max-seq-length", "32", "--batch-size", "4", "--eval-batches", "1"]
+
+
+# ---------------------------------------------------------------------------- planning
+def test_one_knob_at_a_time_around_the_baseline_or_a_grid():
+    baseline = {"lr": 1e-3, "batch_size": 32, "warmup": 0.06, "weight_decay": 0.01}
+    plan = sweep.plan_runs(baseline, {"lr": [3e-4, 1e-3, 3e-3], "batch_size": [16, 32]})
+    assert plan == [{}, {"batch_size": 16}, {"lr": 3e-4}, {"lr": 3e-3}]     # the baseline once
+    grid = sweep.plan_runs(baseline, {"lr": [3e-4, 1e-3], "batch_size": [16, 32]}, grid=True)
+    assert sorted(map(sweep.run_name, grid)) == ["baseline", "batch_size=16", "batch_size=16,lr=0.0003",
+                                                  "lr=0.0003"]
+    with pytest.raises(ValueError, match="at least one knob"):
+        sweep.plan_runs(baseline, {})
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("lr", "1e-3,abc", "--lr: 'abc' is not a number"),
+    ("lr", "1e-3,", "--lr: '' is not a number"),
+    ("lr", "0,1e-3", "--lr: 0 must be positive"),
+    ("batch_size", "8,1.5", "--batch-size: '1.5' is not an integer"),
+    ("weight_decay", "-0.1", "--weight-decay: -0.1 must be 0 or more"),
+    ("lr", "nan", "--lr: nan must be positive"),
+])
+def test_bad_knob_values_are_named(name, text, message):
+    with pytest.raises(ValueError, match=message):
+        sweep.parse_values(text, name)
+    assert sweep.parse_values("0,0.01", "weight_decay") == [0.0, 0.01]
+
+
+# ---------------------------------------------------------------------------- labels
+def _history(train, evals=(), every=10):
+    records = [{"step": every * (i + 1), "split": "train", "loss": loss} for i, loss in enumerate(train)]
+    records += [{"step": step, "split": "eval", "loss": loss} for step, loss in evals]
+    return sorted(records, key=lambda r: r["step"])
+
+
+def test_runs_are_labelled_from_their_curves():
+    falling = list(np.linspace(8, 4, 20))
+    assert sweep.label_run(_history(falling, [(100, 6.0), (200, 5.0)]))[0] == "healthy"
+    assert sweep.label_run(_history(list(np.linspace(8, 7.9, 20))))[0] == "stagnant"
+    assert sweep.label_run(_history(list(np.linspace(8, 9, 20))))[0] == "diverged"
+    assert sweep.label_run(_history(falling[:5] + [math.nan]))[0] == "diverged"
+    assert sweep.label_run([], "step 2: loss nan / gradient norm nan is not finite")[0] == "diverged"
+    label, why = sweep.label_run(_history(falling, [(50, 6.0), (100, 5.0), (150, 5.3), (200, 5.6)]))
+    assert label == "overfitting" and "after step 100" in why
+
+
+# ---------------------------------------------------------------------------- the range test
+def test_the_ramp_and_the_suggestion_on_a_known_curve():
+    ramp = sweep.exponential_ramp(1e-6, 1.0, 61)
+    assert ramp(0) == pytest.approx(1e-6) and ramp(60) == pytest.approx(1.0) and ramp(30) == pytest.approx(1e-3)
+    rates = [ramp(i) for i in range(61)]
+    x = np.log10(rates)                              # the loss falls fastest at 1e-3, lowest at 1e-1.5
+    losses = list(5 - np.tanh(2 * (x + 3)) + np.where(x > -1.5, 20 * (x + 1.5) ** 2, 0))
+    result = sweep._suggest(rates, losses, losses)
+    assert result.suggested_lr == pytest.approx(1e-3, rel=0.3)
+    assert "falls fastest" in result.reason
+    with pytest.raises(ValueError, match="start_lr < end_lr"):
+        sweep.exponential_ramp(1.0, 1e-3, 10)
+
+
+def test_lr_find_command(corpus, tmp_path, capsys):
+    assert main(["lr-find", "--corpus", corpus, *SMALL, "--steps", "40", "--output-root", str(tmp_path),
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "suggested learning rate" in printed and "why: the smoothed loss falls fastest" in printed
+    result = json.loads((tmp_path / "lr-find" / "lr_find.json").read_text())
+    rates = result["learning_rates"]
+    assert rates[0] == pytest.approx(1e-6) and all(a < b for a, b in zip(rates, rates[1:]))
+    assert rates[0] < result["suggested_lr"] <= result["lowest_loss_lr"]
+    assert os.path.getsize(tmp_path / "lr-find" / "lr_find.png") > 0
+
+
+# ---------------------------------------------------------------------------- a sweep, end to end
+def test_a_tiny_sweep_end_to_end_and_resumed(corpus, tmp_path, capsys):
+    output = str(tmp_path / "sweep")
+    command = ["sweep", "--corpus", corpus, *SMALL, "--steps", "4", "--eval-every", "2",
+               "--lr", "1e-3,1e30", "--output", output, "--jobs", "2"]
+    assert main(command) == 0
+    printed = capsys.readouterr().out
+    assert "2 runs" in printed and "report:" in printed
+    rows = {r["name"]: r for r in json.loads(open(os.path.join(output, "sweep_results.json")).read())}
+    assert rows["lr=1e+30"]["label"] == "diverged"                     # recorded; the sweep went on
+    assert math.isfinite(rows["baseline"]["best_validation_loss"])
+    assert os.path.isfile(os.path.join(output, "baseline", "metrics.jsonl"))
+    report = open(os.path.join(output, "sweep_report.md")).read()
+    assert "Best: **baseline**" in report and "sweep_curves.png" in report
+
+    assert main(command) == 0                                         # resumed: the finished run kept
+    assert "baseline: finished before, kept" in capsys.readouterr().out
+    assert main([*command[:-4], "--lr", "1e-3,3e-3", "--output", output]) == 2
+    assert "holds another sweep" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--lr", "1e-3"], "nothing to sweep"),
+    (["--lr", "1e-4,2e-4,3e-4", "--batch-size", "2,4,8", "--grid", "--max-runs", "4"],
+     "would launch 9 runs (more than --max-runs 4)"),
+    (["--lr", "1e-4,2e-4", "--steps", "0"], "--steps must be a positive integer"),
+])
+def test_bad_sweeps_are_refused_before_any_run(corpus, tmp_path, capsys, extra, message):
+    assert main(["sweep", "--corpus", corpus, *SMALL, "--output", str(tmp_path / "s"), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "s" / "baseline")
+
+
+# ---------------------------------------------------------------------------- the gradient noise scale
+def test_the_noise_scale_estimator_finds_a_known_covariance():
+    """Per-example gradients G + noise with a known diagonal covariance: E|G_B|² = |G|² + trΣ/B,
+    so the estimates must approach |G|², trΣ and their ratio."""
+    from minibert.noise_scale import GradientNoiseScale, two_batch_estimates
+
+    rng = np.random.default_rng(0)
+    dim, b_small, b_big = 50, 4, 32
+    gradient = rng.normal(size=dim)
+    sigma = rng.uniform(0.5, 3.0, size=dim)                         # per-coordinate standard deviations
+    exact_g2, exact_trace = float(gradient @ gradient), float((sigma ** 2).sum())
+    estimator = GradientNoiseScale(decay=0.999)
+    g2s, traces = [], []
+    for _ in range(4000):
+        examples = gradient + sigma * rng.normal(size=(b_big, dim))
+        small, big = examples[:b_small].mean(0), examples.mean(0)     # the first micro-batch, the whole batch
+        g2, trace = two_batch_estimates(small @ small, big @ big, b_small, b_big)
+        g2s.append(g2)
+        traces.append(trace)
+        estimator.update(small @ small, big @ big, b_small, b_big)
+    assert np.mean(g2s) == pytest.approx(exact_g2, rel=0.05)
+    assert np.mean(traces) == pytest.approx(exact_trace, rel=0.05)
+    assert estimator.value == pytest.approx(exact_trace / exact_g2, rel=0.15)
+    with pytest.raises(ValueError, match="0 < small < big"):
+        two_batch_estimates(1.0, 1.0, 8, 8)

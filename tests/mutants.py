@@ -76,6 +76,7 @@ OA, VA = "minibert/ops/adamw.py", "minibert/validation.py"
 RG, CF = "minibert/registry.py", "minibert/config.py"
 SW, NS, CW = "minibert/sweep.py", "minibert/noise_scale.py", "minibert/cli_sweep.py"
 SWEEP = ["tests/test_sweep.py"]
+BP = "minibert/bpe.py"
 
 MUTANTS = [
     Mutant('A1', A, '    pdf *= -0.5\n', '    pdf *= 0.5\n', OPS, 'gelu_backward: pdf exponent sign flipped exp(+x^2/2)'),
@@ -358,6 +359,8 @@ MUTANTS = [
     Mutant('SW1', SW, '    if last > 0.95 * first:\n', '    if last > 0.5 * first:\n', SWEEP, 'a run whose loss halved labelled stagnant'),
     Mutant('SW2', SW, '    steepest = first + int(np.argmin(slopes[first:lowest + 1]))', '    steepest = first + int(np.argmax(slopes[first:lowest + 1]))', SWEEP, 'range test: suggests the flattest point, not the steepest fall'),
     Mutant('SW3', NS, '    trace = (small_sq - big_sq) / (1.0 / b_small - 1.0 / b_big)', '    trace = (small_sq - big_sq) / (1.0 / b_small)', SWEEP, 'noise scale: tr(Sigma) divided by 1/b only'),
+    Mutant('BP1', BP, '            if pair not in self.ranks:\n                break\n', '            if pair not in self.ranks or len(symbols) < 3:\n                break\n', ['tests/test_bpe.py'], 'BPE stops merging once two symbols are left'),
+    Mutant('BP2', BP, '            trimmed_begin = min(begin + leading, end)\n', '            trimmed_begin = begin\n', ['tests/test_bpe.py'], 'BPE offsets keep the leading space of a token'),
     Mutant('SW4', CW, '            baseline[name] = values[0]                    # one value: part of the baseline', '            knobs[name] = values', SWEEP, 'a knob with one value swept alone instead of setting the baseline'),
 ]
 

@@ -41,7 +41,7 @@ LAYERS = [
         "minibert.noise_scale"]),
     ("model, heads, optimizer, data, checkpoints, tokenizer", [
         "minibert.modeling", "minibert.heads", "minibert.optim", "minibert.data", "minibert.data.*",
-        "minibert.checkpoint", "minibert.safetensors", "minibert.tokenization",
+        "minibert.checkpoint", "minibert.safetensors", "minibert.tokenization", "minibert.bpe",
         "minibert.vocab_trainer", "minibert.gradcheck"]),
     ("configuration, input checks and modules", [
         "minibert.config", "minibert.validation", "minibert.nn", "minibert.layers"]),

@@ -51,6 +51,8 @@ from .backend import check_device, to_numpy
 from .config import BertConfig
 
 CONFIG_NAME = "config.json"
+# model_type -> (how its classes' names start, its name in messages)
+ARCHITECTURES = {"bert": ("Bert", "BERT"), "roberta": ("Roberta", "RoBERTa")}
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 VOCAB_NAME = "vocab.txt"
@@ -116,11 +118,12 @@ def _short(keys, n=6):
 
 
 # ============================================================================ reading
-def read_config(directory):
-    """Read ``directory/config.json`` into a :class:`~minibert.config.BertConfig`.
+def read_config(directory, config_class=BertConfig):
+    """Read ``directory/config.json`` into a ``config_class`` (:class:`~minibert.config.BertConfig`
+    or :class:`~minibert.config.RobertaConfig`).
 
-    Clear errors for a missing directory or file, invalid JSON, a non-BERT ``model_type``
-    or architecture, and values BertConfig refuses (each message names the file).
+    Clear errors for a missing directory or file, invalid JSON, another ``model_type`` or
+    architecture, and values the configuration refuses (each message names the file).
     """
     directory = os.fspath(directory)
     if not os.path.exists(directory):
@@ -139,17 +142,19 @@ def read_config(directory):
         raise ValueError(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a JSON object of hyperparameters")
-    model_type = values.get("model_type", "bert")          # very old BERT configs have none
-    if model_type != "bert":
-        raise ValueError(f"{path}: model_type is {model_type!r}; minibert loads BERT checkpoints "
-                         "only (model_type 'bert')")
+    expected = config_class.model_type
+    model_type = values.get("model_type", expected)        # very old BERT configs have none
+    if model_type != expected:
+        raise ValueError(f"{path}: model_type is {model_type!r}; this model class loads "
+                         f"model_type {expected!r} checkpoints")
+    prefix, name = ARCHITECTURES[expected]
     architectures = values.get("architectures") or []
     if not isinstance(architectures, list) or any(
-            not (isinstance(a, str) and a.startswith("Bert")) for a in architectures):
-        raise ValueError(f"{path}: architectures {architectures!r} are not BERT architectures "
-                         "(BertModel, BertForPreTraining, BertForMaskedLM, ...)")
+            not (isinstance(a, str) and a.startswith(prefix)) for a in architectures):
+        raise ValueError(f"{path}: architectures {architectures!r} are not {name} architectures "
+                         f"({prefix}Model, {prefix}ForMaskedLM, ...)")
     try:
-        return BertConfig.from_dict(values)
+        return config_class.from_dict(values)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{path}: {exc}") from exc
 
@@ -256,16 +261,17 @@ def map_state_dict(model, tensors: dict, origin: dict | None = None):
     origin = origin or {}
     params = {name: p for name, p in model.named_parameters()}
     aliases = model.state_dict_aliases()                 # tied names, gamma/beta
+    prefix = model.base_model_prefix + "."               # "bert." or "roberta."
     info = LoadingInfo()
     mapped, source_key = {}, {}
 
     def resolve(key: str):
         """(parameter name, whether the key is the parameter's own name up to the prefix)."""
-        stripped = key[len("bert."):] if key.startswith("bert.") else None
-        for candidate in (key, "bert." + key, stripped):
+        stripped = key[len(prefix):] if key.startswith(prefix) else None
+        for candidate in (key, prefix + key, stripped):
             if candidate in params:
                 return candidate, True
-        for candidate in (key, "bert." + key, stripped):
+        for candidate in (key, prefix + key, stripped):
             if candidate in aliases and aliases[candidate] in params:
                 return aliases[candidate], False
         return None, False
@@ -366,7 +372,7 @@ def load_pretrained(model_class, directory, device: str = "cpu", dtype=np.float3
     """
     directory = os.fspath(directory)
     device = check_device(device)
-    config = read_config(directory)
+    config = read_config(directory, model_class.config_class)
     if config_overrides:
         _warn_about_unknown_overrides(config, config_overrides)
         given_names, given_count = config_overrides.get("id2label"), config_overrides.get("num_labels")
@@ -375,7 +381,7 @@ def load_pretrained(model_class, directory, device: str = "cpu", dtype=np.float3
         values = config.to_dict()
         values.update(config_overrides)
         try:
-            config = BertConfig.from_dict(values)
+            config = model_class.config_class.from_dict(values)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"overriding {sorted(config_overrides)} of "
                              f"{os.path.join(directory, CONFIG_NAME)}: {exc}") from exc
@@ -423,7 +429,7 @@ def config_to_hf_dict(model) -> dict:
     """The model's configuration as transformers writes config.json."""
     values = model.config.to_dict()       # minibert's own fields carry a "minibert_" prefix
     values.pop("_name_or_path", None)
-    values["model_type"] = "bert"
+    values["model_type"] = model.config.model_type
     values["architectures"] = [type(model).__name__]
     return dict(sorted(values.items()))
 

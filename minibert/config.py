@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
+from typing import ClassVar
 
 import numpy as np
 
@@ -25,6 +26,7 @@ ATTENTION_IMPLEMENTATIONS = ("naive", "flash")
 class BertConfig:
     """The hyperparameters of a BERT model, with the field names of Hugging Face's config.json."""
 
+    model_type: ClassVar[str] = "bert"          # config.json's "model_type"
     vocab_size: int = 30522
     hidden_size: int = 768
     num_hidden_layers: int = 12
@@ -88,6 +90,11 @@ class BertConfig:
     def head_size(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
+    @property
+    def max_sequence_length(self) -> int:
+        """The longest input: one position row per token."""
+        return self.max_position_embeddings
+
     def kept_heads(self, layer: int) -> list[int]:
         """The heads that layer ``layer`` has, in their original numbering: all of them but
         those ``pruned_heads`` lists for it (config.json: ``{"layer": [head, ...]}``)."""
@@ -131,8 +138,8 @@ class BertConfig:
                 values.pop(key, None)
         if "minibert_attn_implementation" in values:
             values.setdefault("attn_implementation", values.pop("minibert_attn_implementation"))
-        if values.get("model_type", "bert") != "bert":
-            raise ValueError(f"config is for model_type {values['model_type']!r}, not 'bert'")
+        if values.get("model_type", cls.model_type) != cls.model_type:
+            raise ValueError(f"config is for model_type {values['model_type']!r}, not {cls.model_type!r}")
         extra = {k: v for k, v in values.items() if k not in known and k not in ("extra", "model_type")}
         extra.update(values.get("extra", {}))
         return cls(**{k: v for k, v in values.items() if k in known}, extra=extra)
@@ -144,7 +151,7 @@ class BertConfig:
         values = asdict(self)
         extra = values.pop("extra")
         values["minibert_attn_implementation"] = values.pop("attn_implementation")
-        return {"model_type": "bert", **extra, **values}
+        return {"model_type": self.model_type, **extra, **values}
 
     @classmethod
     def from_json_file(cls, path) -> "BertConfig":
@@ -170,6 +177,25 @@ class BertConfig:
                       intermediate_size=4 * hidden)
         values.update(overrides)
         return cls(**values)
+
+
+@dataclass
+class RobertaConfig(BertConfig):
+    """RoBERTa's configuration: BERT's fields with RoBERTa's defaults (a byte-level BPE
+    vocabulary of 50,265 tokens, ``<pad>`` = 1, one token type, positions counted from
+    ``pad_token_id + 1`` so 514 position rows for 512 tokens, LayerNorm epsilon 1e-5)."""
+
+    model_type: ClassVar[str] = "roberta"
+    vocab_size: int = 50265
+    max_position_embeddings: int = 514
+    type_vocab_size: int = 1
+    layer_norm_eps: float = 1e-5
+    pad_token_id: int = 1
+
+    @property
+    def max_sequence_length(self) -> int:
+        """Positions start after ``pad_token_id``: 514 rows hold 512 tokens."""
+        return self.max_position_embeddings - self.pad_token_id - 1
 
 
 # name: (layers L, hidden H, heads A); intermediate size is 4 H, as in the BERT papers

@@ -420,23 +420,29 @@ class BertForMaskedLM(_BertWithHead):
         self.cls = BertOnlyMLMHead(config, self.bert.embeddings.word_embeddings, rng, dtype)
         self._finish_setup(device)
 
+    @property
+    def mlm_head(self):
+        """The module that turns hidden states into vocabulary scores."""
+        return self.cls.predictions
+
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None, *,
                 head_mask=None) -> MaskedLMOutput:
         self.clear_caches()          # a forward that fails half-way leaves backward nothing stale
         out = MaskedLMOutput(None)
         loss_cache = None
         if labels is None:
-            seq, _ = self.bert.forward(input_ids, token_type_ids, attention_mask, head_mask=head_mask)  # (B, T, H)
-            out.logits = self.cls.predictions.forward(seq)                            # (B, T, V)
+            seq, _ = self.base_model.forward(input_ids, token_type_ids, attention_mask,
+                                             head_mask=head_mask)                     # (B, T, H)
+            out.logits = self.mlm_head.forward(seq)                                   # (B, T, V)
         else:
             ids, _, _ = self.check_inputs(input_ids, token_type_ids, attention_mask)
             positions, targets = masked_positions_and_targets(labels, ids.shape, self.config.vocab_size,
                                                               get_array_module(ids))  # (M,), (M,)
             out.masked_positions = positions
             # the encoder's output at the M labelled positions only (its last layer skips the rest)
-            seq, _ = self.bert.forward(ids, token_type_ids, attention_mask, output_positions=positions,
-                                       head_mask=head_mask)                           # (M, H)
-            out.logits = self.cls.predictions.forward(seq)                            # (M, V)
+            seq, _ = self.base_model.forward(ids, token_type_ids, attention_mask, output_positions=positions,
+                                             head_mask=head_mask)                     # (M, H)
+            out.logits = self.mlm_head.forward(seq)                                   # (M, V)
             ce_forward, ce_backward = op("cross_entropy", out.logits)
             out.loss, cache = ce_forward(out.logits, targets)
             loss_cache = (ce_backward, cache)
@@ -449,7 +455,7 @@ class BertForMaskedLM(_BertWithHead):
         loss_gradient = None if loss_cache is None else \
             (lambda w: loss_cache[0](w, loss_cache[1]))                               # (M, V)
         dlogits = self._output_gradient(dlogits, logits_shape, loss_gradient, loss_weight)
-        self.bert.backward(self.cls.predictions.backward(dlogits), None)             # (B, T, H) or (M, H)
+        self.base_model.backward(self.mlm_head.backward(dlogits), None)              # (B, T, H) or (M, H)
 
 
 HEADS = {

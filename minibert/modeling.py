@@ -52,9 +52,12 @@ class BertEmbeddings(Module):
         self.LayerNorm = LayerNorm(h, config.layer_norm_eps, dtype)
         self.dropout = Dropout(config.hidden_dropout_prob, random_source)
 
+    def position_ids(self, input_ids):
+        """BERT's positions: 0, 1, ..., T-1, the same for every sequence.  (1, T)"""
+        return get_array_module(input_ids).arange(input_ids.shape[1])[None, :]
+
     def forward(self, input_ids, token_type_ids):
-        xp = get_array_module(input_ids)
-        position_ids = xp.arange(input_ids.shape[1])[None, :]           # (1, T)
+        position_ids = self.position_ids(input_ids)                      # (1, T)
         x = self.word_embeddings.forward(input_ids)                      # (B, T, H)
         x += self.position_embeddings.forward(position_ids)              # (1, T, H) broadcast
         x += self.token_type_embeddings.forward(token_type_ids)          # (B, T, H)
@@ -63,7 +66,7 @@ class BertEmbeddings(Module):
     def backward(self, dy):
         dx = self.LayerNorm.backward(self.dropout.backward(dy))         # (B, T, H)
         self.word_embeddings.backward(dx)
-        self.position_embeddings.backward(dx.sum(axis=0, keepdims=True))  # (1, T, H)
+        self.position_embeddings.backward(dx.sum(axis=0, keepdims=True))  # (1, T, H): shared positions
         self.token_type_embeddings.backward(dx)
 
 
@@ -297,7 +300,13 @@ class BertPooler(Module):
 class BertPreTrainedModel(Module):
     """What every BERT model shares: construction on a device, input checks, checkpoints."""
 
-    base_model_prefix = "bert"
+    base_model_prefix = "bert"              # the encoder's name in checkpoints: bert.encoder...
+    config_class = BertConfig
+
+    @property
+    def base_model(self):
+        """The encoder: the model itself (a BertModel), or its ``bert`` (``roberta``) attribute."""
+        return getattr(self, self.base_model_prefix, self)
 
     def _setup(self, config: BertConfig, seed: int, device: str, dtype, share_config: bool = False):
         """Check the arguments; keep a copy of ``config`` (pruning records itself in the
@@ -386,6 +395,8 @@ class BertModel(BertPreTrainedModel):
     >>> model.backward(dseq, dpooled)       # gradients into every parameter's .grad
     """
 
+    embeddings_class = BertEmbeddings
+
     def __init__(self, config: BertConfig, seed: int = 0, device: str = "cpu", dtype=np.float32,
                  add_pooling_layer: bool = True, _random_source=None, _rng=None):
         inside = _random_source is not None             # built inside a model with heads
@@ -393,7 +404,7 @@ class BertModel(BertPreTrainedModel):
         if inside:
             self.random, rng = _random_source, _rng
         config = self.config
-        self.embeddings = BertEmbeddings(config, rng, self.random, dtype)
+        self.embeddings = self.embeddings_class(config, rng, self.random, dtype)
         self.encoder = BertEncoder(config, rng, self.random, dtype)
         self.pooler = BertPooler(config, rng, dtype) if add_pooling_layer else None
         self.head_mask_grad = None

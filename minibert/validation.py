@@ -26,9 +26,11 @@ def check_inputs(config, device, dtype, input_ids, token_type_ids=None, attentio
     batch, length = ids.shape
     if length == 0 or batch == 0:
         raise ValueError(f"input_ids is empty: shape {tuple(ids.shape)}")
-    if length > config.max_position_embeddings:
+    if length > config.max_sequence_length:
+        room = ("" if config.max_sequence_length == config.max_position_embeddings else
+                f": {config.max_sequence_length} tokens, as positions start after pad_token_id {config.pad_token_id}")
         raise ValueError(f"sequence length {length} exceeds max_position_embeddings "
-                         f"({config.max_position_embeddings}); truncate the input")
+                         f"({config.max_position_embeddings}){room}; truncate the input")
     check_range(ids, 0, config.vocab_size, "input_ids", "vocab_size")
     if token_type_ids is None:
         token_type_ids = xp.zeros_like(ids)

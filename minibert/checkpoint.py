@@ -52,7 +52,7 @@ from .config import BertConfig
 
 CONFIG_NAME = "config.json"
 # model_type -> (how its classes' names start, its name in messages)
-ARCHITECTURES = {"bert": ("Bert", "BERT"), "roberta": ("Roberta", "RoBERTa")}
+ARCHITECTURES = {"bert": ("Bert", "BERT"), "roberta": ("Roberta", "RoBERTa"), "distilbert": ("DistilBert", "DistilBERT")}
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 VOCAB_NAME = "vocab.txt"
@@ -277,7 +277,7 @@ def map_state_dict(model, tensors: dict, origin: dict | None = None):
         return None, False
 
     # Own names first, so a tied alias (decoder.weight) never shadows its parameter.
-    resolved = {key: resolve(key) for key in tensors}
+    resolved = {key: resolve(model.from_checkpoint_name(key)) for key in tensors}
     for key in sorted(tensors, key=lambda k: not resolved[k][1]):
         value = tensors[key]
         if key.endswith(_BUFFER_SUFFIXES):
@@ -458,7 +458,7 @@ def save_pretrained(model, directory, tokenizer=None, max_shard_size=None) -> st
                         f"{type(tokenizer).__name__}: load a vocab.txt with BertTokenizer(path) first")
     limit = None if max_shard_size is None else parse_size(max_shard_size)
     os.makedirs(directory, exist_ok=True)
-    tensors = {name: to_numpy(array) for name, array in model.state_dict().items()}
+    tensors = {model.to_checkpoint_name(name): to_numpy(array) for name, array in model.state_dict().items()}
     shards = _shards(tensors, limit)
     if len(shards) == 1:
         written = [WEIGHTS_NAME]

@@ -198,6 +198,33 @@ class RobertaConfig(BertConfig):
         return self.max_position_embeddings - self.pad_token_id - 1
 
 
+@dataclass
+class DistilBertConfig(BertConfig):
+    """DistilBERT's configuration. Its config.json names the fields its own way (``dim``,
+    ``n_layers``, ``n_heads``, ``hidden_dim``, ``activation``, ``dropout``,
+    ``attention_dropout``); they are read into BERT's names and written back as they were.
+    DistilBERT has no token types (``type_vocab_size`` stays 1, an input of zeros)."""
+
+    model_type: ClassVar[str] = "distilbert"
+    type_vocab_size: int = 1
+    NAMES: ClassVar[dict] = {"dim": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
+                             "hidden_dim": "intermediate_size", "activation": "hidden_act",
+                             "dropout": "hidden_dropout_prob", "attention_dropout": "attention_probs_dropout_prob"}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "DistilBertConfig":
+        if isinstance(values, dict):
+            if values.get("sinusoidal_pos_embds"):
+                raise ValueError("sinusoidal_pos_embds is true: minibert's DistilBERT has learned positions only")
+            values = {cls.NAMES.get(k, k): v for k, v in values.items() if k != "sinusoidal_pos_embds"}
+        return super().from_dict(values)
+
+    def to_dict(self) -> dict:
+        ours = {bert: distil for distil, bert in self.NAMES.items()}
+        values = {ours.get(k, k): v for k, v in super().to_dict().items() if k != "type_vocab_size"}
+        return {**values, "sinusoidal_pos_embds": False}
+
+
 # name: (layers L, hidden H, heads A); intermediate size is 4 H, as in the BERT papers
 PRESETS = {
     "tiny": (2, 128, 2),

@@ -431,8 +431,8 @@ class BertForMaskedLM(_BertWithHead):
         out = MaskedLMOutput(None)
         loss_cache = None
         if labels is None:
-            seq, _ = self.base_model.forward(input_ids, token_type_ids, attention_mask,
-                                             head_mask=head_mask)                     # (B, T, H)
+            seq, _ = self.base_model.forward(input_ids, token_type_ids=token_type_ids,
+                                             attention_mask=attention_mask, head_mask=head_mask)  # (B, T, H)
             out.logits = self.mlm_head.forward(seq)                                   # (B, T, V)
         else:
             ids, _, _ = self.check_inputs(input_ids, token_type_ids, attention_mask)
@@ -440,8 +440,8 @@ class BertForMaskedLM(_BertWithHead):
                                                               get_array_module(ids))  # (M,), (M,)
             out.masked_positions = positions
             # the encoder's output at the M labelled positions only (its last layer skips the rest)
-            seq, _ = self.base_model.forward(ids, token_type_ids, attention_mask, output_positions=positions,
-                                             head_mask=head_mask)                     # (M, H)
+            seq, _ = self.base_model.forward(ids, token_type_ids=token_type_ids, attention_mask=attention_mask,
+                                             output_positions=positions, head_mask=head_mask)  # (M, H)
             out.logits = self.mlm_head.forward(seq)                                   # (M, V)
             ce_forward, ce_backward = op("cross_entropy", out.logits)
             out.loss, cache = ce_forward(out.logits, targets)

@@ -308,6 +308,14 @@ class BertPreTrainedModel(Module):
         """The encoder: the model itself (a BertModel), or its ``bert`` (``roberta``) attribute."""
         return getattr(self, self.base_model_prefix, self)
 
+    def to_checkpoint_name(self, name: str) -> str:
+        """A parameter's name in checkpoint files (the same here; DistilBERT renames)."""
+        return name
+
+    def from_checkpoint_name(self, key: str) -> str:
+        """The parameter name of a checkpoint key (the inverse of :meth:`to_checkpoint_name`)."""
+        return key
+
     def _setup(self, config: BertConfig, seed: int, device: str, dtype, share_config: bool = False):
         """Check the arguments; keep a copy of ``config`` (pruning records itself in the
         model's config, which must not reach other models built from the same one), or,

@@ -42,7 +42,8 @@ LAYERS = [
     ("model, heads, optimizer, data, checkpoints, tokenizer", [
         "minibert.modeling", "minibert.heads", "minibert.optim", "minibert.data", "minibert.data.*",
         "minibert.checkpoint", "minibert.safetensors", "minibert.tokenization", "minibert.bpe",
-        "minibert.vocab_trainer", "minibert.gradcheck", "minibert.roberta"]),
+        "minibert.vocab_trainer", "minibert.gradcheck", "minibert.roberta",
+        "minibert.distilbert"]),
     ("configuration, input checks and modules", [
         "minibert.config", "minibert.validation", "minibert.nn", "minibert.layers"]),
     ("the op registry", ["minibert.registry"]),

@@ -8,7 +8,7 @@
 //   z = x + bias                    x: (R, I)  bias: (I,)
 //   y = z * Phi(z),                 Phi(z) = 0.5 * (1 + erf(z / sqrt(2)))     the normal CDF
 //   dz = g * (Phi(z) + z * phi(z)), phi(z) = exp(-z^2 / 2) / sqrt(2 pi)       the normal density
-//   dx = dz,   dbias = sum over rows of dz
+//   dx = dz,   dbias = sum over rows of dz   (in a fixed order: deterministic)
 //
 // The forward keeps nothing but its inputs: the backward recomputes z and Phi(z).
 // erff is the exact error function of CUDA's math library (a few ulp), not the tanh form.
@@ -27,15 +27,16 @@ bias_gelu_forward(const float* __restrict__ x, const float* __restrict__ bias, f
     }
 }
 
-// Launch: grid (ceil(I / 32), min(ceil(R / 8), 256)), block (32, 8), shared memory
-// 8 * 32 * 4 bytes. threadIdx.x runs along a row (coalesced), threadIdx.y and the grid's
-// y over rows (grid-stride). Each thread sums dz of its column over its rows; the 8 partial
-// sums of a column are added in shared memory and one atomicAdd per column and block goes
-// to dbias (which the caller zeroes).
+// Launch: grid (ceil(I / 32), K) with K = min(ceil(R / 8), 256), block (32, 8).
+// threadIdx.x runs along a row (coalesced), threadIdx.y and the grid's y over rows
+// (grid-stride). Each thread sums dz of its column over its rows; the block adds its 8 sums
+// of a column in shared memory in a fixed order and writes them to row blockIdx.y of
+// partial (K, I), without atomics; bias_gelu_sum_partials then adds the K rows in order,
+// so dbias is the same bit for bit from run to run.
 extern "C" __global__ void __launch_bounds__(256)
 bias_gelu_backward(const float* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ bias,
-                   float* __restrict__ dx, float* __restrict__ dbias, int rows, int cols) {
-    __shared__ float partial[8][32];
+                   float* __restrict__ dx, float* __restrict__ partial, int rows, int cols) {
+    __shared__ float sums[8][32];
     const int col = blockIdx.x * 32 + threadIdx.x;
     float column_sum = 0.0f;
     if (col < cols) {
@@ -50,11 +51,22 @@ bias_gelu_backward(const float* __restrict__ dy, const float* __restrict__ x, co
             column_sum += dz;
         }
     }
-    partial[threadIdx.y][threadIdx.x] = column_sum;
+    sums[threadIdx.y][threadIdx.x] = column_sum;
     __syncthreads();
     if (threadIdx.y == 0 && col < cols) {
         float total = 0.0f;
-        for (int r = 0; r < 8; ++r) total += partial[r][threadIdx.x];
-        atomicAdd(&dbias[col], total);
+        for (int r = 0; r < 8; ++r) total += sums[r][threadIdx.x];
+        partial[(long long)blockIdx.y * cols + col] = total;
     }
+}
+
+// dbias[c] = sum over k of partial[k, c], k in order 0, 1, ..., K - 1 (deterministic).
+// Launch: grid ceil(I / 256), block 256 threads, one column each.
+extern "C" __global__ void __launch_bounds__(256)
+bias_gelu_sum_partials(const float* __restrict__ partial, float* __restrict__ dbias, int parts, int cols) {
+    const int col = blockIdx.x * blockDim.x + threadIdx.x;
+    if (col >= cols) return;
+    float sum = 0.0f;
+    for (int k = 0; k < parts; ++k) sum += partial[(long long)k * cols + col];
+    dbias[col] = sum;
 }

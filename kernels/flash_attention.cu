@@ -5,8 +5,11 @@
 //
 //   s = q k^T / sqrt(D) + mask,   p = softmax(s),   o = dropout(p) v
 //
-// Layout: q, o, do are (B, N, Tq, D), k, v are (B, N, Tk, D), contiguous, float32 or
-// float16 (T below); every sum is accumulated in float32. D (the head size) is a template
+// Layout: q, o, do are (B, N, Tq, D), k, v are (B, N, Tk, D), float32 or float16 (T below);
+// every sum is accumulated in float32. The inputs q, k, v and do are read through element
+// strides for their batch, head and row axes (the last axis contiguous), so the transposed
+// (B, T, N, D) -> (B, N, T, D) views the model passes are read in place, without copies; the
+// outputs o, dq, dk, dv are written contiguous. D (the head size) is a template
 // parameter, instantiated for 32, 64 and 128. The mask is additive float32 with one stride
 // per axis (0 on broadcast axes), so (B, 1, 1, Tk) padding masks are read in place. Per-row
 // statistics m (row max) and l (row sum) are float32 (B, N, Tq), the same cache as the
@@ -51,26 +54,57 @@ constexpr int BLOCK_KEYS = (THREADS / WARP) * KEYS_PER_WARP;
 constexpr int TILE = 32;              // the streamed tile: 32 keys (forward, dq) or 32 queries (dk/dv)
 constexpr float LOWEST = -3.402823466e+38f;   // the lowest finite float, finfo(float32).min
 
-// float16 storage: the 16 bits of an IEEE half, converted with the hardware's cvt
-// instruction. (Written out rather than taken from cuda_fp16.h so that the file compiles
-// with NVRTC even where the CUDA headers are not on its include path.)
+// float16 storage: the 16 bits of an IEEE half. On the GPU the conversions are the
+// hardware's cvt instructions (written out rather than taken from cuda_fp16.h so that the
+// file compiles with NVRTC even where the CUDA headers are not on its include path). Host
+// compilers (the tests' CPU emulator) take the portable equivalents below them, which the
+// tests check bit for bit against NumPy's conversions.
 struct half_t {
     unsigned short bits;
 };
 
 __device__ __forceinline__ float to_float(float x) { return x; }
+template <typename T> __device__ __forceinline__ T from_float(float x);
+template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
+
+#ifdef __CUDA_ARCH__
 __device__ __forceinline__ float to_float(half_t x) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x.bits));
     return f;
 }
-template <typename T> __device__ __forceinline__ T from_float(float x);
-template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
 template <> __device__ __forceinline__ half_t from_float<half_t>(float x) {
     half_t h;
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h.bits) : "f"(x));     // round to nearest even
     return h;
 }
+#else
+__device__ __forceinline__ float to_float(half_t x) {
+    const unsigned sign = (unsigned)(x.bits & 0x8000u) << 16;
+    const unsigned exponent = (x.bits >> 10) & 0x1Fu, mantissa = x.bits & 0x3FFu;
+    if (exponent == 0x1F) return __uint_as_float(sign | 0x7F800000u | (mantissa << 13));    // inf, NaN
+    if (exponent != 0) return __uint_as_float(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+    return __uint_as_float(sign | __float_as_uint((float)mantissa * 5.9604644775390625e-8f));   // m * 2^-24
+}
+template <> __device__ __forceinline__ half_t from_float<half_t>(float x) {
+    const unsigned bits = __float_as_uint(x);
+    const unsigned short sign = (unsigned short)((bits >> 16) & 0x8000u);
+    const unsigned magnitude = bits & 0x7FFFFFFFu;
+    if (magnitude > 0x7F800000u) return half_t{(unsigned short)(sign | 0x7E00u)};           // NaN
+    if (magnitude >= 0x477FF000u) return half_t{(unsigned short)(sign | 0x7C00u)};          // rounds to inf
+    if (magnitude < 0x38800000u) {                    // below 2^-14: a subnormal half, units of 2^-24
+        const float units = __uint_as_float(magnitude) * 16777216.0f;                      // exact
+        const unsigned whole = (unsigned)units;
+        const float rest = units - (float)whole;
+        const unsigned rounded = whole + (rest > 0.5f || (rest == 0.5f && (whole & 1u)));   // ties to even
+        return half_t{(unsigned short)(sign | rounded)};
+    }
+    const unsigned rebiased = magnitude - (112u << 23);   // exponent bias 127 -> 15
+    const unsigned kept = rebiased >> 13, dropped = rebiased & 0x1FFFu;
+    const unsigned rounded = kept + (dropped > 0x1000u || (dropped == 0x1000u && (kept & 1u)));
+    return half_t{(unsigned short)(sign | rounded)};
+}
+#endif
 
 __device__ __forceinline__ float warp_max(float x) {
     for (int offset = WARP / 2; offset > 0; offset >>= 1)
@@ -120,7 +154,12 @@ __device__ __forceinline__ bool dropout_keep(unsigned int row_key, int j, unsign
 
 // The scalar arguments every attention kernel takes, gathered into one struct inside the
 // kernel. (They are passed one by one: a launch from Python passes scalars and pointers.)
+struct Layout {                                      // element strides of a (B, N, T, D) input
+    long long batch, head, row;                      // (the last axis is contiguous)
+};
+
 struct AttentionArgs {
+    Layout q, k, v, dout;
     int heads, n_queries, n_keys;
     float scale;                                     // 1 / sqrt(D)
     const float* mask;                               // additive, or nullptr
@@ -132,11 +171,14 @@ struct AttentionArgs {
 };
 
 #define ATTENTION_PARAMS                                                                         \
+    long long q_sb, long long q_sh, long long q_si, long long k_sb, long long k_sh, long long k_si,  \
+    long long v_sb, long long v_sh, long long v_si, long long do_sb, long long do_sh, long long do_si, \
     int heads, int n_queries, int n_keys, float scale, const float* __restrict__ mask, int has_mask, \
     long long mask_sb, long long mask_sh, long long mask_si, long long mask_sj,                  \
     int has_dropout, unsigned long long seed, unsigned int threshold, float keep_scale
 #define ATTENTION_ARGS                                                                           \
-    AttentionArgs{heads, n_queries, n_keys, scale, has_mask ? mask : nullptr,                    \
+    AttentionArgs{{q_sb, q_sh, q_si}, {k_sb, k_sh, k_si}, {v_sb, v_sh, v_si}, {do_sb, do_sh, do_si},    \
+                  heads, n_queries, n_keys, scale, has_mask ? mask : nullptr,                    \
                   mask_sb, mask_sh, mask_si, mask_sj, has_dropout, seed, threshold, keep_scale}
 
 __device__ __forceinline__ float mask_value(const AttentionArgs& a, int b, int h, int i, int j) {
@@ -144,16 +186,23 @@ __device__ __forceinline__ float mask_value(const AttentionArgs& a, int b, int h
         : a.mask[b * a.mask_sb + h * a.mask_sh + (long long)i * a.mask_si + (long long)j * a.mask_sj];
 }
 
-// Copy rows [first, first + count) of a (rows_total, D) matrix into shared memory as float,
-// rows padded to `pitch` floats, zeros past the end; all threads of the block take part,
-// consecutive threads reading consecutive elements (coalesced).
+// The (T, D) matrix of batch b, head h of an input.
+template <typename T>
+__device__ __forceinline__ const T* head_of(const T* x, const Layout& layout, int b, int h) {
+    return x + b * layout.batch + h * layout.head;
+}
+
+// Copy rows [first, first + count) of a (rows_total, D) matrix whose rows are `row_stride`
+// elements apart into shared memory as float, rows padded to `pitch` floats, zeros past the
+// end; all threads of the block take part, consecutive threads reading consecutive elements
+// (coalesced).
 template <typename T, int D>
-__device__ __forceinline__ void load_tile(float* dst, int pitch, const T* src, int first, int count,
-                                          int rows_total, float factor) {
+__device__ __forceinline__ void load_tile(float* dst, int pitch, const T* src, long long row_stride, int first,
+                                          int count, int rows_total, float factor) {
     for (int idx = threadIdx.x; idx < count * D; idx += blockDim.x) {
         const int r = idx / D, d = idx % D;
         const int row = first + r;
-        dst[r * pitch + d] = row < rows_total ? to_float(src[(long long)row * D + d]) * factor : 0.0f;
+        dst[r * pitch + d] = row < rows_total ? to_float(src[row * row_stride + d]) * factor : 0.0f;
     }
 }
 
@@ -179,11 +228,11 @@ flash_attention_forward_kernel(const T* __restrict__ q, const T* __restrict__ k,
     const int bh = blockIdx.y, b = bh / a.heads, h = bh % a.heads;
     const int first_row = blockIdx.x * BLOCK_ROWS;
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
-    const T* qh = q + (long long)bh * a.n_queries * D;
-    const T* kh = k + (long long)bh * a.n_keys * D;
-    const T* vh = v + (long long)bh * a.n_keys * D;
+    const T* qh = head_of(q, a.q, b, h);
+    const T* kh = head_of(k, a.k, b, h);
+    const T* vh = head_of(v, a.v, b, h);
 
-    load_tile<T, D>(qs, D, qh, first_row, BLOCK_ROWS, a.n_queries, a.scale);
+    load_tile<T, D>(qs, D, qh, a.q.row, first_row, BLOCK_ROWS, a.n_queries, a.scale);
 
     float m[ROWS_PER_WARP], l[ROWS_PER_WARP], acc[ROWS_PER_WARP][C];
     unsigned int row_key[ROWS_PER_WARP];
@@ -198,8 +247,8 @@ flash_attention_forward_kernel(const T* __restrict__ q, const T* __restrict__ k,
 
     for (int j0 = 0; j0 < a.n_keys; j0 += TILE) {
         __syncthreads();                        // everyone is done with the previous tile
-        load_tile<T, D>(ks, D + 1, kh, j0, TILE, a.n_keys, 1.0f);
-        load_tile<T, D>(vs, D, vh, j0, TILE, a.n_keys, 1.0f);
+        load_tile<T, D>(ks, D + 1, kh, a.k.row, j0, TILE, a.n_keys, 1.0f);
+        load_tile<T, D>(vs, D, vh, a.v.row, j0, TILE, a.n_keys, 1.0f);
         __syncthreads();
 
         const int key = j0 + lane;              // lane j owns key j of the tile
@@ -249,19 +298,23 @@ flash_attention_forward_kernel(const T* __restrict__ q, const T* __restrict__ k,
 
 // ============================================================================ backward
 // delta_i = rowsum(do_i * o_i)  (= rowsum(dp_i * p_i), see the NumPy op), float32 (B*N*Tq).
+// o is contiguous, do strided (do_sb, do_sh, do_si).
 // Launch: grid ceil(B*N*Tq / 4), block 128 threads: one warp per row, lanes over D.
 template <typename T, int D>
 __global__ void __launch_bounds__(THREADS)
 flash_attention_backward_delta_kernel(const T* __restrict__ o, const T* __restrict__ dout,
-                                      float* __restrict__ delta, long long total_rows) {
+                                      float* __restrict__ delta, long long total_rows, int heads, int n_queries,
+                                      long long do_sb, long long do_sh, long long do_si) {
     const long long row = (long long)blockIdx.x * (THREADS / WARP) + threadIdx.x / WARP;
     const int lane = threadIdx.x % WARP;
     if (row >= total_rows) return;
+    const long long bh = row / n_queries, i = row % n_queries;
+    const T* do_row = dout + (bh / heads) * do_sb + (bh % heads) * do_sh + i * do_si;
     float sum = 0.0f;
 #pragma unroll
     for (int c = 0; c < D / WARP; ++c) {
-        const long long idx = row * D + lane + WARP * c;
-        sum = fmaf(to_float(o[idx]), to_float(dout[idx]), sum);
+        const int d = lane + WARP * c;
+        sum = fmaf(to_float(o[row * D + d]), to_float(do_row[d]), sum);
     }
     sum = warp_sum(sum);
     if (lane == 0) delta[row] = sum;
@@ -301,19 +354,23 @@ flash_attention_backward_dq_kernel(const T* __restrict__ q, const T* __restrict_
     const int bh = blockIdx.y, b = bh / a.heads, h = bh % a.heads;
     const int first_row = blockIdx.x * BLOCK_ROWS;
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
-    const long long q_offset = (long long)bh * a.n_queries * D, k_offset = (long long)bh * a.n_keys * D;
-    load_tile<T, D>(qs, D, q + q_offset, first_row, BLOCK_ROWS, a.n_queries, a.scale);
-    load_tile<T, D>(dos, D, dout + q_offset, first_row, BLOCK_ROWS, a.n_queries, 1.0f);
+    const T* qh = head_of(q, a.q, b, h);
+    const T* kh = head_of(k, a.k, b, h);
+    const T* vh = head_of(v, a.v, b, h);
+    const T* doh = head_of(dout, a.dout, b, h);
+    load_tile<T, D>(qs, D, qh, a.q.row, first_row, BLOCK_ROWS, a.n_queries, a.scale);
+    load_tile<T, D>(dos, D, doh, a.dout.row, first_row, BLOCK_ROWS, a.n_queries, 1.0f);
 
     float acc[ROWS_PER_WARP][C], m_i[ROWS_PER_WARP], l_i[ROWS_PER_WARP], delta_i[ROWS_PER_WARP];
     unsigned int row_key[ROWS_PER_WARP];
 #pragma unroll
     for (int r = 0; r < ROWS_PER_WARP; ++r) {
         const int row = first_row + warp * ROWS_PER_WARP + r;
-        const long long stat = (long long)bh * a.n_queries + (row < a.n_queries ? row : 0);
-        m_i[r] = row_max[stat];
-        l_i[r] = row_sum[stat];
-        delta_i[r] = delta[stat];
+        const bool valid_row = row < a.n_queries;           // rows past the end read nothing
+        const long long stat = (long long)bh * a.n_queries + row;
+        m_i[r] = valid_row ? row_max[stat] : 0.0f;
+        l_i[r] = valid_row ? row_sum[stat] : 1.0f;
+        delta_i[r] = valid_row ? delta[stat] : 0.0f;
         row_key[r] = a.has_dropout ? dropout_row_key(a.seed, b, h, row) : 0u;
 #pragma unroll
         for (int c = 0; c < C; ++c) acc[r][c] = 0.0f;
@@ -321,8 +378,8 @@ flash_attention_backward_dq_kernel(const T* __restrict__ q, const T* __restrict_
 
     for (int j0 = 0; j0 < a.n_keys; j0 += TILE) {
         __syncthreads();
-        load_tile<T, D>(ks, D + 1, k + k_offset, j0, TILE, a.n_keys, 1.0f);
-        load_tile<T, D>(vs, D + 1, v + k_offset, j0, TILE, a.n_keys, 1.0f);
+        load_tile<T, D>(ks, D + 1, kh, a.k.row, j0, TILE, a.n_keys, 1.0f);
+        load_tile<T, D>(vs, D + 1, vh, a.v.row, j0, TILE, a.n_keys, 1.0f);
         __syncthreads();
 
         const int key = j0 + lane;
@@ -355,7 +412,7 @@ flash_attention_backward_dq_kernel(const T* __restrict__ q, const T* __restrict_
         }
     }
 
-    T* dqh = dq + q_offset;
+    T* dqh = dq + (long long)bh * a.n_queries * D;                  // contiguous
 #pragma unroll
     for (int r = 0; r < ROWS_PER_WARP; ++r) {
         const int row = first_row + warp * ROWS_PER_WARP + r;
@@ -388,9 +445,11 @@ flash_attention_backward_dkdv_kernel(const T* __restrict__ q, const T* __restric
     const int bh = blockIdx.y, b = bh / a.heads, h = bh % a.heads;
     const int first_key = blockIdx.x * BLOCK_KEYS;
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
-    const long long q_offset = (long long)bh * a.n_queries * D, k_offset = (long long)bh * a.n_keys * D;
-    load_tile<T, D>(kb, D, k + k_offset, first_key, BLOCK_KEYS, a.n_keys, 1.0f);
-    load_tile<T, D>(vb, D, v + k_offset, first_key, BLOCK_KEYS, a.n_keys, 1.0f);
+    const T* qh = head_of(q, a.q, b, h);
+    const T* doh = head_of(dout, a.dout, b, h);
+    const long long k_offset = (long long)bh * a.n_keys * D;        // of the contiguous dk, dv
+    load_tile<T, D>(kb, D, head_of(k, a.k, b, h), a.k.row, first_key, BLOCK_KEYS, a.n_keys, 1.0f);
+    load_tile<T, D>(vb, D, head_of(v, a.v, b, h), a.v.row, first_key, BLOCK_KEYS, a.n_keys, 1.0f);
 
     float dk_acc[KEYS_PER_WARP][C], dv_acc[KEYS_PER_WARP][C];
 #pragma unroll
@@ -400,14 +459,15 @@ flash_attention_backward_dkdv_kernel(const T* __restrict__ q, const T* __restric
 
     for (int i0 = 0; i0 < a.n_queries; i0 += TILE) {
         __syncthreads();
-        load_tile<T, D>(qs, D + 1, q + q_offset, i0, TILE, a.n_queries, a.scale);
-        load_tile<T, D>(dos, D + 1, dout + q_offset, i0, TILE, a.n_queries, 1.0f);
+        load_tile<T, D>(qs, D + 1, qh, a.q.row, i0, TILE, a.n_queries, a.scale);
+        load_tile<T, D>(dos, D + 1, doh, a.dout.row, i0, TILE, a.n_queries, 1.0f);
         if (threadIdx.x < TILE) {
             const int row = i0 + threadIdx.x;
-            const long long stat = (long long)bh * a.n_queries + (row < a.n_queries ? row : 0);
-            stats[threadIdx.x] = row_max[stat];
-            stats[TILE + threadIdx.x] = row_sum[stat];
-            stats[2 * TILE + threadIdx.x] = delta[stat];
+            const bool valid_row = row < a.n_queries;
+            const long long stat = (long long)bh * a.n_queries + row;
+            stats[threadIdx.x] = valid_row ? row_max[stat] : 0.0f;
+            stats[TILE + threadIdx.x] = valid_row ? row_sum[stat] : 1.0f;
+            stats[2 * TILE + threadIdx.x] = valid_row ? delta[stat] : 0.0f;
         }
         __syncthreads();
 
@@ -465,13 +525,15 @@ flash_attention_backward_dkdv_kernel(const T* __restrict__ q, const T* __restric
 #ifdef MINIBERT_INSTANTIATE_ALL
 // For compile checks with nvcc (tests/test_kernels.py): every variant the loader asks for.
 #define MINIBERT_ATTENTION_TYPES                                                                     \
+    long long, long long, long long, long long, long long, long long,                                \
+    long long, long long, long long, long long, long long, long long,                                \
     int, int, int, float, const float*, int, long long, long long, long long, long long, int,        \
     unsigned long long, unsigned int, float
 #define MINIBERT_FLASH_VARIANTS(T, D)                                                                \
     template __global__ void minibert::flash_attention_forward_kernel<T, D>(                         \
         const T*, const T*, const T*, T*, float*, float*, MINIBERT_ATTENTION_TYPES);                \
     template __global__ void minibert::flash_attention_backward_delta_kernel<T, D>(                  \
-        const T*, const T*, float*, long long);                                                      \
+        const T*, const T*, float*, long long, int, int, long long, long long, long long);          \
     template __global__ void minibert::flash_attention_backward_dq_kernel<T, D>(                     \
         const T*, const T*, const T*, const T*, const float*, const float*, const float*, T*,        \
         MINIBERT_ATTENTION_TYPES);                                                                   \

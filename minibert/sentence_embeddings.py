@@ -114,8 +114,8 @@ class SentenceEncoder:
         self.model.eval()
         self.tokenizer = BertTokenizer.from_pretrained(directory)
         config = self.model.config
-        if self.tokenizer.vocab_size > config.vocab_size:
-            raise ValueError(f"{directory}: the vocabulary has {self.tokenizer.vocab_size} tokens but "
+        if len(self.tokenizer) > config.vocab_size:
+            raise ValueError(f"{directory}: the vocabulary has {len(self.tokenizer)} tokens but "
                              f"the model's embedding matrix only {config.vocab_size} rows")
         if max_length is None:
             st_config = _read_json(os.path.join(directory, "sentence_bert_config.json")) or {}

@@ -25,6 +25,10 @@ ASCII text takes a shorter road still (one regular expression, one dictionary lo
 word). The readable step functions are the definition; the fast paths are tested against
 them.
 
+The call ``tokenizer(texts, ...)`` takes transformers' arguments (pre-split words, windows
+of long inputs, padding and truncation on either side) and returns a :class:`BatchEncoding`
+of NumPy arrays that also maps tokens to words and characters (``word_ids``, ...).
+
 Unicode tables: this module uses Python's :mod:`unicodedata`; the Rust library uses older
 (and, for lower-casing, newer) tables. The few characters on which they disagree are
 listed in ``docs/tokenizer.md``; where it costs nothing we follow the Rust library
@@ -38,6 +42,7 @@ import os
 import re
 import unicodedata
 from itertools import chain
+from typing import NamedTuple
 
 import numpy as np
 
@@ -46,6 +51,7 @@ from .backend import is_int_at_least
 SPECIAL_TOKEN_NAMES = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 VOCAB_FILE_NAME = "vocab.txt"
 TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
+ADDED_TOKENS_NAME = "added_tokens.json"
 
 
 # --------------------------------------------------------------------------------------
@@ -155,14 +161,17 @@ def split_words(text: str) -> list[str]:
 
 
 def normalize(text: str, do_lower_case: bool = True, strip_accents_: bool | None = None,
-              tokenize_chinese_chars: bool = True) -> str:
+              tokenize_chinese_chars: bool = True, remove_control_chars: bool = True) -> str:
     """clean_text -> space_cjk_chars -> strip_accents -> lowercase, as configured.
 
     ``strip_accents_=None`` follows ``do_lower_case`` (uncased BERT strips accents).
+    ``remove_control_chars=False`` skips ``clean_text``: control characters stay in their
+    words (white space still separates words, in ``split_words``).
     """
     if strip_accents_ is None:
         strip_accents_ = do_lower_case
-    text = clean_text(text)
+    if remove_control_chars:
+        text = clean_text(text)
     if tokenize_chinese_chars:
         text = space_cjk_chars(text)
     if strip_accents_:
@@ -173,9 +182,10 @@ def normalize(text: str, do_lower_case: bool = True, strip_accents_: bool | None
 
 
 def basic_tokenize(text: str, do_lower_case: bool = True, strip_accents_: bool | None = None,
-                   tokenize_chinese_chars: bool = True) -> list[str]:
+                   tokenize_chinese_chars: bool = True, remove_control_chars: bool = True) -> list[str]:
     """Normalized words of ``text`` (no special-token handling, no WordPiece)."""
-    return split_words(normalize(text, do_lower_case, strip_accents_, tokenize_chinese_chars))
+    return split_words(normalize(text, do_lower_case, strip_accents_, tokenize_chinese_chars,
+                                 remove_control_chars))
 
 
 def wordpiece(word: str, vocab, unk_token: str = "[UNK]", max_input_chars_per_word: int = 100,
@@ -217,6 +227,9 @@ def wordpiece(word: str, vocab, unk_token: str = "[UNK]", max_input_chars_per_wo
 # other printable character is punctuation, and the rest is whitespace.
 _ASCII_WORDS = re.compile(r"[A-Za-z0-9]+|[^ \t\n\rA-Za-z0-9]")
 _ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_NON_SPACE = re.compile(r"\S+")         # the words of do_basic_tokenize=False (as str.split)
+# a run between ASCII white space that holds a character other than printable ASCII
+_UNUSUAL_RUNS = re.compile(r"[^ \t\n\r]*[^\x20-\x7e\t\n\r][^ \t\n\r]*")
 
 
 class _CharTable(dict):
@@ -252,28 +265,32 @@ class BasicTokenizer:
 
     ``tokenize(text)`` gives the normalized words, special tokens and ``never_split``
     strings kept whole (case-sensitive, wherever they occur in the raw text, as Hugging
-    Face's Rust tokenizer matches its special tokens).
+    Face's Rust tokenizer matches its special tokens). The ``never_split`` strings that are
+    also in ``caseless`` match whatever their case (added tokens of an uncased tokenizer).
     """
 
     def __init__(self, do_lower_case: bool = True, strip_accents: bool | None = None,
-                 tokenize_chinese_chars: bool = True, never_split=()):
+                 tokenize_chinese_chars: bool = True, never_split=(), remove_control_chars: bool = True,
+                 caseless=()):
         self.do_lower_case = bool(do_lower_case)
         self.strip_accents = strip_accents
         self.tokenize_chinese_chars = bool(tokenize_chinese_chars)
+        self.remove_control_chars = bool(remove_control_chars)
         self._strip = self.do_lower_case if strip_accents is None else bool(strip_accents)
         self.never_split = tuple(dict.fromkeys(_check_text(t, "never_split entry") for t in never_split or ()))
         if any(t == "" for t in self.never_split):
             raise ValueError("never_split entries must be non-empty strings")
+        caseless = set(caseless)
         # longest first, so that "[MASK]" wins over a shorter entry that starts it
         alternatives = sorted(self.never_split, key=lambda t: (-len(t), t))
-        self._special_re = (re.compile("(" + "|".join(map(re.escape, alternatives)) + ")")
-                            if alternatives else None)
+        patterns = [f"(?i:{re.escape(t)})" if t in caseless else re.escape(t) for t in alternatives]
+        self._special_re = re.compile("(" + "|".join(patterns) + ")") if patterns else None
         self._table = _CharTable(self.transform_char)
 
     def transform_char(self, char: str) -> str:
         """The normalization steps applied to one character; " " separates words."""
         return mark_word_boundaries(normalize(char, self.do_lower_case, self._strip,
-                                              self.tokenize_chinese_chars))
+                                              self.tokenize_chinese_chars, self.remove_control_chars))
 
     def split_special(self, text: str) -> list[tuple[bool, str]]:
         """[(is_special, segment), ...] in order; empty segments are left out."""
@@ -284,7 +301,7 @@ class BasicTokenizer:
 
     def words(self, text: str) -> list[str]:
         """Normalized words of a text that holds no special token."""
-        if text.isascii() and not _ASCII_CONTROL.search(text):
+        if text.isascii() and not _ASCII_CONTROL.search(text):     # (no control character to keep or drop)
             return _ASCII_WORDS.findall(text.lower() if self.do_lower_case else text)
         return text.translate(self._table).split()
 
@@ -323,14 +340,131 @@ class BasicTokenizer:
 # The tokenizer
 # --------------------------------------------------------------------------------------
 
+class TokenSpan(NamedTuple):
+    """Tokens ``start`` .. ``end - 1`` of an encoded row."""
+
+    start: int
+    end: int
+
+
+class CharSpan(NamedTuple):
+    """Characters ``start`` .. ``end - 1`` of the original text."""
+
+    start: int
+    end: int
+
+
+class Alignment(NamedTuple):
+    """Where each position of one encoded row came from; None for special tokens and padding.
+
+    words: the word's index in its text (a pre-split word, or one the basic tokenizer found);
+    sequences: 0 for the text, 1 for the text pair; offsets: (start, end) characters in the
+    text (within its word for pre-split input).
+    """
+
+    words: list
+    sequences: list
+    offsets: list
+
+
 class BatchEncoding(dict):
-    """The result of a batch call: a dict of NumPy arrays, also readable as attributes."""
+    """The result of the tokenizer call: a dict of NumPy arrays, also readable as attributes,
+    and the alignment of tokens with words and characters (as transformers' BatchEncoding).
+
+    Methods taking ``(batch_or_x_index, x_index=None)``: with one argument it is the index
+    in row 0, with two the first is the row.
+    """
+
+    def __init__(self, data=None, alignments=None, id_to_token=None, split_into_words=False):
+        super().__init__(data or {})
+        self._alignments = alignments
+        self._id_to_token = id_to_token
+        self._split_into_words = split_into_words
 
     def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
         try:
             return self[name]
         except KeyError:
             raise AttributeError(name) from None
+
+    def _row(self, batch_index) -> Alignment:
+        if self._alignments is None:
+            raise ValueError("this encoding has no token alignment (only the tokenizer call makes one, "
+                             "not pad())")
+        rows = len(self._alignments)
+        if not isinstance(batch_index, (int, np.integer)) or not -rows <= batch_index < rows:
+            raise IndexError(f"batch index {batch_index!r} is outside the {rows} rows")
+        return self._alignments[batch_index]
+
+    def _position(self, row: Alignment, token_index) -> int:
+        width = len(row.words)
+        if not isinstance(token_index, (int, np.integer)) or not -width <= token_index < width:
+            raise IndexError(f"token index {token_index!r} is outside the row's {width} positions")
+        return int(token_index) % width
+
+    @staticmethod
+    def _indices(first, second):
+        return (0, first) if second is None else (first, second)
+
+    def tokens(self, batch_index: int = 0) -> list[str]:
+        """The token strings of row ``batch_index`` (padding included)."""
+        self._row(batch_index)
+        return [self._id_to_token[i] for i in self["input_ids"][batch_index].tolist()]
+
+    def word_ids(self, batch_index: int = 0) -> list:
+        """The word index of every position of the row (None for special tokens and padding)."""
+        return list(self._row(batch_index).words)
+
+    def sequence_ids(self, batch_index: int = 0) -> list:
+        """0 (text), 1 (text pair) or None (special tokens, padding) for every position."""
+        return list(self._row(batch_index).sequences)
+
+    def token_to_word(self, batch_or_token_index: int, token_index: int | None = None):
+        batch, token = self._indices(batch_or_token_index, token_index)
+        row = self._row(batch)
+        return row.words[self._position(row, token)]
+
+    def token_to_sequence(self, batch_or_token_index: int, token_index: int | None = None):
+        batch, token = self._indices(batch_or_token_index, token_index)
+        row = self._row(batch)
+        return row.sequences[self._position(row, token)]
+
+    def token_to_chars(self, batch_or_token_index: int, token_index: int | None = None) -> CharSpan | None:
+        """The characters of the original text a token covers (None for special tokens, padding)."""
+        batch, token = self._indices(batch_or_token_index, token_index)
+        row = self._row(batch)
+        span = row.offsets[self._position(row, token)]
+        return None if span is None else CharSpan(*span)
+
+    def word_to_tokens(self, batch_or_word_index: int, word_index: int | None = None,
+                       sequence_index: int = 0) -> TokenSpan | None:
+        """The tokens of one word of the text (``sequence_index`` 1: of the pair); None when the
+        word is not in this row (cut off, or in another window)."""
+        batch, word = self._indices(batch_or_word_index, word_index)
+        row = self._row(batch)
+        found = [t for t, (w, s) in enumerate(zip(row.words, row.sequences)) if w == word and s == sequence_index]
+        return TokenSpan(found[0], found[-1] + 1) if found else None
+
+    def char_to_token(self, batch_or_char_index: int, char_index: int | None = None,
+                      sequence_index: int = 0) -> int | None:
+        """The token covering character ``char_index`` of the text (``sequence_index`` 1: of the
+        pair); None for a character no token covers (white space, dropped characters)."""
+        if self._split_into_words:
+            raise ValueError("char_to_token needs text input: with is_split_into_words=True the offsets "
+                             "count characters within each word, so a character index is ambiguous; "
+                             "use word_to_tokens")
+        batch, char = self._indices(batch_or_char_index, char_index)
+        row = self._row(batch)
+        for t, (span, s) in enumerate(zip(row.offsets, row.sequences)):
+            if span is not None and s == sequence_index and span[0] <= char < span[1]:
+                return t
+        return None
+
+
+class VocabularyNotFoundError(FileNotFoundError, ValueError):
+    """No vocabulary file where one was expected (both a FileNotFoundError and a ValueError)."""
 
 
 def load_vocab(path) -> list[str]:
@@ -339,7 +473,7 @@ def load_vocab(path) -> list[str]:
     if os.path.isdir(path):
         path = os.path.join(path, VOCAB_FILE_NAME)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"vocabulary file not found: {path}")
+        raise VocabularyNotFoundError(f"vocabulary file not found: {path}")
     with open(path, "rb") as f:
         data = f.read()
     try:
@@ -386,6 +520,13 @@ class BertTokenizer:
     ``vocab_file`` is a path to ``vocab.txt`` (or its directory), or the tokens themselves
     (a list in id order, or a token -> id dict with ids 0..V-1).
 
+    Settings beyond the normalization ones (``docs/tokenizer.md`` has the details):
+    ``do_basic_tokenize=False`` splits on white space only, then WordPiece (no lower-casing,
+    no punctuation split); ``remove_control_chars=False`` keeps control characters in their
+    words; ``padding_side`` / ``truncation_side`` ("right" or "left") say where the call pads
+    and cuts; ``clean_up_tokenization_spaces`` is decode's default; ``additional_special_tokens``
+    are kept whole and skipped by decode (see also :meth:`add_tokens`).
+
     Caching: the ids of every distinct word are remembered (two dictionaries, one keyed by
     raw ASCII words, one by normalized words). Each holds at most ``cache_size`` words and
     is emptied when it is full, so memory stays bounded on endless streams of new words.
@@ -395,7 +536,10 @@ class BertTokenizer:
                  tokenize_chinese_chars: bool = True, never_split=None, unk_token: str = "[UNK]",
                  sep_token: str = "[SEP]", pad_token: str = "[PAD]", cls_token: str = "[CLS]",
                  mask_token: str = "[MASK]", model_max_length: int | None = 512,
-                 max_input_chars_per_word: int = 100, cache_size: int = 1 << 18):
+                 max_input_chars_per_word: int = 100, cache_size: int = 1 << 18,
+                 do_basic_tokenize: bool = True, remove_control_chars: bool = True,
+                 padding_side: str = "right", truncation_side: str = "right",
+                 clean_up_tokenization_spaces: bool = False, additional_special_tokens=()):
         if isinstance(vocab_file, (str, os.PathLike)):
             tokens = load_vocab(vocab_file)
         elif isinstance(vocab_file, dict):
@@ -420,7 +564,9 @@ class BertTokenizer:
             raise ValueError(f"the vocabulary has no unknown token {unk_token!r}{hint}; "
                              "every WordPiece vocabulary needs one (usually on its own line '[UNK]')")
         for name, value in (("do_lower_case", do_lower_case), ("tokenize_chinese_chars", tokenize_chinese_chars),
-                            ("strip_accents", True if strip_accents is None else strip_accents)):
+                            ("strip_accents", True if strip_accents is None else strip_accents),
+                            ("do_basic_tokenize", do_basic_tokenize), ("remove_control_chars", remove_control_chars),
+                            ("clean_up_tokenization_spaces", clean_up_tokenization_spaces)):
             if not isinstance(value, (bool, np.bool_)):
                 raise TypeError(f"{name} must be True or False, got {value!r}")
         if isinstance(never_split, (str, bytes)):
@@ -433,17 +579,44 @@ class BertTokenizer:
         self.do_lower_case = bool(do_lower_case)
         self.strip_accents = strip_accents
         self.tokenize_chinese_chars = bool(tokenize_chinese_chars)
+        self.do_basic_tokenize = bool(do_basic_tokenize)
+        self.remove_control_chars = bool(remove_control_chars)
+        self.padding_side = _check_side(padding_side, "padding_side")
+        self.truncation_side = _check_side(truncation_side, "truncation_side")
+        self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)
         self.model_max_length = model_max_length
         self.max_input_chars_per_word = int(max_input_chars_per_word)
         self.cache_size = int(cache_size)
-        specials = [t for t in (unk_token, sep_token, pad_token, cls_token, mask_token) if t]
-        self.never_split = tuple(dict.fromkeys(list(never_split or ()) + specials))
-        self.basic = BasicTokenizer(do_lower_case, strip_accents, tokenize_chinese_chars, self.never_split)
+        self._pieces = dict(self.vocab)               # what WordPiece may use: never the added tokens
+        self.base_vocab_size = len(tokens)
+        self.added_tokens: dict[str, int] = {}        # added token -> id (see add_tokens)
+        if isinstance(additional_special_tokens, str):
+            raise TypeError("additional_special_tokens must be a list of tokens, got the string "
+                            f"{additional_special_tokens!r}")
+        self.additional_special_tokens: list[str] = []
+        self._extra_never_split = list(never_split or ())
         self.unk_token_id = self.vocab[unk_token]
-        self._special_ids = {t: self.vocab.get(t, self.unk_token_id) for t in self.never_split}
         self._max_piece_chars = max(map(len, tokens))
         self._ascii_cache: dict[str, tuple] = {}      # raw ASCII word -> ids
         self._word_cache: dict[str, tuple] = {}       # normalized word -> ids
+        self._update_splitting()
+        if additional_special_tokens:
+            self.add_special_tokens({"additional_special_tokens": list(additional_special_tokens)})
+
+    def _update_splitting(self):
+        """Rebuild what is cut out of the raw text whole: special, never_split and added tokens."""
+        specials = [t for t in (self.unk_token, self.sep_token, self.pad_token, self.cls_token,
+                                self.mask_token) if t]
+        self.never_split = tuple(dict.fromkeys(self._extra_never_split + specials + self.additional_special_tokens
+                                               + list(self.added_tokens)))
+        # added tokens that are not special match whatever their case when the text is lower-cased
+        caseless = [t for t in self.added_tokens if self.do_lower_case and t not in self.additional_special_tokens]
+        self.basic = BasicTokenizer(self.do_lower_case, self.strip_accents, self.tokenize_chinese_chars,
+                                    self.never_split, self.remove_control_chars, caseless)
+        self._special_ids = {t: self.vocab.get(t, self.unk_token_id) for t in self.never_split}
+        self._special_ids.update({t.lower(): self.vocab[t] for t in caseless})
+        self._ascii_cache.clear()
+        self._word_cache.clear()
 
     # ---- loading and saving ---------------------------------------------------------
 
@@ -460,10 +633,10 @@ class BertTokenizer:
         elif os.path.isfile(path):
             directory, vocab_path = os.path.dirname(path), path
         else:
-            raise FileNotFoundError(f"no tokenizer at {path}: expected a directory holding "
-                                    f"{VOCAB_FILE_NAME} or the path of a vocabulary file")
+            raise VocabularyNotFoundError(f"no tokenizer at {path}: expected a directory holding "
+                                          f"{VOCAB_FILE_NAME} or the path of a vocabulary file")
         if not os.path.isfile(vocab_path):
-            raise FileNotFoundError(f"vocabulary file not found: {vocab_path}")
+            raise VocabularyNotFoundError(f"vocabulary file not found: {vocab_path}")
         settings = {}
         config_path = os.path.join(directory, TOKENIZER_CONFIG_NAME)
         if os.path.isfile(config_path):
@@ -475,7 +648,9 @@ class BertTokenizer:
             if not isinstance(config, dict):
                 raise ValueError(f"{config_path} must hold a JSON object, got {type(config).__name__}")
             for key in ("do_lower_case", "strip_accents", "tokenize_chinese_chars", "never_split",
-                        "model_max_length", "max_input_chars_per_word", *SPECIAL_TOKEN_NAMES):
+                        "model_max_length", "max_input_chars_per_word", "do_basic_tokenize",
+                        "remove_control_chars", "clean_up_tokenization_spaces", "padding_side", "truncation_side",
+                        "additional_special_tokens", *SPECIAL_TOKEN_NAMES):
                 value = config.get(key)
                 if isinstance(value, dict):            # {"content": "[UNK]", ...} form
                     value = value.get("content")
@@ -485,36 +660,68 @@ class BertTokenizer:
                 settings["strip_accents"] = config["strip_accents"]
             if isinstance(settings.get("model_max_length"), (int, float)) and settings["model_max_length"] > 1e9:
                 settings["model_max_length"] = None    # "no limit" written as a huge number
-            for key in ("do_lower_case", "strip_accents", "tokenize_chinese_chars"):
+            if isinstance(settings.get("additional_special_tokens"), list):     # entries may be {"content": ...}
+                settings["additional_special_tokens"] = [t.get("content") if isinstance(t, dict) else t
+                                                         for t in settings["additional_special_tokens"]]
+            for key in ("do_lower_case", "strip_accents", "tokenize_chinese_chars", "do_basic_tokenize",
+                        "remove_control_chars", "clean_up_tokenization_spaces"):
                 if key in settings and not isinstance(settings[key], bool) and settings[key] is not None:
                     raise ValueError(f"{config_path}: {key} must be true or false, got {settings[key]!r}")
             if isinstance(settings.get("never_split"), str):
                 raise ValueError(f"{config_path}: never_split must be a list of tokens, "
                                  f"got the string {settings['never_split']!r}")
         settings.update(overrides)
-        return cls(vocab_path, **settings)
+        specials = settings.pop("additional_special_tokens", None) or []
+        if isinstance(specials, str):
+            raise TypeError(f"additional_special_tokens must be a list of tokens, got the string {specials!r}")
+        tokenizer = cls(vocab_path, **settings)
+        # the added tokens in the order of their ids, then the special ones that had none saved
+        added = _read_added_tokens(directory, config if os.path.isfile(config_path) else {}, tokenizer.base_vocab_size)
+        for token, _ in sorted(added.items(), key=lambda item: item[1]):
+            tokenizer.add_tokens([token], special_tokens=token in specials)
+        wrong = {t: i for t, i in added.items() if tokenizer.vocab.get(t) != i}
+        if wrong:
+            raise ValueError(f"{directory}: added tokens must take the ids after the vocabulary's "
+                             f"{tokenizer.base_vocab_size} in order, got {wrong}")
+        rest = [t for t in specials if t not in tokenizer.additional_special_tokens]
+        if rest:
+            tokenizer.add_special_tokens({"additional_special_tokens": rest})
+        return tokenizer
 
     def save_vocabulary(self, directory, filename_prefix: str | None = None) -> tuple[str]:
-        """Write ``vocab.txt`` (one token per line, in id order) into ``directory``."""
+        """Write ``vocab.txt`` (one token per line, in id order) into ``directory``; added tokens
+        are not in it (``save_pretrained`` writes them to ``added_tokens.json``)."""
         directory = os.fspath(directory)
         os.makedirs(directory, exist_ok=True)
         name = (filename_prefix + "-" if filename_prefix else "") + VOCAB_FILE_NAME
         path = os.path.join(directory, name)
         with open(path, "w", encoding="utf-8", newline="\n") as f:
-            f.write("\n".join(self.ids_to_tokens) + "\n")
+            f.write("\n".join(self.ids_to_tokens[:self.base_vocab_size]) + "\n")
         return (path,)
 
     def save_pretrained(self, directory) -> str:
-        """``vocab.txt`` plus ``tokenizer_config.json`` holding this tokenizer's settings."""
+        """``vocab.txt`` plus ``tokenizer_config.json`` holding this tokenizer's settings, and
+        ``added_tokens.json`` (token -> id) when tokens were added."""
         self.save_vocabulary(directory)
         config = {"tokenizer_class": "BertTokenizer", "do_lower_case": self.do_lower_case,
                   "strip_accents": self.strip_accents,
                   "tokenize_chinese_chars": self.tokenize_chinese_chars,
                   "model_max_length": self.model_max_length,
+                  "do_basic_tokenize": self.do_basic_tokenize,
+                  "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
+                  "padding_side": self.padding_side, "truncation_side": self.truncation_side,
                   **{name: getattr(self, name) for name in SPECIAL_TOKEN_NAMES}}
-        extra = [t for t in self.never_split if t not in self.all_special_tokens]
+        if not self.remove_control_chars:
+            config["remove_control_chars"] = False
+        if self.additional_special_tokens:
+            config["additional_special_tokens"] = list(self.additional_special_tokens)
+        extra = [t for t in self._extra_never_split if t not in self.all_special_tokens]
         if extra:
             config["never_split"] = extra
+        if self.added_tokens:
+            with open(os.path.join(directory, ADDED_TOKENS_NAME), "w", encoding="utf-8") as f:
+                json.dump(self.added_tokens, f, indent=2, ensure_ascii=False)
+                f.write("\n")
         with open(os.path.join(directory, TOKENIZER_CONFIG_NAME), "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2, ensure_ascii=False)
             f.write("\n")
@@ -524,10 +731,66 @@ class BertTokenizer:
 
     @property
     def vocab_size(self) -> int:
-        return len(self.ids_to_tokens)
+        """Tokens of the WordPiece vocabulary, added tokens not counted (``len(tok)`` counts them)."""
+        return self.base_vocab_size
 
     def __len__(self) -> int:
         return len(self.ids_to_tokens)
+
+    def add_tokens(self, new_tokens, special_tokens: bool = False) -> int:
+        """Add tokens that the text is cut at and that keep one id each; returns how many are
+        new to the vocabulary (their ids follow the last one: ``model.resize_token_embeddings(len(tok))``).
+
+        Like special tokens they are found anywhere in the raw text, before normalization;
+        with ``do_lower_case`` an added token that is not special is lower-cased and matches
+        whatever its case in the text. ``special_tokens=True`` makes them special: matched
+        exactly, skipped by ``decode(skip_special_tokens=True)``. A token already in the
+        vocabulary keeps its id and is from then on matched whole.
+        """
+        if isinstance(new_tokens, str):
+            new_tokens = [new_tokens]
+        count = 0
+        for token in new_tokens:
+            token = _check_text(token, "added token")
+            if not token.strip() or token != token.strip():
+                raise ValueError(f"added tokens must be non-empty and have no white space around them, got {token!r}")
+            if not special_tokens and self.do_lower_case:
+                token = token.lower()
+            if special_tokens and token not in self.additional_special_tokens:
+                self.additional_special_tokens.append(token)
+            if token not in self.vocab:
+                self.vocab[token] = len(self.ids_to_tokens)
+                self.ids_to_tokens.append(token)
+                count += 1
+            self.added_tokens.setdefault(token, self.vocab[token])
+        self._update_splitting()
+        return count
+
+    def add_special_tokens(self, special_tokens_dict: dict) -> int:
+        """Set special tokens, e.g. ``{"pad_token": "[PAD]", "additional_special_tokens": ["<e>"]}``;
+        tokens the vocabulary lacks are added (see :meth:`add_tokens`). Returns how many are new."""
+        if not isinstance(special_tokens_dict, dict):
+            raise TypeError(f"add_special_tokens takes a dict such as {{'additional_special_tokens': ['<e>']}}, "
+                            f"got {type(special_tokens_dict).__name__}")
+        count = 0
+        for name, value in special_tokens_dict.items():
+            if name == "additional_special_tokens":
+                if isinstance(value, str) or not hasattr(value, "__iter__"):
+                    raise TypeError(f"additional_special_tokens must be a list of tokens, got {value!r}")
+                count += self.add_tokens(list(value), special_tokens=True)
+            elif name in SPECIAL_TOKEN_NAMES:
+                token = _check_text(value, name)
+                if token not in self.vocab:
+                    count += self.add_tokens([token], special_tokens=True)
+                    self.additional_special_tokens.remove(token)    # it has its own name instead
+                setattr(self, name, token)
+                if name == "unk_token":
+                    self.unk_token_id = self.vocab[token]
+                self._update_splitting()
+            else:
+                raise ValueError(f"unknown special token name {name!r}; expected one of "
+                                 f"{', '.join(SPECIAL_TOKEN_NAMES)} or additional_special_tokens")
+        return count
 
     def get_vocab(self) -> dict:
         return dict(self.vocab)
@@ -543,8 +806,8 @@ class BertTokenizer:
 
     @property
     def all_special_tokens(self) -> list[str]:
-        return [t for t in (self.unk_token, self.sep_token, self.pad_token, self.cls_token,
-                            self.mask_token) if t and t in self.vocab]
+        named = [self.unk_token, self.sep_token, self.pad_token, self.cls_token, self.mask_token]
+        return [t for t in dict.fromkeys(named + self.additional_special_tokens) if t and t in self.vocab]
 
     @property
     def all_special_ids(self) -> list[int]:
@@ -572,13 +835,18 @@ class BertTokenizer:
 
     def _word_ids(self, word: str) -> tuple:
         """Ids of the WordPiece pieces of one normalized word."""
-        pieces = wordpiece(word, self.vocab, self.unk_token, self.max_input_chars_per_word,
+        pieces = wordpiece(word, self._pieces, self.unk_token, self.max_input_chars_per_word,
                            "##", self._max_piece_chars)
         return tuple(self.vocab[p] for p in pieces)
 
     def _plain_ids(self, text: str) -> list[int]:
         """Ids of a text that holds no special token."""
-        if text.isascii() and not _ASCII_CONTROL.search(text):
+        if not self.do_basic_tokenize:
+            # white space only: each run of other characters goes to WordPiece as it is
+            words = text.split()
+            cache = self._word_cache
+            lower = False
+        elif text.isascii() and not _ASCII_CONTROL.search(text):
             # ASCII: split the raw text, look each raw word up ("Hello" -> ids of "hello")
             words = _ASCII_WORDS.findall(text)
             cache = self._ascii_cache
@@ -609,7 +877,7 @@ class BertTokenizer:
         ids = []
         for special, segment in basic.split_special(text):
             if special:
-                ids.append(self._special_ids[segment])
+                ids.append(self._added_id(segment))
             else:
                 ids += self._plain_ids(segment)
         return ids
@@ -624,39 +892,88 @@ class BertTokenizer:
         A piece covers the original characters its normalized characters came from; an
         ``[UNK]`` covers its whole word. Same convention as the Rust tokenizer's offsets.
         """
+        encoded = self._align_text(text)
+        return encoded.ids, encoded.offsets
+
+    def _added_id(self, segment: str) -> int:
+        """The id of a special, never_split or added token cut out of the text."""
+        ids = self._special_ids
+        if segment in ids:
+            return ids[segment]
+        if segment.lower() in ids:                     # an added token matched whatever its case
+            return ids[segment.lower()]
+        return next(i for token, i in ids.items() if re.fullmatch(f"(?i:{re.escape(token)})", segment))
+
+    def _align_text(self, text: str) -> "_Sequence":
+        """Ids of ``text`` with, for every token, its word's number and its character offsets.
+
+        Words are what the basic tokenizer splits the text into (each punctuation character,
+        special or added token is one); with ``do_basic_tokenize=False`` the runs of non-space
+        characters.
+        """
         text = _check_text(text)
-        ids, offsets = [], []
+        ids, words, offsets = [], [], []
         position = 0
         for special, segment in self.basic.split_special(text):
             if special:
-                ids.append(self._special_ids[segment])
+                ids.append(self._added_id(segment))
                 offsets.append((position, position + len(segment)))
+                words.append(words[-1] + 1 if words else 0)
+            elif not self.do_basic_tokenize:
+                self._align_plain(segment, position, _NON_SPACE, self._word_cache, False, ids, offsets, words)
             elif segment.isascii() and not _ASCII_CONTROL.search(segment):
-                # ASCII: one character in, one character out, so a word's characters are
-                # contiguous in the original text
-                cache = self._ascii_cache
-                for match in _ASCII_WORDS.finditer(segment):
-                    word = match.group()
-                    word_ids = cache.get(word)
-                    if word_ids is None:
-                        word_ids = self._word_ids(word.lower() if self.do_lower_case else word)
-                    first = position + match.start()
-                    self._piece_offsets(word_ids, range(first, first + len(word)), ids, offsets)
+                self._align_plain(segment, position, _ASCII_WORDS, self._ascii_cache, self.do_lower_case,
+                                  ids, offsets, words)
             else:
-                for word, where in self.basic.words_with_offsets(segment, position):
-                    word_ids = self._word_cache.get(word)
-                    if word_ids is None:
-                        word_ids = self._word_ids(word)
-                    self._piece_offsets(word_ids, where, ids, offsets)
+                # ASCII white space always separates words: the runs between it that hold a
+                # character other than printable ASCII go character by character, the plain
+                # ASCII around them takes the short road
+                done = 0
+                for run in _UNUSUAL_RUNS.finditer(segment):
+                    self._align_plain(segment[done:run.start()], position + done, _ASCII_WORDS, self._ascii_cache,
+                                      self.do_lower_case, ids, offsets, words)
+                    for word, where in self.basic.words_with_offsets(run.group(), position + run.start()):
+                        word_ids = self._cached_word_ids(self._word_cache, word, word)
+                        self._piece_offsets(word_ids, where, ids, offsets, words)
+                    done = run.end()
+                self._align_plain(segment[done:], position + done, _ASCII_WORDS, self._ascii_cache,
+                                  self.do_lower_case, ids, offsets, words)
             position += len(segment)
-        return ids, offsets
+        return _Sequence(ids, words, offsets)
 
-    def _piece_offsets(self, word_ids, where, ids, offsets):
-        """Append the ids of one word and the offsets of its pieces; ``where[k]`` is the
-        original index of the word's k-th normalized character."""
-        if len(word_ids) == 1 and word_ids[0] == self.unk_token_id:
+    def _align_plain(self, segment, position, pattern, cache, lower, ids, offsets, words):
+        """Align a segment in which one character in is one character out (ASCII, or no basic
+        tokenization): each match of ``pattern`` is a word, its characters contiguous."""
+        number = words[-1] + 1 if words else 0
+        for match in pattern.finditer(segment):
+            word = match.group()
+            word_ids = cache.get(word) or self._cached_word_ids(cache, word, word.lower() if lower else word)
+            first = position + match.start()
+            if len(word_ids) == 1:                     # the common case, written out
+                ids.append(word_ids[0])
+                offsets.append((first, first + len(word)))
+                words.append(number)
+            else:
+                self._piece_offsets(word_ids, range(first, first + len(word)), ids, offsets, words)
+            number += 1
+
+    def _cached_word_ids(self, cache, key, word) -> tuple:
+        """``_word_ids(word)``, remembered under ``key`` (the cache is emptied when full)."""
+        word_ids = cache.get(key)
+        if word_ids is None:
+            if len(cache) >= self.cache_size:
+                cache.clear()
+            word_ids = cache[key] = self._word_ids(word)
+        return word_ids
+
+    def _piece_offsets(self, word_ids, where, ids, offsets, words):
+        """Append the ids of one word, the offsets of its pieces and the word's number;
+        ``where[k]`` is the original index of the word's k-th normalized character."""
+        number = words[-1] + 1 if words else 0
+        if len(word_ids) == 1:                         # a whole word (or [UNK]) covers all its characters
             ids.append(word_ids[0])
             offsets.append((where[0], where[-1] + 1))
+            words.append(number)
             return
         to_token = self.ids_to_tokens
         start = 0
@@ -664,7 +981,21 @@ class BertTokenizer:
             length = len(to_token[i]) - (2 if k else 0)
             ids.append(i)
             offsets.append((where[start], where[start + length - 1] + 1))
+            words.append(number)
             start += length
+
+    def _align_words(self, words) -> "_Sequence":
+        """Ids of pre-split words, each token numbered with its word's position in the list
+        and its offsets counted within that word (as transformers does)."""
+        if isinstance(words, str) or not hasattr(words, "__iter__"):
+            raise TypeError(f"with is_split_into_words=True a text is a list of words, got {type(words).__name__}")
+        ids, numbers, offsets = [], [], []
+        for w, word in enumerate(words):
+            encoded = self._align_text(_check_text(word, "word"))
+            ids += encoded.ids
+            offsets += encoded.offsets
+            numbers += [w] * len(encoded.ids)
+        return _Sequence(ids, numbers, offsets)
 
     # ---- special tokens, truncation, encoding ------------------------------------------
 
@@ -690,8 +1021,15 @@ class BertTokenizer:
         first = [0] * (len(ids_a) + 2)
         return first if ids_b is None else first + [1] * (len(ids_b) + 1)
 
-    def _resolve_max_length(self, max_length, truncation, pair, add_special_tokens):
-        if truncation in (None, False, "do_not_truncate"):
+    def _truncation(self, truncation, max_length, pair, add_special_tokens):
+        """(token budget left after the special tokens, strategy), or None for no truncation.
+
+        ``truncation=None`` truncates (longest first) only when ``max_length`` is given; True
+        without ``max_length`` cuts to ``model_max_length``.
+        """
+        if truncation is None:
+            truncation = max_length is not None
+        if truncation in (False, "do_not_truncate"):
             return None
         if truncation is True:
             truncation = "longest_first"
@@ -708,41 +1046,39 @@ class BertTokenizer:
         if max_length < need or max_length < 0:
             raise ValueError(f"max_length={max_length} is too small: the special tokens of "
                              f"{'a text pair' if pair else 'a single text'} alone need {need}")
+        if truncation == "only_second" and not pair:
+            raise ValueError("truncation='only_second' needs a text pair")
         return int(max_length) - need, truncation
 
     @staticmethod
-    def _truncate(ids_a, ids_b, budget, strategy):
-        """Cut token lists so that they fit ``budget`` tokens (specials already set aside).
+    def _truncate(n_a, n_b, budget, strategy):
+        """How many tokens of A and B to keep so that they fit ``budget`` (specials set aside).
 
         longest_first, as the Rust library does it: a shorter sequence keeps all its tokens
         as long as it takes no more than half the budget; otherwise both get half, the
         extra token of an odd budget going to the longer one (to B when equal).
         """
-        if ids_b is None:
-            if strategy == "only_second":
-                raise ValueError("truncation='only_second' needs a text pair")
-            return ids_a[:budget], None
-        n_a, n_b = len(ids_a), len(ids_b)
+        if n_b is None:
+            return min(n_a, budget), None
         if n_a + n_b <= budget:
-            return ids_a, ids_b
+            return n_a, n_b
         if strategy == "only_first":
             if n_b > budget:
                 raise ValueError(f"cannot truncate only the first text: the second alone has {n_b} "
                                  f"tokens, more than the {budget} that fit")
-            return ids_a[:budget - n_b], ids_b
+            return budget - n_b, n_b
         if strategy == "only_second":
             if n_a > budget:
                 raise ValueError(f"cannot truncate only the second text: the first alone has {n_a} "
                                  f"tokens, more than the {budget} that fit")
-            return ids_a, ids_b[:budget - n_a]
+            return n_a, budget - n_a
         short = min(n_a, n_b)
         keep_short = short
         keep_long = short if short > budget else max(short, budget - short)
         if keep_short + keep_long > budget:
             keep_short = budget // 2
             keep_long = keep_short + budget % 2
-        keep_a, keep_b = (keep_long, keep_short) if n_a > n_b else (keep_short, keep_long)
-        return ids_a[:keep_a], ids_b[:keep_b]
+        return (keep_long, keep_short) if n_a > n_b else (keep_short, keep_long)
 
     def encode(self, text: str, text_pair: str | None = None, add_special_tokens: bool = True,
                max_length: int | None = None, truncation=None) -> list[int]:
@@ -750,135 +1086,263 @@ class BertTokenizer:
 
         ``truncation=None`` truncates (longest first) only when ``max_length`` is given.
         """
-        if truncation is None:
-            truncation = max_length is not None
-        encoded = self._encode_one(text, text_pair, add_special_tokens, max_length, truncation, False)
-        return encoded[0]
-
-    def _encode_one(self, text, text_pair, add_special_tokens, max_length, truncation, offsets):
-        text = _check_text(text)
-        pair = text_pair is not None
-        if pair:
-            text_pair = _check_text(text_pair, "text_pair")
-        limit = self._resolve_max_length(max_length, truncation, pair, add_special_tokens)
-        if offsets:
-            ids_a, off_a = self.tokenize_with_offsets(text)
-            ids_b, off_b = self.tokenize_with_offsets(text_pair) if pair else (None, None)
-        else:
-            ids_a = self.tokenize_to_ids(text)
-            ids_b = self.tokenize_to_ids(text_pair) if pair else None
+        a = _Sequence(self.tokenize_to_ids(text))
+        b = None if text_pair is None else _Sequence(self.tokenize_to_ids(_check_text(text_pair, "text_pair")))
+        limit = self._truncation(truncation, max_length, b is not None, add_special_tokens)
         if limit is not None:
-            ids_a, ids_b = self._truncate(ids_a, ids_b, *limit)
-            if offsets:
-                off_a = off_a[:len(ids_a)]
-                off_b = off_b[:len(ids_b)] if pair else None
+            a, b = self._cut(a, b, *limit, self.truncation_side)
+        return self._assemble(a, b, add_special_tokens)["ids"]
+
+    @staticmethod
+    def _cut(a, b, budget, strategy, side):
+        """A and B truncated to fit ``budget`` tokens, cut on ``side``."""
+        keep_a, keep_b = BertTokenizer._truncate(len(a), None if b is None else len(b), budget, strategy)
+        return a.keep(keep_a, side), None if b is None else b.keep(keep_b, side)
+
+    def _windows(self, a, b, budget, strategy, stride, side):
+        """(A, B) pairs of the windows of an over-long input: the side that is cut is shown in
+        windows of the tokens left to it, consecutive windows sharing ``stride`` tokens."""
+        if b is not None and strategy == "longest_first":
+            raise ValueError("return_overflowing_tokens with a text pair needs truncation='only_second' "
+                             "(or 'only_first'): with 'longest_first' the windows of both texts are ill-defined")
+        cut_a = b is None or strategy == "only_first"
+        fixed = 0 if b is None else len(b) if cut_a else len(a)
+        room = budget - fixed
+        if room <= 0:
+            which = "second" if cut_a else "first"
+            raise ValueError(f"cannot truncate only the {'first' if cut_a else 'second'} text: the {which} alone "
+                             f"has {fixed} tokens, leaving no room in the {budget} that fit")
+        if stride >= room:
+            raise ValueError(f"stride={stride} must be smaller than the window it overlaps ({room} tokens: "
+                             f"max_length less the special tokens{' and the other text' if b is not None else ''})")
+        cut = a if cut_a else b
+        spans = _window_spans(len(cut), room, stride, side)
+        return [(cut.slice(start, stop), b) if cut_a else (a, cut.slice(start, stop)) for start, stop in spans]
+
+    def _assemble(self, a, b, add_special_tokens) -> dict:
+        """One row: ids, token types, special mask, word numbers, sequence numbers, offsets."""
+        n_a, n_b = len(a), 0 if b is None else len(b)
+        seq_b = [] if b is None else [1] * n_b
         if add_special_tokens:
-            ids = self.build_inputs_with_special_tokens(ids_a, ids_b)
-            types = self.create_token_type_ids(ids_a, ids_b)
-            special = [1] + [0] * len(ids_a) + [1] + ([] if ids_b is None else [0] * len(ids_b) + [1])
+            ids = self.build_inputs_with_special_tokens(a.ids, None if b is None else b.ids)
+            types = self.create_token_type_ids(a.ids, None if b is None else b.ids)
+            edge = [None] if b is None else [None] + seq_b + [None]
+            row = {"ids": ids, "types": types, "sequences": [None] + [0] * n_a + edge}
+            wrap = lambda first, second, filler: ([filler] + first + [filler] + (             # noqa: E731
+                [] if b is None else second + [filler]))
         else:
-            ids = ids_a + (ids_b or [])
-            types = [0] * len(ids_a) + [1] * len(ids_b or [])
-            special = [0] * len(ids)
-        offs = None
-        if offsets:
-            if add_special_tokens:
-                offs = [(0, 0)] + off_a + [(0, 0)] + ([] if ids_b is None else off_b + [(0, 0)])
-            else:
-                offs = off_a + (off_b or [])
-        return ids, types, special, offs
+            row = {"ids": a.ids + ([] if b is None else b.ids), "types": [0] * n_a + [1] * n_b,
+                   "sequences": [0] * n_a + seq_b}
+            wrap = lambda first, second, filler: first + ([] if b is None else second)      # noqa: E731
+        row["special"] = [0 if s is not None else 1 for s in row["sequences"]]
+        if a.words is not None:
+            row["words"] = wrap(a.words, None if b is None else b.words, None)
+            row["offsets"] = wrap(a.offsets, None if b is None else b.offsets, None)
+        return row
 
-    def __call__(self, texts, text_pairs=None, max_length: int | None = None, truncation=True,
-                 padding="longest", return_offsets_mapping: bool = False,
-                 return_special_tokens_mask: bool = False, add_special_tokens: bool = True,
-                 pad_to_multiple_of: int | None = None) -> BatchEncoding:
-        """Encode a batch into rectangular (B, T) int64 arrays.
+    def __call__(self, text, text_pair=None, *, add_special_tokens: bool = True, padding=False,
+                 truncation=None, max_length: int | None = None, stride: int = 0,
+                 is_split_into_words: bool = False, pad_to_multiple_of: int | None = None,
+                 padding_side: str | None = None, return_tensors=None, return_token_type_ids: bool = True,
+                 return_attention_mask: bool = True, return_overflowing_tokens: bool = False,
+                 return_special_tokens_mask: bool = False, return_offsets_mapping: bool = False,
+                 return_length: bool = False) -> BatchEncoding:
+        """Encode a text, a text pair, or a batch of them, into (B, T) int64 NumPy arrays.
 
-        Returns ``input_ids``, ``token_type_ids`` and ``attention_mask`` (1 = real token), plus
-        ``offset_mapping`` (B, T, 2) of character offsets into the original texts ((0, 0) for
-        special tokens and padding) and ``special_tokens_mask`` when asked.
+        Returns ``input_ids``, ``token_type_ids`` and ``attention_mask`` (1 = real token), and
+        when asked ``special_tokens_mask``, ``offset_mapping`` (B, T, 2: characters of the
+        original text, (0, 0) for special tokens and padding), ``length`` and, with
+        ``return_overflowing_tokens``, ``overflow_to_sample_mapping``. The result also aligns
+        tokens with words and characters (``word_ids(i)``, ``word_to_tokens``, ...).
 
-        ``truncation=True`` cuts to ``max_length`` (default ``model_max_length``), pairs longest
-        first. ``padding``: "longest" (to the longest in the batch), "max_length", or False
-        (every sequence must then have the same length). A single str is a batch of one.
+        - ``text``: a str or a list of str; with ``is_split_into_words=True`` a list of words
+          or a list of such lists. A single text is a batch of one.
+        - ``padding``: False (default: none, except that a batch of unequal lengths is padded
+          to its longest, since the arrays are rectangular), True / "longest", "max_length";
+          ``pad_to_multiple_of`` rounds the length up; ``padding_side`` "right" or "left".
+        - ``truncation``: None (default: cut to ``max_length`` only when it is given), True /
+          "longest_first", "only_first", "only_second", False; cut on ``truncation_side``.
+        - ``return_overflowing_tokens``: instead of dropping what truncation cuts, return it
+          in more rows (windows), consecutive windows sharing ``stride`` tokens;
+          ``overflow_to_sample_mapping[row]`` is the input it came from.
         """
-        if isinstance(texts, (str, bytes, bytearray)):
-            texts = [texts]
-            if text_pairs is not None:
-                text_pairs = [text_pairs]
-        if texts is None or not hasattr(texts, "__iter__"):
-            raise TypeError(f"texts must be a str or a list of str, got {type(texts).__name__}")
-        texts = list(texts)
-        if text_pairs is not None:
-            text_pairs = list(text_pairs)
-            if len(text_pairs) != len(texts):
-                raise ValueError(f"got {len(texts)} texts but {len(text_pairs)} text pairs")
+        if return_tensors not in (None, "np"):
+            raise ValueError(f"return_tensors={return_tensors!r}: minibert returns NumPy arrays only "
+                             "(return_tensors='np' or None)")
+        texts, pairs = _as_batch(text, text_pair, is_split_into_words)
+        pair = pairs is not None
+        padding = _padding_strategy(padding)
+        side = _check_side(self.padding_side if padding_side is None else padding_side, "padding_side")
         if pad_to_multiple_of is not None and not is_int_at_least(pad_to_multiple_of, 1):
             raise ValueError(f"pad_to_multiple_of must be a positive integer or None, got {pad_to_multiple_of!r}")
-        if padding is True:
-            padding = "longest"
-        if padding in (False, None, "do_not_pad"):
-            padding = None
-        elif padding not in ("longest", "max_length"):
-            raise ValueError(f"padding must be 'longest', 'max_length' or False, got {padding!r}")
-        rows = [self._encode_one(t, None if text_pairs is None else text_pairs[i], add_special_tokens,
-                                 max_length, truncation, return_offsets_mapping)
-                for i, t in enumerate(texts)]
-        lengths = [len(r[0]) for r in rows]
-        longest = max(lengths, default=0)
-        if padding == "max_length":
-            target = max_length if max_length is not None else self.model_max_length
-            if target is None:
+        if not is_int_at_least(stride, 0):
+            raise ValueError(f"stride must be an integer >= 0, got {stride!r}")
+        limit = self._truncation(truncation, max_length, pair, add_special_tokens)
+        if padding == "max_length" and max_length is None:
+            max_length = self.model_max_length
+            if max_length is None:
                 raise ValueError("padding='max_length' needs max_length (the tokenizer has no model_max_length)")
-            width = max(target, longest)
-        elif padding == "longest":
-            width = longest
-        else:
-            if len(set(lengths)) > 1:
-                raise ValueError(f"padding=False but the sequences have different lengths "
-                                 f"({min(lengths)} to {longest}); use padding='longest'")
-            width = longest
-        if pad_to_multiple_of and width % pad_to_multiple_of:
+        if pad_to_multiple_of is not None:
+            if padding is None:
+                raise ValueError("pad_to_multiple_of needs padding (padding=True or 'max_length'); "
+                                 "with padding=False nothing would be padded")
+            cut_at = None if limit is None else limit[0] + (self.num_special_tokens_to_add(pair)
+                                                            if add_special_tokens else 0)
+            if cut_at is not None and cut_at % pad_to_multiple_of:
+                raise ValueError(f"truncation to max_length={cut_at} and pad_to_multiple_of={pad_to_multiple_of} "
+                                 f"contradict each other: a sequence cut to {cut_at} tokens would be padded past "
+                                 f"max_length; choose a max_length that is a multiple of {pad_to_multiple_of}")
+        if return_overflowing_tokens and limit is None:
+            raise ValueError("return_overflowing_tokens=True needs truncation (truncation=True and a max_length)")
+        if stride and not return_overflowing_tokens:
+            raise ValueError(f"stride={stride} is the overlap of the windows of return_overflowing_tokens=True, "
+                             "which is off")
+
+        align = self._align_words if is_split_into_words else self._align_text
+        rows, owners = [], []
+        for i, t in enumerate(texts):
+            a = align(t)
+            b = align(pairs[i]) if pair else None
+            if return_overflowing_tokens:
+                windows = self._windows(a, b, *limit, stride, self.truncation_side)
+            else:
+                windows = [self._cut(a, b, *limit, self.truncation_side) if limit is not None else (a, b)]
+            for a_part, b_part in windows:
+                rows.append(self._assemble(a_part, b_part, add_special_tokens))
+                owners.append(i)
+
+        lengths = [len(row["ids"]) for row in rows]
+        width = max(lengths, default=0)
+        if padding == "max_length":
+            width = max(width, max_length)
+        if padding is not None and pad_to_multiple_of and width % pad_to_multiple_of:
             width += pad_to_multiple_of - width % pad_to_multiple_of
+        pad_id = self._require("pad_token") if any(n < width for n in lengths) else 0
         batch = len(rows)
-        pad_id = self._require("pad_token") if width > min(lengths, default=width) else 0
         input_ids = np.full((batch, width), pad_id, dtype=np.int64)         # (B, T)
         token_type_ids = np.zeros((batch, width), dtype=np.int64)           # (B, T)
         attention_mask = np.zeros((batch, width), dtype=np.int64)           # (B, T)
         special_mask = np.ones((batch, width), dtype=np.int64)              # (B, T)
         offset_mapping = np.zeros((batch, width, 2), dtype=np.int64)        # (B, T, 2)
-        for b, (ids, types, special, offs) in enumerate(rows):
-            n = len(ids)
-            input_ids[b, :n] = ids
-            token_type_ids[b, :n] = types
-            attention_mask[b, :n] = 1
-            special_mask[b, :n] = special
-            if offs:
-                offset_mapping[b, :n] = offs
-        out = BatchEncoding(input_ids=input_ids, token_type_ids=token_type_ids,
-                            attention_mask=attention_mask)
-        if return_offsets_mapping:
-            out["offset_mapping"] = offset_mapping
+        alignments = []
+        for b, row in enumerate(rows):
+            n = len(row["ids"])
+            where = slice(0, n) if side == "right" else slice(width - n, width)
+            input_ids[b, where] = row["ids"]
+            token_type_ids[b, where] = row["types"]
+            attention_mask[b, where] = 1
+            special_mask[b, where] = row["special"]
+            if return_offsets_mapping and n:
+                offset_mapping[b, where] = [span or (0, 0) for span in row["offsets"]]
+            padded = lambda values: (values + [None] * (width - n) if side == "right"     # noqa: E731
+                                     else [None] * (width - n) + values)
+            alignments.append(Alignment(padded(row["words"]), padded(row["sequences"]), padded(row["offsets"])))
+        out = {"input_ids": input_ids}
+        if return_token_type_ids:
+            out["token_type_ids"] = token_type_ids
+        if return_attention_mask:
+            out["attention_mask"] = attention_mask
         if return_special_tokens_mask:
             out["special_tokens_mask"] = special_mask
-        return out
+        if return_offsets_mapping:
+            out["offset_mapping"] = offset_mapping
+        if return_length:
+            out["length"] = np.asarray(lengths, dtype=np.int64)
+        if return_overflowing_tokens:
+            out["overflow_to_sample_mapping"] = np.asarray(owners, dtype=np.int64)
+        return BatchEncoding(out, alignments, self.ids_to_tokens, is_split_into_words)
+
+    def pad(self, encoded_inputs, padding=True, max_length: int | None = None,
+            pad_to_multiple_of: int | None = None, padding_side: str | None = None,
+            return_attention_mask: bool = True, return_tensors=None) -> BatchEncoding:
+        """Pad already-encoded features (a list of dicts, or a dict of lists) into arrays.
+
+        ``input_ids`` get ``[PAD]``, ``token_type_ids`` 0, ``attention_mask`` 0 (made when
+        missing), ``special_tokens_mask`` 1; other keys (e.g. ``labels``) are stacked as they
+        are and must already have equal lengths. ``padding``: True / "longest",
+        "max_length" (to ``max_length``), or False (the rows must have equal lengths).
+        """
+        if return_tensors not in (None, "np"):
+            raise ValueError(f"return_tensors={return_tensors!r}: minibert returns NumPy arrays only")
+        if isinstance(encoded_inputs, dict):
+            if "input_ids" not in encoded_inputs:
+                raise ValueError(f"pad needs input_ids among the features, got keys {sorted(encoded_inputs)}")
+            columns = {key: list(value) for key, value in encoded_inputs.items()}
+        elif isinstance(encoded_inputs, (list, tuple)) and all(isinstance(f, dict) for f in encoded_inputs):
+            keys = list(encoded_inputs[0]) if encoded_inputs else ["input_ids"]
+            for k, feature in enumerate(encoded_inputs):
+                if set(feature) != set(keys):
+                    raise ValueError(f"feature {k} has keys {sorted(feature)}, feature 0 has {sorted(keys)}")
+            if "input_ids" not in keys:
+                raise ValueError(f"pad needs input_ids among the features, got keys {sorted(keys)}")
+            columns = {key: [feature[key] for feature in encoded_inputs] for key in keys}
+        else:
+            raise TypeError(f"pad takes a list of dicts or a dict of lists, got {type(encoded_inputs).__name__}")
+        padding = _padding_strategy(padding)
+        side = _check_side(self.padding_side if padding_side is None else padding_side, "padding_side")
+        rows = [_id_list(row) for row in columns["input_ids"]]
+        lengths = [len(row) for row in rows]
+        width = max(lengths, default=0)
+        if padding is None and len(set(lengths)) > 1:
+            raise ValueError(f"padding=False but the rows have different lengths ({min(lengths)} to {width})")
+        if padding == "max_length":
+            if max_length is None:
+                raise ValueError("padding='max_length' needs max_length")
+            width = max(width, max_length)
+        if padding is not None and pad_to_multiple_of and width % pad_to_multiple_of:
+            width += pad_to_multiple_of - width % pad_to_multiple_of
+        if return_attention_mask and "attention_mask" not in columns:
+            columns["attention_mask"] = [[1] * n for n in lengths]
+        fill = {"input_ids": self._require("pad_token") if any(n < width for n in lengths) else 0,
+                "token_type_ids": 0, "attention_mask": 0, "special_tokens_mask": 1}
+        out = {}
+        for key, values in columns.items():
+            if key not in fill:
+                try:
+                    out[key] = np.asarray(values)
+                except ValueError:
+                    raise ValueError(f"pad pads {', '.join(fill)}; {key!r} has rows of different lengths: "
+                                     "pad it first (labels, e.g., with -100)") from None
+                continue
+            array = np.full((len(values), width), fill[key], dtype=np.int64)     # (B, T)
+            for b, row in enumerate(values):
+                row = _id_list(row)
+                if len(row) != lengths[b]:
+                    raise ValueError(f"feature {b}: {key} has {len(row)} entries but input_ids has {lengths[b]}")
+                array[b, slice(0, len(row)) if side == "right" else slice(width - len(row), width)] = row
+            out[key] = array
+        return BatchEncoding(out, None, self.ids_to_tokens)
 
     # ---- ids -> text ------------------------------------------------------------------
 
     def convert_tokens_to_string(self, tokens) -> str:
-        """Join tokens with spaces, gluing "##" pieces to the piece before them."""
-        return " ".join(tokens).replace(" ##", "").strip()
+        """Join tokens with spaces, gluing "##" pieces to the piece before them and the
+        punctuation marks . , ! ? to the token before them (as the Rust library's WordPiece
+        decoder does: "hello , world !" -> "hello, world!")."""
+        out = []
+        for k, token in enumerate(tokens):
+            if k and token.startswith("##"):
+                out.append(token[2:])
+            elif k and not token.startswith((".", ",", "!", "?")):
+                out.append(" " + token)
+            else:
+                out.append(token)
+        return "".join(out)
 
-    def decode(self, ids, skip_special_tokens: bool = True, clean_up_tokenization_spaces: bool = False) -> str:
-        """Ids -> text: "##" pieces rejoin their word, words are separated by one space.
+    def decode(self, ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool | None = None) -> str:
+        """Ids -> text: "##" pieces rejoin their word, words are separated by one space
+        (none before . , ! ?); special tokens are kept unless ``skip_special_tokens``.
 
         Normalization cannot be undone (case and accents are gone for uncased vocabularies),
         but ``tokenize(decode(encode(x))) == tokenize(x)``. ``clean_up_tokenization_spaces``
-        removes the space before punctuation ("hello , world" -> "hello, world") and
-        contractions; that reads better but may join words differently.
+        (None: the tokenizer's setting, False unless its config says otherwise) also removes
+        the spaces in contractions ("don ' t" -> "don't", "it 's" -> "it's"); that reads
+        better but may join words differently.
         """
         tokens = self.convert_ids_to_tokens(_id_list(ids), skip_special_tokens=skip_special_tokens)
         text = self.convert_tokens_to_string(tokens)
+        if clean_up_tokenization_spaces is None:
+            clean_up_tokenization_spaces = self.clean_up_tokenization_spaces
         if clean_up_tokenization_spaces:
             for before, after in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"),
                                   (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"),
@@ -913,3 +1377,111 @@ def _id_list(ids) -> list[int]:
             raise TypeError(f"token ids must be integers, got {type(i).__name__}")
         out.append(int(i))
     return out
+
+
+class _Sequence:
+    """One text's tokens before the special tokens: ids, and when aligned each token's word
+    number and character offsets (lists of the same length)."""
+
+    __slots__ = ("ids", "words", "offsets")
+
+    def __init__(self, ids, words=None, offsets=None):
+        self.ids, self.words, self.offsets = ids, words, offsets
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def slice(self, start: int, stop: int) -> "_Sequence":
+        cut = lambda values: None if values is None else values[start:stop]        # noqa: E731
+        return _Sequence(self.ids[start:stop], cut(self.words), cut(self.offsets))
+
+    def keep(self, count: int, side: str) -> "_Sequence":
+        """The first ``count`` tokens (side "right": the end is cut) or the last (side "left")."""
+        return self.slice(0, count) if side == "right" else self.slice(len(self) - count, len(self))
+
+
+def _window_spans(n: int, size: int, stride: int, side: str) -> list[tuple[int, int]]:
+    """(start, stop) of windows of at most ``size`` of n tokens, neighbours sharing ``stride``.
+
+    side "right" (the end is what truncation cuts): the first window is the start, the next
+    ones move towards the end. side "left": the first window is the end, the next ones move
+    towards the start. 10 tokens, size 4, stride 1: right [0, 4) [3, 7) [6, 10); left
+    [6, 10) [3, 7) [0, 4).
+    """
+    step = size - stride
+    spans = []
+    if side == "right":
+        start = 0
+        while True:
+            spans.append((start, min(start + size, n)))
+            if start + size >= n:
+                return spans
+            start += step
+    stop = n
+    while True:
+        spans.append((max(0, stop - size), stop))
+        if stop - size <= 0:
+            return spans
+        stop -= step
+
+
+def _check_side(side, name: str) -> str:
+    if side not in ("right", "left"):
+        raise ValueError(f"{name} must be 'right' or 'left', got {side!r}")
+    return side
+
+
+def _padding_strategy(padding):
+    """None (no padding), "longest" or "max_length"."""
+    if padding is True:
+        return "longest"
+    if padding in (False, None, "do_not_pad"):
+        return None
+    if padding not in ("longest", "max_length"):
+        raise ValueError(f"padding must be True, False, 'longest' or 'max_length', got {padding!r}")
+    return padding
+
+
+def _as_batch(text, text_pair, is_split_into_words: bool):
+    """(texts, pairs or None) as lists, whatever form the call got them in."""
+    def is_one(value):                   # one input, as opposed to a batch of them
+        if is_split_into_words:
+            if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+                raise TypeError(f"with is_split_into_words=True give a list of words (or a list of such "
+                                f"lists), got {type(value).__name__}")
+            return not value or isinstance(value[0], str)
+        if value is None or not (isinstance(value, (str, bytes, bytearray)) or hasattr(value, "__iter__")):
+            raise TypeError(f"texts must be a str or a list of str, got {type(value).__name__}")
+        return isinstance(value, (str, bytes, bytearray))
+
+    single = is_one(text)
+    texts = [text] if single else list(text)
+    if text_pair is None:
+        return texts, None
+    if is_one(text_pair) != single:
+        raise ValueError("text and text_pair must both be single inputs or both batches")
+    pairs = [text_pair] if single else list(text_pair)
+    if len(pairs) != len(texts):
+        raise ValueError(f"got {len(texts)} texts but {len(pairs)} text pairs")
+    return texts, pairs
+
+
+def _read_added_tokens(directory: str, config: dict, base_size: int) -> dict:
+    """{token: id} of the added tokens saved with a tokenizer: ``added_tokens.json``, or the
+    ``added_tokens_decoder`` entries of tokenizer_config.json past the vocabulary."""
+    path = os.path.join(directory, ADDED_TOKENS_NAME)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            try:
+                added = json.load(f)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path} is not valid JSON: {exc}") from None
+        if not isinstance(added, dict) or not all(isinstance(t, str) and isinstance(i, int) for t, i in added.items()):
+            raise ValueError(f"{path} must hold a JSON object of token: id")
+        return added
+    decoder = config.get("added_tokens_decoder") if isinstance(config, dict) else None
+    if isinstance(decoder, dict):
+        return {entry["content"]: int(i) for i, entry in decoder.items()
+                if isinstance(entry, dict) and "content" in entry and str(i).isdigit() and int(i) >= base_size}
+    return {}
+

@@ -48,6 +48,7 @@ MODULES = ["tests/test_modules.py", "tests/test_heads.py", "tests/test_reference
 FLASH = ["tests/test_flash_attention.py"]
 OPTIM = ["tests/test_optim.py", "tests/test_training.py"]
 TOKENIZER = ["tests/test_tokenization.py"]
+TOKENIZER_CALL = ["tests/test_tokenizer_call.py"]
 CHECKPOINT = ["tests/test_safetensors.py", "tests/test_checkpoint.py"]
 EMBED = ["tests/test_minilm.py"]
 FAST = ["tests/test_fast.py"]              # the speed wing, the registry, the model in inference mode
@@ -199,6 +200,9 @@ MUTANTS = [
     Mutant('K11', K, 'alternatives = sorted(self.never_split, key=lambda t: (-len(t), t))', 'alternatives = sorted(self.never_split, key=lambda t: (len(t), t))', TOKENIZER, 'special tokens matched shortest first'),
     Mutant('K12', K, 'self._strip = self.do_lower_case if strip_accents is None else bool(strip_accents)', 'self._strip = False if strip_accents is None else bool(strip_accents)', TOKENIZER, 'uncased default does not strip accents'),
     Mutant('K13', K, '        end = min(n, start + limit)\n        while end > start:\n            piece = word[start:end] if start == 0 else prefix + word[start:end]\n            if piece in vocab:\n                break\n            end -= 1\n', '        end = start + 1\n        while end <= min(n, start + limit):\n            piece = word[start:end] if start == 0 else prefix + word[start:end]\n            if piece in vocab:\n                break\n            end += 1\n', TOKENIZER, 'wordpiece: shortest-match-first'),
+    Mutant('K14', K, '    step = size - stride\n', '    step = size\n', TOKENIZER_CALL, 'overflow windows do not share stride tokens'),
+    Mutant('K15', K, '            where = slice(0, n) if side == "right" else slice(width - n, width)\n', '            where = slice(0, n)\n', TOKENIZER_CALL, 'padding_side="left" ignored in the call'),
+    Mutant('K16', K, '            elif k and not token.startswith((".", ",", "!", "?")):\n', '            elif k:\n', TOKENIZER_CALL, 'decode keeps the space before . , ! ?'),
     Mutant('X1', X, '        if begin < position:\n', '        if end < position:\n', CHECKPOINT, 'header: overlap check compares end'),
     Mutant('X2', X, '        if begin > position:\n', '        if begin > position + 1:\n', CHECKPOINT, 'header: 1-byte hole allowed'),
     Mutant('X3', X, '        if expected != end - begin:\n', '        if expected > end - begin:\n', CHECKPOINT, 'header: too many bytes for shape allowed'),
@@ -313,8 +317,8 @@ MUTANTS = [
     # data/finetuning.py
     Mutant('FD1', FD, 'return sorted(names, key=lambda name: (float(name), name))', 'return sorted(names)', FINETUNE_DATA, 'numeric labels sorted as strings ("10" < "2")'),
     Mutant('FD2', FD, 'names = (["O"] if "O" in found else []) + sorted(found - {"O"})', 'names = sorted(found)', FINETUNE_DATA, 'CoNLL tag "O" not given id 0'),
-    Mutant('FD3', FD, 'labels += [tag] + [IGNORE_INDEX] * (len(pieces) - 1)', 'labels += [tag] * len(pieces)', FINETUNE_DATA, 'token labels on every piece, not only the first'),
-    Mutant('FD4', FD, 'if len(ids) + len(pieces) > max_length - 1:', 'if len(ids) + len(pieces) > max_length:', FINETUNE_DATA, 'token classification: no room kept for [SEP]'),
+    Mutant('FD3', FD, '            if word != previous:                       # the first piece of its word\n', '            if True:\n', FINETUNE_DATA, 'token labels on every piece, not only the first'),
+    Mutant('FD4', K, '        return int(max_length) - need, truncation\n', '        return int(max_length) - need + 1, truncation\n', FINETUNE_DATA + TOKENIZER, 'truncation: no room kept for [SEP]'),
     Mutant('FD5', FD, 'enumerate(offsets) if e > start_char), None)', 'enumerate(offsets) if e >= start_char), None)', FINETUNE_DATA, 'answer span starts at a token that ends where the answer begins'),
     Mutant('FD6', FD, '            start += min(length, doc_stride)\n', '            start += length\n', FINETUNE_DATA, 'SQuAD windows do not overlap (stride ignored)'),
     Mutant('FD7', FD, 'offsets[context_positions[j], 1]]', 'offsets[context_positions[j], 0]]', FINETUNE_DATA, 'answer text cut at the start of its last token'),

@@ -198,13 +198,16 @@ def test_batch_padding_and_masks(tok):
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1, 1, 0, 0]]
     batch = tok(["a b c d e f g h i j"], max_length=6, truncation=True)
     assert batch["input_ids"].shape == (1, 6)
-    assert tok(["a", "a b c"], pad_to_multiple_of=8)["input_ids"].shape == (2, 8)
+    assert tok(["a", "a b c"], padding=True, pad_to_multiple_of=8)["input_ids"].shape == (2, 8)
     mask = tok(["a b"], return_special_tokens_mask=True)["special_tokens_mask"]
     assert mask.tolist() == [[1, 0, 0, 1]]
     single = tok("hello")                                          # a str is a batch of one
     assert single["input_ids"].shape == (1, 3)
-    with pytest.raises(ValueError, match="different lengths"):
-        tok(["a", "a b"], padding=False)
+    # padding=False (the default) pads nothing, except what a rectangular array needs
+    assert tok("a b")["input_ids"].shape == (1, 4)
+    assert tok(["a b", "c d"], padding=False)["input_ids"].shape == (2, 4)
+    ragged = tok(["a", "a b"], padding=False)
+    assert ragged["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
 
 
 def test_offsets(tok):
@@ -234,11 +237,14 @@ def test_offsets_agree_with_plain_tokenization(tok):
 
 def test_decode(tok):
     ids = tok.encode("Unaffable, playing fox!")
-    assert tok.decode(ids) == "unaffable , playing fox !"
-    assert tok.decode(ids, skip_special_tokens=False) == "[CLS] unaffable , playing fox ! [SEP]"
-    assert tok.decode(ids, clean_up_tokenization_spaces=True) == "unaffable, playing fox!"
+    assert tok.decode(ids) == "[CLS] unaffable, playing fox! [SEP]"         # as transformers: specials kept
+    assert tok.decode(ids, skip_special_tokens=True) == "unaffable, playing fox!"
+    assert tok.convert_tokens_to_string(["a", ",", "b", "'", "s", "?", "##x"]) == "a, b ' s?x"
+    ids = tok.encode("don't!")
+    assert tok.decode(ids, skip_special_tokens=True) == "don ' t!"
+    assert tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True) == "don't!"
     assert tok.decode(np.array(ids)) == tok.decode(ids)
-    assert tok.batch_decode([ids, ids[:2]]) == ["unaffable , playing fox !", "un"]
+    assert tok.batch_decode([ids, ids[:2]]) == ["[CLS] don ' t! [SEP]", "[CLS] don"]
 
 
 def test_vocabulary_attributes(tok, tmp_path):
@@ -260,7 +266,8 @@ def test_from_pretrained_reads_config(tmp_path):
     (tmp_path / "tokenizer_config.json").write_text('{"do_lower_case": false, "model_max_length": 7}')
     loaded = BertTokenizer.from_pretrained(tmp_path)
     assert loaded.tokenize("Hello") == ["Hello"] and loaded.model_max_length == 7
-    assert loaded(["a " * 20])["input_ids"].shape == (1, 7)
+    assert loaded(["a " * 20], truncation=True)["input_ids"].shape == (1, 7)
+    assert loaded(["a " * 20])["input_ids"].shape == (1, 22)          # no truncation unless asked
     assert BertTokenizer.from_pretrained(tmp_path, do_lower_case=True).tokenize("Hello") == ["hello"]
     assert BertTokenizer.from_pretrained(tmp_path / "vocab.txt").vocab_size == len(tiny_vocab()) + 1
 
@@ -449,7 +456,7 @@ def test_decode_then_tokenize_is_stable(tok, text):
     decoded = tok.decode(tok.encode(text), skip_special_tokens=False)
     assert tok.tokenize(decoded) == ["[CLS]"] + tokens + ["[SEP]"]
     specials = set(tok.all_special_tokens)                     # [UNK] is special: skipped too
-    assert tok.tokenize(tok.decode(tok.encode(text))) == [t for t in tokens if t not in specials]
+    assert tok.tokenize(tok.decode(tok.encode(text), skip_special_tokens=True)) == [t for t in tokens if t not in specials]
 
 
 @PROPERTY

@@ -126,15 +126,20 @@ class ClassificationData:
 
     def split(self, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> tuple:
         """A fixed random split into parts of the given fractions (e.g. train, validation, test)."""
-        if any(f < 0 for f in fractions) or not 0.999 < sum(fractions) < 1.001:
-            raise ValueError(f"fractions must be >= 0 and sum to 1, got {fractions}")
-        order = np.random.default_rng(seed).permutation(len(self))
-        bounds = np.round(np.cumsum((0.0,) + tuple(fractions)) * len(self)).astype(int)
-        sizes = np.diff(bounds)
-        if any(size == 0 and f > 0 for size, f in zip(sizes, fractions)):
-            raise ValueError(f"{len(self)} examples are too few to split into fractions {tuple(fractions)}: "
-                             f"a part would be empty (sizes {sizes.tolist()})")
-        return tuple(self.subset(order[a:b]) for a, b in zip(bounds[:-1], bounds[1:]))
+        return tuple(map(self.subset, split_indices(len(self), fractions, seed)))
+
+
+def split_indices(n: int, fractions, seed: int) -> list[np.ndarray]:
+    """A seeded random permutation of range(n) cut into parts of the given fractions."""
+    if any(f < 0 for f in fractions) or not 0.999 < sum(fractions) < 1.001:
+        raise ValueError(f"fractions must be >= 0 and sum to 1, got {fractions}")
+    order = np.random.default_rng(seed).permutation(n)
+    bounds = np.round(np.cumsum((0.0,) + tuple(fractions)) * n).astype(int)
+    sizes = np.diff(bounds)
+    if any(size == 0 and f > 0 for size, f in zip(sizes, fractions)):
+        raise ValueError(f"{n} examples are too few to split into fractions {tuple(fractions)}: "
+                         f"a part would be empty (sizes {sizes.tolist()})")
+    return [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 _SURROGATE = re.compile("[\udc80-\udcff]")          # bytes that were not UTF-8 (surrogateescape)
@@ -315,6 +320,15 @@ class TokenData:
     def num_labels(self) -> int:
         return len(self.label_names)
 
+    def subset(self, indices) -> "TokenData":
+        indices = [int(i) for i in indices]
+        return TokenData([self.sentences[i] for i in indices], [self.tags[i] for i in indices],
+                         self.label_names, [self.lines[i] for i in indices], self.path)
+
+    def split(self, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> tuple:
+        """A fixed random split into parts of the given fractions (e.g. train, validation, test)."""
+        return tuple(map(self.subset, split_indices(len(self), fractions, seed)))
+
 
 def read_conll(path, token_column: int = 0, tag_column: int = -1, *, labels=None,
                encoding: str = "utf-8") -> TokenData:
@@ -408,41 +422,36 @@ def encode_token_classification(data: TokenData, tokenizer, max_length: int = 12
 
         words   Clara   Voss      visited
         pieces  clara   vo  ##ss  visited          ([CLS] ... [SEP] around them)
+        word_ids  0     1    1    2                (the tokenizer's alignment)
         labels  B-PER   I-PER -100 O               ([CLS], [SEP], padding: -100)
 
-    Sentences longer than ``max_length`` pieces are cut (``dataset.truncated_words`` counts
-    the words lost). A word that yields no pieces (only control characters) is left out.
+    The sentences go through the tokenizer as pre-split words (``is_split_into_words=True``);
+    ``word_ids`` maps each token back to its word. Sentences longer than ``max_length``
+    tokens are cut (``dataset.truncated_words`` counts the words after the cut). A word that
+    yields no pieces (only control characters) gets no label.
     """
-    cls_id, sep_id, pad_id = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id
-    if max_length < 3:
-        raise ValueError(f"max_length must be at least 3 ([CLS], one piece, [SEP]), got {max_length}")
-    ids_rows, label_rows, word_rows = [], [], []
+    if not is_int_at_least(max_length, 3):
+        raise ValueError(f"max_length must be at least 3 ([CLS], one piece, [SEP]), got {max_length!r}")
+    encoded = tokenizer(data.sentences, is_split_into_words=True, truncation=True, max_length=max_length,
+                        padding=True)
+    input_ids = encoded["input_ids"].astype(np.int32)                   # (N, T)
+    labels = np.full(input_ids.shape, IGNORE_INDEX, dtype=np.int64)     # (N, T)
+    word_rows = np.full(input_ids.shape, -1, dtype=np.int32)            # (N, T)
     truncated = 0
-    for words, tags in zip(data.sentences, data.tags):
-        ids, labels, word_ids = [cls_id], [IGNORE_INDEX], [-1]
-        for w, (word, tag) in enumerate(zip(words, tags)):
-            pieces = tokenizer.tokenize_to_ids(word)
-            if not pieces:
+    for i, tags in enumerate(data.tags):
+        previous = None
+        for t, word in enumerate(encoded.word_ids(i)):
+            if word is None:
                 continue
-            if len(ids) + len(pieces) > max_length - 1:
-                truncated += len(words) - w
-                break
-            ids += pieces
-            labels += [tag] + [IGNORE_INDEX] * (len(pieces) - 1)
-            word_ids += [w] * len(pieces)
-        ids.append(sep_id)
-        labels.append(IGNORE_INDEX)
-        word_ids.append(-1)
-        ids_rows.append(ids)
-        label_rows.append(labels)
-        word_rows.append(word_ids)
-    width = max(len(row) for row in ids_rows)
-    input_ids = _pad_rows(ids_rows, width, pad_id)
-    attention_mask = _pad_rows([[1] * len(row) for row in ids_rows], width, 0)
-    arrays = {"input_ids": input_ids, "token_type_ids": np.zeros_like(input_ids),
-              "attention_mask": attention_mask,
-              "labels": _pad_rows(label_rows, width, IGNORE_INDEX).astype(np.int64)}
-    return TokenDataset(arrays, _pad_rows(word_rows, width, -1), truncated)
+            word_rows[i, t] = word
+            if word != previous:                       # the first piece of its word
+                labels[i, t] = tags[word]
+            previous = word
+        if encoded["attention_mask"][i].sum() == max_length and previous is not None:
+            truncated += len(tags) - 1 - previous      # the words after the last one kept
+    arrays = {"input_ids": input_ids, "token_type_ids": encoded["token_type_ids"].astype(np.int32),
+              "attention_mask": encoded["attention_mask"].astype(np.int32), "labels": labels}
+    return TokenDataset(arrays, word_rows, truncated)
 
 
 # ============================================================================ SQuAD v1.1

@@ -9,6 +9,11 @@
 
 Each family of commands lives beside the code it drives (``cli_*.py``) and registers itself
 here; this file only builds the parser and turns expected errors into one clear line.
+
+Under ``mpiexec`` every rank runs the command. An error on a rank prints its line with the
+rank's number; when every rank fails at the same point (a bad option, ranks started
+differently, a diverged run) they all exit normally, otherwise the job is aborted so that no
+rank is left waiting for the failed one.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
 import warnings
 
 # module name -> function that adds its sub-commands to the parser
@@ -72,13 +78,34 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"warning: {message}", file=file or sys.stderr)
 
 
+# seconds the ranks of an MPI job wait for one another after an error before aborting the job
+ERROR_HANDSHAKE_SECONDS = 10.0
+
+
+def _stop_every_rank(code: int) -> int:
+    """After an error under MPI: exit with ``code`` if every rank failed at the same point,
+    else abort the job (a rank waiting in a collective would otherwise wait for ever)."""
+    from .distributed import made_world
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    comm = made_world()
+    if comm is None or comm.size == 1 or comm.all_stopped_together(ERROR_HANDSHAKE_SECONDS):
+        return code
+    comm.abort(code)
+    return code
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parse_arguments(parser, argv)
+    from .distributed import launched_by_mpi, rank_label, world
     from .fast.cpu import keep_freed_memory
 
     keep_freed_memory()              # each training step reuses the memory of the last one
     try:
+        if launched_by_mpi():
+            world()                  # join the MPI job (a clear error without mpi4py)
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             result = args.func(args)
@@ -86,8 +113,14 @@ def main(argv=None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except (OSError, ValueError, KeyError, RuntimeError, UnicodeDecodeError) as exc:
-        print(f"minibert {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        sys.stderr.write(f"minibert {args.command}: error{rank_label()}: {exc}\n")     # one write: one line
+        return _stop_every_rank(2)
+    except Exception:                # a bug: its traceback, and no rank left waiting
+        if launched_by_mpi():
+            traceback.print_exc()
+            print(f"minibert {args.command}: unexpected error{rank_label()} (traceback above)", file=sys.stderr)
+            return _stop_every_rank(1)
+        raise
     return int(result or 0)
 
 

@@ -1,7 +1,13 @@
-"""``minibert pretrain``: the main job (``minibert fill-mask`` queries its result)."""
+"""``minibert pretrain``: the main job (``minibert fill-mask`` queries its result).
+
+``mpiexec -n N minibert pretrain --batch-size b ...`` trains on N processes with a global batch
+of N*b (docs/distributed.md): every rank prepares the same data, rank 0 alone writes the run
+folder and prints, and the ranks check at the start that they were started alike.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -78,6 +84,11 @@ def add_pretrain_options(p) -> None:
     train.add_argument("--output-root", default="runs", help="folder that holds the run folders")
     train.add_argument("--resume", action="store_true", help="continue runs/<name>/ from its last checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parallel = p.add_argument_group("data parallel (under mpiexec -n N; --batch-size is per process)")
+    parallel.add_argument("--zero", type=int, default=0, choices=[0, 1],
+                          help="1: shard AdamW's moments over the processes (ZeRO stage 1)")
+    parallel.add_argument("--check-weights-every", type=int, default=None,
+                          help="steps between checks that every process holds the same weights")
 
 
 # the options that decide the examples and the model: a resumed run must keep them
@@ -92,9 +103,9 @@ STARTED_FILES = (RUN_SHAPE_FILE, "tokenizer", "metrics.jsonl", "loss_curve.png")
 def _check_options(args) -> None:
     """Refuse a bad option before anything is read or written."""
     for name in ("vocab_size", "max_seq_length", "dupe_factor", "batch_size", "accumulation", "steps",
-                 "eval_every", "eval_batches"):
-        value = getattr(args, name)
-        if value < 1:
+                 "eval_every", "eval_batches", "check_weights_every"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
     if args.max_seq_length < 8:
         raise ValueError(f"--max-seq-length must leave room for [CLS] A [SEP] B [SEP]: at least 8, "
@@ -155,16 +166,19 @@ def _claim_run_dir(run_dir: str, resume: bool) -> str | None:
     return None
 
 
-def _check_same_data_and_model(args, run_dir, resuming: bool) -> None:
+def _check_same_data_and_model(args, run_dir, resuming: bool, processes: int = 1) -> None:
     """Write the run's shape on its first start; on resume, refuse options that change it
     (the checkpoint's data position and weights would no longer fit). --lr, --steps and the
-    evaluation options may change."""
+    evaluation options may change, and so may the number of processes if the global batch
+    (``batch_size`` in the shape: --batch-size x processes) stays."""
     path = os.path.join(run_dir, RUN_SHAPE_FILE)
     shape = {name: getattr(args, name) for name in RUN_SHAPE}
+    shape["batch_size"] = args.batch_size * processes
     if resuming and os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
             before = json.load(f)
-        changed = [f"--{name.replace('_', '-')} {before[name]!r} -> {shape[name]!r}"
+        option = {"batch_size": "batch-size" if processes == 1 else "batch-size x processes"}
+        changed = [f"--{option.get(name, name.replace('_', '-'))} {before[name]!r} -> {shape[name]!r}"
                    for name in RUN_SHAPE if name in before and before[name] != shape[name]]
         if changed:
             raise ValueError(f"--resume: {run_dir} was started with other data or model options "
@@ -189,49 +203,98 @@ def _describe(metrics: dict) -> str:
             f"MLM accuracy {metrics['mlm_accuracy']:.3f}, NSP accuracy {metrics['nsp_accuracy']:.3f}")
 
 
+def _on_rank_0(comm, work):
+    """``work()`` on rank 0 alone (it owns the run folder), its result there (None elsewhere).
+    If it fails, every rank stops: rank 0 with its error, the others with a line pointing to it."""
+    import numpy as np
+
+    error, result = None, None
+    if comm.is_main:
+        try:
+            result = work()
+        except (OSError, ValueError) as exc:
+            error = exc
+    failed = comm.broadcast(np.array([error is not None], dtype=np.uint8))[0]
+    if error is not None:
+        raise error
+    if failed:
+        raise RuntimeError("rank 0 refused to start the run (its error says why)")
+    return result
+
+
+def _fingerprint(arrays: dict) -> str:
+    """A SHA-256 of named arrays (a data set), to compare the ranks' data cheaply."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        digest.update(name.encode() + str(arrays[name].dtype).encode() + str(arrays[name].shape).encode())
+        digest.update(arrays[name].tobytes())
+    return digest.hexdigest()
+
+
 def run_pretrain(args) -> int:
+    from .distributed import check_same_everywhere, select_local_gpu, world
     from .modeling import BertConfig, BertForPreTraining
     from .plots import plot_loss_curves
-    from .training import Trainer, TrainingArguments
+    from .training import Trainer, TrainingArguments, latest_checkpoint
 
     _check_options(args)
+    # the processes of this run: one, or the ranks of mpiexec (NCCL between GPUs, MPI otherwise)
+    if args.device == "cuda" and world().size > 1:
+        select_local_gpu()                          # one GPU per process, on each machine
+    comm = world(args.device)
+    main = comm.is_main
+    say = print if main else (lambda *a, **k: None)  # rank 0 speaks for the run
     run_dir = os.path.join(args.output_root, args.name)
     warmup = int(args.warmup * args.steps) if args.warmup < 1 else int(args.warmup)
     training_args = TrainingArguments(
         output_dir=run_dir, gradient_accumulation_steps=args.accumulation, max_steps=args.steps,
         learning_rate=args.lr, warmup_steps=warmup, schedule=args.schedule, weight_decay=args.weight_decay,
         eval_every=args.eval_every, eval_batches=args.eval_batches, patience=args.patience, seed=args.seed,
-        progress=not args.no_progress, fp16=args.fp16)
-    checkpoint = _claim_run_dir(run_dir, args.resume)
+        progress=not args.no_progress, fp16=args.fp16, zero=args.zero, check_weights_every=args.check_weights_every)
+    # rank 0 decides what the run folder holds (and tidies it); the others then read the decision
+    checkpoint = _on_rank_0(comm, lambda: _claim_run_dir(run_dir, args.resume))
+    if not main:
+        checkpoint = latest_checkpoint(run_dir) if args.resume and os.path.isdir(run_dir) else None
     if checkpoint is not None:
         state = _checkpoint_state(checkpoint)
         if state["step"] >= args.steps:            # a finished run: redraw its curve, change nothing
-            curve = plot_loss_curves(state.get("history", []), os.path.join(run_dir, "loss_curve.png"),
-                                     best_step=state.get("best_step"))
-            print(f"{run_dir} is finished: its checkpoint is at step {state['step']} and --steps is "
-                  f"{args.steps}, so there is nothing to train (raise --steps to continue)"
-                  + (f"; loss curve: {curve}" if curve else ""))
+            if main:
+                curve = plot_loss_curves(state.get("history", []), os.path.join(run_dir, "loss_curve.png"),
+                                         best_step=state.get("best_step"))
+                print(f"{run_dir} is finished: its checkpoint is at step {state['step']} and --steps is "
+                      f"{args.steps}, so there is nothing to train (raise --steps to continue)"
+                      + (f"; loss curve: {curve}" if curve else ""))
             return 0
 
     t0 = time.perf_counter()
     documents = job.load_documents(args.corpus, args.corpus_format)
     train_docs, val_docs = split_documents(documents, args.validation_fraction, args.seed)
-    os.makedirs(run_dir, exist_ok=True)
-    _check_same_data_and_model(args, run_dir, resuming=checkpoint is not None)
+    def write_run_shape():
+        os.makedirs(run_dir, exist_ok=True)
+        _check_same_data_and_model(args, run_dir, resuming=checkpoint is not None, processes=comm.size)
+
+    _on_rank_0(comm, write_run_shape)
     vocab = args.vocab
     if checkpoint is not None and vocab is None and os.path.isfile(os.path.join(run_dir, "tokenizer", "vocab.txt")):
         vocab = os.path.join(run_dir, "tokenizer")                 # the vocabulary the run was trained with
-    tokenizer = job.build_tokenizer(train_docs, run_dir, vocab, args.vocab_size)
+    tokenizer = job.build_tokenizer(train_docs, run_dir, vocab, args.vocab_size, save=main)
     t_vocab = time.perf_counter() - t0
-    data = job.build_datasets(train_docs, val_docs, tokenizer, args.max_seq_length, args.batch_size,
+    # every rank holds the global batches (N x --batch-size) and keeps its rows of each
+    data = job.build_datasets(train_docs, val_docs, tokenizer, args.max_seq_length, args.batch_size * comm.size,
                               args.dupe_factor, args.whole_word_masking, args.seed)
-    print(f"corpus: {len(documents)} documents ({len(train_docs)} train, {len(val_docs)} validation), "
+    options = {k: v for k, v in vars(args).items() if k not in ("func", "commands", "command_line", "no_progress")}
+    check_same_everywhere(comm, {
+        "options": json.dumps(options, sort_keys=True, default=str),
+        "vocabulary": "\n".join(tokenizer.ids_to_tokens),
+        "training data": _fingerprint(data.train.arrays),
+        "validation data": _fingerprint(data.validation.arrays)})
+    say(f"corpus: {len(documents)} documents ({len(train_docs)} train, {len(val_docs)} validation), "
           f"{sum(data.token_counts.values()):,} training tokens; vocabulary {len(tokenizer):,} tokens "
           f"({t_vocab:.1f} s incl. reading); examples: {data.train.num_examples:,} train, "
           f"{data.validation.num_examples:,} validation ({data.seconds:.1f} s)")
     unknown = data.token_counts[tokenizer.unk_token_id] / max(1, sum(data.token_counts.values()))
     if unknown > 0.2:
-        print(f"warning: {unknown:.0%} of the training tokens are {tokenizer.unk_token}: the vocabulary "
+        say(f"warning: {unknown:.0%} of the training tokens are {tokenizer.unk_token}: the vocabulary "
               "does not fit this corpus (train one with minibert train-vocab, or leave out --vocab)")
 
     if args.config:
@@ -247,16 +310,20 @@ def run_pretrain(args) -> int:
         raise ValueError(f"--max-seq-length {args.max_seq_length} exceeds the model's "
                          f"max_position_embeddings ({config.max_position_embeddings})")
     model = BertForPreTraining(config, seed=args.seed, device=args.device)
-    print(f"model: {args.preset if not args.config else args.config} "
-          f"(L{config.num_hidden_layers} H{config.hidden_size} A{config.num_attention_heads}), "
-          f"{model.num_parameters():,} parameters; {args.steps} steps of "
-          f"{args.batch_size * args.accumulation} sequences x {args.max_seq_length} tokens")
-    trainer = Trainer(model, training_args, data.train, data.validation, tokenizer, masking=data.masking)
+    say(f"model: {args.preset if not args.config else args.config} "
+        f"(L{config.num_hidden_layers} H{config.hidden_size} A{config.num_attention_heads}), "
+        f"{model.num_parameters():,} parameters; {args.steps} steps of "
+        f"{args.batch_size * args.accumulation * comm.size} sequences x {args.max_seq_length} tokens"
+        + (f" ({comm.size} processes x {args.batch_size} sequences, {comm.backend.upper()})" if comm.size > 1 else ""))
+    trainer = Trainer(model, training_args, data.train, data.validation, tokenizer, masking=data.masking,
+                      communicator=comm)
     t1 = time.perf_counter()
     try:
         summary = trainer.train(resume_from=checkpoint)
     except KeyboardInterrupt:
         kept = trainer.latest_checkpoint()
+        if not main:
+            return 130
         if kept is None:
             print(f"\ninterrupted at step {trainer.step}, before the first checkpoint: nothing was kept, and "
                   "the same command starts afresh", file=sys.stderr)
@@ -267,7 +334,9 @@ def run_pretrain(args) -> int:
         return 130
     train_seconds = time.perf_counter() - t1
 
-    final = trainer.evaluate()
+    final = trainer.evaluate()                        # every rank scores its share
+    if not main:
+        return 0
     best_step, best = summary["best_step"], summary["best_metrics"] or final
     baseline = job.unigram_baseline(data, args.eval_batches)
     results = {"data_seconds": round(t_vocab + data.seconds, 1), "train_seconds": round(train_seconds, 1),

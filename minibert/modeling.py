@@ -252,6 +252,11 @@ class BertLayer(Module):
 
 
 class BertEncoder(Module):
+    # Called as on_layer_backward(i) when layer i's backward is done (its gradients are then
+    # complete for this backward pass). None here; data-parallel training sets it to start
+    # sending those gradients while the layers below still compute (minibert/distributed.py).
+    on_layer_backward = None
+
     def __init__(self, config: BertConfig, rng, random_source, dtype):
         self.layer = ModuleList([BertLayer(config, rng, random_source, dtype, layer_index=i)
                                  for i in range(config.num_hidden_layers)])
@@ -273,8 +278,10 @@ class BertEncoder(Module):
         return (h, attentions) if output_attentions else h
 
     def backward(self, dy):
-        for layer in reversed(list(self.layer)):
-            dy = layer.backward(dy)
+        for i in reversed(range(len(self.layer))):
+            dy = self.layer[i].backward(dy)
+            if self.on_layer_backward is not None:
+                self.on_layer_backward(i)
         return dy
 
 

@@ -17,6 +17,7 @@ The defaults pretrain a tiny BERT (L2 H128 A2) in about ten minutes on two CPU c
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -50,12 +51,18 @@ def load_documents(corpus=None, format="auto"):
     return load_corpus(corpus, format)
 
 
-def build_tokenizer(train_documents, run_dir, vocab=None, vocab_size=8000) -> BertTokenizer:
-    """Load ``vocab`` (a vocab.txt or a folder), or train a WordPiece vocabulary on the training text."""
+def build_tokenizer(train_documents, run_dir, vocab=None, vocab_size=8000, save=True) -> BertTokenizer:
+    """Load ``vocab`` (a vocab.txt or a folder), or train a WordPiece vocabulary on the training
+    text and save it in ``run_dir/tokenizer`` (``save=False``, the other ranks of a data-parallel
+    run: train the same one and leave the writing to rank 0)."""
     if vocab is not None:
         return BertTokenizer.from_pretrained(vocab)
     texts = (sentence for document in train_documents for sentence in document)
     tokens = train_wordpiece(texts, vocab_size=vocab_size)
+    if not save:
+        with tempfile.TemporaryDirectory() as folder:
+            save_vocab(tokens, folder)
+            return BertTokenizer.from_pretrained(folder)
     save_vocab(tokens, os.path.join(run_dir, "tokenizer"))
     return BertTokenizer.from_pretrained(os.path.join(run_dir, "tokenizer"))
 

@@ -35,6 +35,13 @@ from ``scale * loss`` (the weights passed to ``forward_backward`` are multiplied
 scale); the gradients are divided by the scale before clipping, and a step whose gradients
 overflowed is skipped with a smaller scale next time (``optim.DynamicLossScaler``; the scale
 is checkpointed too).
+
+Data parallel (``mpiexec -n N``, see ``minibert/distributed.py`` and ``docs/distributed.md``):
+the task's batches are global batches, the same on every rank; each rank trains on its rows
+of them, the item counts and the losses are summed over the ranks, and the gradients are
+summed before clipping, so N processes take the steps of one process with the whole batch.
+Only rank 0 prints and writes files; a checkpoint holds the full optimizer state (gathered
+under ZeRO), so a run resumes with any number of processes.
 """
 
 from __future__ import annotations
@@ -53,9 +60,21 @@ import numpy as np
 from . import safetensors as st
 from .backend import get_array_module, is_int_at_least, to_numpy
 from .checkpoint import save_pretrained
+from .distributed import (
+    BUCKET_BYTES,
+    Communicator,
+    DataParallel,
+    ZeroAdamW,
+    broadcast_parameters,
+    check_same_everywhere,
+    check_same_weights,
+    rank_seed,
+    shard_rows,
+    world,
+)
 from .fast.cpu import keep_freed_memory
 from .nn import no_grad
-from .optim import AdamW, DynamicLossScaler, clip_grad_norm, get_schedule
+from .optim import AdamW, DynamicLossScaler, get_schedule
 from .plots import plot_loss_curves
 
 CHECKPOINT_POINTER = "latest_checkpoint.txt"   # names the newest complete checkpoint folder
@@ -90,6 +109,11 @@ class TrainingArguments:
     seed: int = 0
     progress: bool = True                   # show a tqdm progress bar
     fp16: bool = False                      # float16 matrix products, float32 weights, dynamic loss scale
+    # data parallel (several processes under mpiexec; no effect in one process)
+    zero: int = 0                           # 1: shard AdamW's moments over the processes (ZeRO stage 1)
+    check_weights_every: int | None = None  # steps between checks that every process holds the same weights
+    overlap_communication: bool = True      # all-reduce each gradient bucket while backward goes on
+    bucket_bytes: int = BUCKET_BYTES        # size of a gradient bucket
 
     def __post_init__(self):
         positive = ("gradient_accumulation_steps", "max_steps", "eval_every", "log_every")
@@ -110,6 +134,13 @@ class TrainingArguments:
             raise ValueError(f"eval_batches must be positive or None, got {self.eval_batches!r}")
         if not (isinstance(self.metric, str) and self.metric):
             raise ValueError(f"metric must name a validation metric such as 'loss', got {self.metric!r}")
+        if self.zero not in (0, 1):
+            raise ValueError(f"zero must be 0 (plain data parallel) or 1 (sharded optimizer state), got {self.zero!r}")
+        if self.check_weights_every is not None and not is_int_at_least(self.check_weights_every, 1):
+            raise ValueError(f"check_weights_every must be a positive integer or None, "
+                             f"got {self.check_weights_every!r}")
+        if not is_int_at_least(self.bucket_bytes, 1):
+            raise ValueError(f"bucket_bytes must be a positive integer, got {self.bucket_bytes!r}")
         if self.checkpoints and not self.output_dir:
             raise ValueError("checkpoints need an output_dir (or give checkpoints=False)")
         if self.checkpoints and self.restore_best:
@@ -126,6 +157,7 @@ class Task:
 
     name = "training"        # the progress bar's label
     epoch = 0                # the epoch the latest batches came from (logged with the losses)
+    communicator = Communicator()   # the processes that share the work (the Trainer sets it)
 
     def next_batches(self) -> list:
         """The micro-batches (dicts of arrays, with ``attention_mask``) of the next optimizer step."""
@@ -159,10 +191,13 @@ class Trainer:
     ``Trainer(model, args, train_dataset, eval_dataset, tokenizer, masking=...)`` pretrains a
     :class:`minibert.modeling.BertForPreTraining`: it builds the :class:`PretrainingTask`.
     ``tokenizer``, when given, is saved with the model.
+
+    ``communicator``: the processes training together (default: found from the launcher by
+    :func:`minibert.distributed.world`; one process when not started by mpiexec).
     """
 
     def __init__(self, model, args: TrainingArguments, train_dataset=None, eval_dataset=None, tokenizer=None,
-                 optimizer=None, masking=None, *, task: Task | None = None):
+                 optimizer=None, masking=None, *, task: Task | None = None, communicator=None):
         if task is None:
             if train_dataset is None:
                 raise TypeError("Trainer needs a train_dataset (to pretrain) or a task")
@@ -172,6 +207,21 @@ class Trainer:
         self.args = args
         self.task = task
         self.tokenizer = tokenizer
+        # data parallel: every rank starts alike (checked) from rank 0's weights
+        self.comm = communicator if communicator is not None else world(model.device)
+        task.communicator = self.comm
+        check_same_everywhere(self.comm, {
+            "training arguments": json.dumps(_jsonable({k: v for k, v in asdict(args).items() if k != "progress"}),
+                                             sort_keys=True),
+            "model configuration": json.dumps(_jsonable(model.config.to_dict()), sort_keys=True)})
+        broadcast_parameters(self.comm, model.named_parameters())
+        self.data_parallel = DataParallel(self.comm, model, args.bucket_bytes, args.overlap_communication, args.zero)
+        if args.zero and optimizer is not None:
+            raise ValueError("zero=1 shards the AdamW that the Trainer makes: give no optimizer")
+        if args.zero:
+            optimizer = ZeroAdamW(self.data_parallel, lr=args.learning_rate, betas=args.adam_betas,
+                                  eps=args.adam_eps, weight_decay=args.weight_decay,
+                                  bias_correction=args.bias_correction)
         self.optimizer = optimizer or AdamW(model.named_parameters(), lr=args.learning_rate,
                                             betas=args.adam_betas, eps=args.adam_eps,
                                             weight_decay=args.weight_decay,
@@ -194,16 +244,25 @@ class Trainer:
     # ------------------------------------------------------------------ one step
     def _train_step(self) -> dict:
         """One optimizer step over the task's micro-batches."""
-        batches = self.task.next_batches()
+        batches = self.task.next_batches()                # global batches: the same on every rank
+        tokens = sum(int(batch["attention_mask"].sum()) for batch in batches)
+        comm = self.comm
+        if comm.size > 1:
+            batches = [shard_rows(batch, comm.rank, comm.size) for batch in batches]   # this rank's rows
+            # dropout streams keyed by (seed, rank, step): reproducible for a fixed number of ranks
+            seed = rank_seed(self.args.seed, comm.rank, self.step)
+            self.model.random.set_state({"seed": seed, "numpy": np.random.default_rng(seed).bit_generator.state})
         scale = self.scaler.scale if self.scaler is not None else 1.0   # the loss scale (fp16)
         # fp16: an overflow to inf is an expected event (the scaler handles it), not a warning
         with np.errstate(over="ignore", invalid="ignore") if self.scaler is not None else nullcontext():
             losses = self.accumulate(batches, scale)
+            self.data_parallel.synchronize()              # the ranks' gradients summed (alone: nothing to do)
         loss = sum(losses.values())
-        tokens = sum(int(batch["attention_mask"].sum()) for batch in batches)
         record = {"loss": loss, "losses": losses, "tokens": tokens, "loss_scale": scale}
         if self.scaler is not None and math.isfinite(loss):
-            if not self.scaler.unscale(self.model.named_parameters()):    # float16 overflow in backward
+            finite = self.data_parallel.everywhere(self.scaler.unscale(self.data_parallel.owned_gradients()))
+            self.scaler.found_overflow = not finite
+            if not finite:                                                # float16 overflow in backward
                 if scale <= self.scaler.min_scale:
                     raise TrainingDiverged(
                         f"step {self.step + 1}: the gradients overflow even at loss scale {scale:g} "
@@ -213,8 +272,7 @@ class Trainer:
                 self.step += 1                                            # a step without an update
                 return {**record, "lr": self.optimizer.lr, "grad_norm": math.nan, "skipped": True}
             self.scaler.update()
-        grad_norm = (clip_grad_norm(self.model.named_parameters(), self.args.max_grad_norm)
-                     if self.args.max_grad_norm is not None else _global_norm(self.model))
+        grad_norm = self.data_parallel.clip_grad_norm(self.args.max_grad_norm)   # None: the norm only
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             raise TrainingDiverged(f"step {self.step + 1}: loss {loss} / gradient norm {grad_norm} is not "
                                    "finite (lower the learning rate or check the data)")
@@ -222,6 +280,8 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad()
         self.step += 1
+        if self.args.check_weights_every and self.step % self.args.check_weights_every == 0:
+            check_same_weights(self.comm, self.model.named_parameters(), self.step)
         return {**record, "lr": self.optimizer.lr, "grad_norm": grad_norm, "skipped": False}
 
     def accumulate(self, batches, scale: float = 1.0) -> dict:
@@ -229,16 +289,26 @@ class Trainer:
         each loss of the whole batch. ``scale`` multiplies the gradients (fp16's loss scale)."""
         counts = [self.task.loss_items(batch) for batch in batches]            # {loss: items}, per batch
         totals = {name: sum(count[name] for count in counts) for name in counts[0]}
+        totals = {name: int(n) for name, n in self._sum_over_ranks(totals).items()}   # the global batch's
         losses = dict.fromkeys(totals, 0.0)
         if not any(totals.values()):
             return losses                                                    # nothing labelled in this step
-        for batch, count in zip(batches, counts):
+        for i, (batch, count) in enumerate(zip(batches, counts)):
             shares = {name: count[name] / max(totals[name], 1) for name in totals}
+            self.data_parallel.begin_backward(last=i == len(batches) - 1)
             values = self.task.forward_backward(self.model, batch,
                                                 {name: share * scale for name, share in shares.items()})
             for name in losses:
                 losses[name] += values[name] * shares[name]
-        return losses
+        return self._sum_over_ranks(losses)      # each rank holds its items' part of each loss
+
+    def _sum_over_ranks(self, values: dict) -> dict:
+        """``{name: number}`` summed over the ranks (one small all-reduce; alone: unchanged).
+        A NaN on any rank reaches every rank, so all of them stop together."""
+        if self.comm.size == 1:
+            return values
+        summed = self.comm.all_reduce(np.array([float(v) for v in values.values()], dtype=np.float64))
+        return {name: float(v) for name, v in zip(values, summed)}
 
     # ------------------------------------------------------------------ the loop
     def train(self, resume_from: str | None = None) -> dict:
@@ -250,10 +320,10 @@ class Trainer:
             os.makedirs(args.output_dir, exist_ok=True)
         if resume_from is not None:
             self.load_checkpoint(resume_from)
-            tqdm.write(f"resumed at step {self.step} from {resume_from}")
-            if args.output_dir:
+            self._say(f"resumed at step {self.step} from {resume_from}")
+            if args.output_dir and self.comm.is_main:
                 self._rewrite_metrics()
-            if self.step >= args.max_steps:
+            if self.step >= args.max_steps and self.comm.is_main:
                 warnings.warn(f"the checkpoint is at step {self.step} and max_steps is {args.max_steps}: "
                               "nothing to train (raise max_steps to continue)", UserWarning, stacklevel=2)
         keep_freed_memory()          # every step makes the same large temporaries: reuse their memory
@@ -261,7 +331,7 @@ class Trainer:
         self.stopped_early = False
         start = time.perf_counter()
         window, window_start = [], time.perf_counter()      # the steps since the last training record
-        bar = tqdm(total=args.max_steps, initial=self.step, disable=not args.progress,
+        bar = tqdm(total=args.max_steps, initial=self.step, disable=not (args.progress and self.comm.is_main),
                    desc=self.task.name, unit="step", dynamic_ncols=True)
         try:
             while self.step < args.max_steps and not self.stopped_early:
@@ -288,7 +358,7 @@ class Trainer:
                 "best_eval_loss": min((r["loss"] for r in self.history if r["split"] == "eval"), default=math.inf),
                 "model_dir": best if best and os.path.isdir(best) else self.latest_checkpoint(),
                 "history": self.history, "train_seconds": seconds,
-                "plot": self.plot() if args.output_dir else None}
+                "plot": self.plot() if args.output_dir and self.comm.is_main else None}
 
     def _validate(self, bar) -> bool:
         """Validate, keep the best weights, write a checkpoint; True when early stopping ends the run."""
@@ -305,7 +375,7 @@ class Trainer:
                                        + ("" if args.metric == "loss" else f" and {args.metric} {value}"))
             improved = self.best_value is None or (value < self.best_value if _lower_is_better(args.metric)
                                                    else value > self.best_value)
-            bar.write(f"step {self.step}: validation " + ", ".join(
+            self._say(f"step {self.step}: validation " + ", ".join(
                 f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)) + (" (best)" if improved else ""))
             if improved:
                 self._keep_best(value, metrics)
@@ -315,7 +385,7 @@ class Trainer:
             self._check_parameters_finite()
             self.save_checkpoint()
         if args.patience is not None and self.evals_without_improvement >= args.patience:
-            bar.write(f"early stopping at step {self.step}: {args.metric} did not improve in {args.patience} "
+            self._say(f"early stopping at step {self.step}: {args.metric} did not improve in {args.patience} "
                       f"validations (best {self.best_value:.4f} at step {self.best_step})")
             return True
         return False
@@ -330,7 +400,7 @@ class Trainer:
         self.evals_without_improvement = 0
         if not self.args.checkpoints:       # nothing to resume from: keep them in memory
             self.best_weights = {n: p.data.copy() for n, p in self.model.named_parameters()}
-        if self.args.output_dir:
+        if self.args.output_dir and self.comm.is_main:
             save_pretrained(self.model, os.path.join(self.args.output_dir, "best_model"), self.tokenizer)
 
     def _load_weights(self, weights: dict) -> None:
@@ -360,15 +430,22 @@ class Trainer:
                   "loss": float(np.mean([step["loss"] for step in window])),
                   **{name: value for name, value in last["losses"].items() if name != "loss"},
                   "lr": last["lr"], "grad_norm": None if last["skipped"] else last["grad_norm"],
-                  "tokens_per_s": sum(step["tokens"] for step in window) / seconds}
+                  "tokens_per_s": sum(step["tokens"] for step in window) / seconds, "world_size": self.comm.size}
         if self.scaler is not None:               # fp16: the loss scale and the overflowed steps
             record.update(loss_scale=last["loss_scale"], skipped_steps=sum(step["skipped"] for step in window))
         self._log(record)
         bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{last['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
 
+    def _say(self, message: str) -> None:
+        """Print a line above the progress bar (rank 0 only)."""
+        from tqdm.auto import tqdm
+
+        if self.comm.is_main:
+            tqdm.write(message)
+
     def _log(self, record: dict) -> None:
         self.history.append(record)
-        if self.args.output_dir:
+        if self.args.output_dir and self.comm.is_main:
             with open(os.path.join(self.args.output_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
 
@@ -412,10 +489,12 @@ class Trainer:
         """
         out = self.args.output_dir
         final = os.path.join(out, f"checkpoint-{self.step}")
+        opt_state = self.optimizer.state_dict()        # under ZeRO every rank takes part (gathered)
+        if not self.comm.is_main:                      # rank 0 writes
+            return final
         tmp = os.path.join(out, f".tmp-checkpoint-{self.step}-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         save_pretrained(self.model, tmp, self.tokenizer)
-        opt_state = self.optimizer.state_dict()
         arrays = {k: v for k, v in opt_state.items() if isinstance(v, np.ndarray)}
         scalars = {k: v for k, v in opt_state.items() if not isinstance(v, np.ndarray)}
         st.save_file(arrays, os.path.join(tmp, "optimizer.safetensors"))
@@ -537,7 +616,7 @@ class PretrainingTask(Task):
         """MLM loss and accuracy over the masked tokens, NSP accuracy, on the validation set."""
         if self.eval_dataset is None or len(self.eval_dataset) == 0:
             return {}
-        return evaluate_pretraining(model, self.eval_dataset, self.eval_batches)
+        return evaluate_pretraining(model, self.eval_dataset, self.eval_batches, self.communicator)
 
     def state_dict(self) -> dict:
         return {"data_position": self.train_dataset.position,
@@ -552,12 +631,15 @@ class PretrainingTask(Task):
             self.masking.load_state_dict(state["masking"])
 
 
-def evaluate_pretraining(model, dataset, max_batches: int | None = None) -> dict:
+def evaluate_pretraining(model, dataset, max_batches: int | None = None, communicator=None) -> dict:
     """MLM loss (mean over masked tokens), MLM accuracy, NSP loss and accuracy, without caches.
 
     ``dataset`` holds statically masked examples (labels included) and is read from its start
     each time, so every evaluation of a run (and of a resumed run) scores the same predictions.
+    With a ``communicator`` of N ranks each rank scores its rows of every batch and the sums
+    and counts are added over the ranks: the metrics of one process, each rank doing 1/N of the work.
     """
+    comm = communicator if communicator is not None else Communicator()
     model.eval()
     dataset.position = {"epoch": 0, "example": 0}
     mlm_loss_sum = nsp_loss_sum = 0.0
@@ -566,6 +648,9 @@ def evaluate_pretraining(model, dataset, max_batches: int | None = None) -> dict
         for i, batch in enumerate(dataset):
             if max_batches is not None and i >= max_batches:
                 break
+            batch = shard_rows(batch, comm.rank, comm.size, exact=False)       # this rank's rows
+            if len(batch["input_ids"]) == 0:
+                continue
             out = model.forward(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
                                 labels=batch["labels"], next_sentence_label=batch["next_sentence_label"])
             targets = batch["labels"].reshape(-1)[to_numpy(out.masked_positions)]
@@ -577,6 +662,11 @@ def evaluate_pretraining(model, dataset, max_batches: int | None = None) -> dict
             nsp_loss_sum += out.nsp_loss * len(nsp)
             nsp_correct += int((to_numpy(out.seq_relationship_logits).argmax(-1) == nsp).sum())
             sequences += len(nsp)
+    if comm.size > 1:
+        sums = comm.all_reduce(np.array([mlm_loss_sum, nsp_loss_sum, masked, correct, nsp_correct, sequences],
+                                        dtype=np.float64))
+        mlm_loss_sum, nsp_loss_sum = float(sums[0]), float(sums[1])
+        masked, correct, nsp_correct, sequences = (int(v) for v in sums[2:])
     mlm_loss = mlm_loss_sum / max(masked, 1)
     nsp_loss = nsp_loss_sum / max(sequences, 1)
     return {"loss": mlm_loss + nsp_loss, "mlm_loss": mlm_loss, "mlm_accuracy": correct / max(masked, 1),
@@ -605,10 +695,6 @@ def latest_checkpoint(output_dir: str) -> str | None:
 
 def _lower_is_better(metric: str) -> bool:
     return metric == "loss" or metric.endswith("_loss") or metric in ("mse", "perplexity")
-
-
-def _global_norm(model) -> float:
-    return math.sqrt(sum(float((p.grad.astype(np.float64) ** 2).sum()) for p in model.parameters()))
 
 
 def _jsonable(value):

@@ -59,6 +59,7 @@ FINETUNE = ["tests/test_finetune.py"]
 PRUNE = ["tests/test_prune.py"]
 VOCAB = ["tests/test_vocab_trainer.py"]
 CORPUS = ["tests/test_corpus.py"]
+DISTRIBUTED = ["tests/test_distributed.py"]
 FINETUNE_DATA = ["tests/test_finetuning_data.py"]          # also the SQuAD metric's tests
 
 A, L, E = "minibert/ops/activations.py", "minibert/ops/linear.py", "minibert/ops/embedding.py"
@@ -73,6 +74,7 @@ CO, FD, SQ = "minibert/data/corpus.py", "minibert/data/finetuning.py", "minibert
 BK = "minibert/backend.py"
 FC = "minibert/fast/cpu.py"
 PJ, CP = "minibert/pretrain.py", "minibert/cli_pretrain.py"
+DP = "minibert/distributed.py"
 OA, VA = "minibert/ops/adamw.py", "minibert/validation.py"
 RG, CF = "minibert/registry.py", "minibert/config.py"
 SW, NS, CW = "minibert/sweep.py", "minibert/noise_scale.py", "minibert/cli_sweep.py"
@@ -373,6 +375,13 @@ MUTANTS = [
     Mutant('BP1', BP, '            if pair not in self.ranks:\n                break\n', '            if pair not in self.ranks or len(symbols) < 3:\n                break\n', ['tests/test_bpe.py'], 'BPE stops merging once two symbols are left'),
     Mutant('BP2', BP, '            trimmed_begin = min(begin + leading, end)\n', '            trimmed_begin = begin\n', ['tests/test_bpe.py'], 'BPE offsets keep the leading space of a token'),
     Mutant('SW4', CW, '            baseline[name] = values[0]                    # one value: part of the baseline', '            knobs[name] = values', SWEEP, 'a knob with one value swept alone instead of setting the baseline'),
+    # data parallel (minibert/distributed.py and its use in the loop)
+    Mutant('DP1', TR, 'totals = {name: int(n) for name, n in self._sum_over_ranks(totals).items()}', 'totals = {name: int(n) for name, n in totals.items()}', DISTRIBUTED, 'data parallel: each rank weights its losses by its own item count, not the global one'),
+    Mutant('DP2', DP, 'self.buckets[self.next_bucket][2] < finished_groups:', 'self.buckets[self.next_bucket][2] <= finished_groups:', DISTRIBUTED, 'a gradient bucket sent one layer before backward has finished it'),
+    Mutant('DP3', DP, '    lo, hi = rank * rows // size, (rank + 1) * rows // size\n', '    lo, hi = 0, rows // size\n', DISTRIBUTED, 'every rank trains on the first rows of the global batch'),
+    Mutant('DP4', DP, 'weight_decay=self.weight_decay if self._decays(name) else 0.0,', 'weight_decay=self.weight_decay,', DISTRIBUTED, 'ZeRO: weight decay on biases and LayerNorm'),
+    Mutant('DP5', TR, '    if comm.size > 1:\n        sums = comm.all_reduce(', '    if False:\n        sums = comm.all_reduce(', DISTRIBUTED, 'sharded evaluation: the ranks\' sums not added'),
+    Mutant('DP6', DP, '            if time.monotonic() > deadline:\n                return False\n', '', DISTRIBUTED, 'after an error on one rank the others are never aborted (they wait for ever)'),
 ]
 
 

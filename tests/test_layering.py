@@ -42,8 +42,7 @@ LAYERS = [
     ("model, heads, optimizer, data, checkpoints, tokenizer", [
         "minibert.modeling", "minibert.heads", "minibert.optim", "minibert.data", "minibert.data.*",
         "minibert.checkpoint", "minibert.safetensors", "minibert.tokenization", "minibert.bpe",
-        "minibert.vocab_trainer", "minibert.gradcheck", "minibert.roberta",
-        "minibert.distilbert"]),
+        "minibert.vocab_trainer", "minibert.gradcheck", "minibert.roberta", "minibert.distilbert", "minibert.distributed"]),
     ("configuration, input checks and modules", [
         "minibert.config", "minibert.validation", "minibert.nn", "minibert.layers"]),
     ("the op registry", ["minibert.registry"]),

@@ -83,6 +83,9 @@ def add_pretrain_options(p) -> None:
     train.add_argument("--name", default="pretrain", help="the run folder: runs/<name>/")
     train.add_argument("--output-root", default="runs", help="folder that holds the run folders")
     train.add_argument("--resume", action="store_true", help="continue runs/<name>/ from its last checkpoint")
+    train.add_argument("--noise-scale", action="store_true",
+                       help="estimate the gradient noise scale (how large a batch still helps) from the "
+                            "micro-batches, logged and plotted; needs --accumulation 2 or more")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     parallel = p.add_argument_group("data parallel (under mpiexec -n N; --batch-size is per process)")
     parallel.add_argument("--zero", type=int, default=0, choices=[0, 1],
@@ -250,7 +253,8 @@ def run_pretrain(args) -> int:
         output_dir=run_dir, gradient_accumulation_steps=args.accumulation, max_steps=args.steps,
         learning_rate=args.lr, warmup_steps=warmup, schedule=args.schedule, weight_decay=args.weight_decay,
         eval_every=args.eval_every, eval_batches=args.eval_batches, patience=args.patience, seed=args.seed,
-        progress=not args.no_progress, fp16=args.fp16, zero=args.zero, check_weights_every=args.check_weights_every)
+        progress=not args.no_progress, fp16=args.fp16, zero=args.zero, check_weights_every=args.check_weights_every,
+        noise_scale=args.noise_scale)
     # rank 0 decides what the run folder holds (and tidies it); the others then read the decision
     checkpoint = _on_rank_0(comm, lambda: _claim_run_dir(run_dir, args.resume))
     if not main:
@@ -355,6 +359,13 @@ def run_pretrain(args) -> int:
     curve = os.path.join(run_dir, "loss_curve.png")
     print(f"saved: {summary['model_dir']} (the model of step {best_step})"
           + (f"; loss curve: {curve}" if os.path.isfile(curve) else ""))
+    if trainer.noise_scale is not None:
+        from .plots import plot_noise_scale
+
+        plot = plot_noise_scale(summary["history"], os.path.join(run_dir, "noise_scale.png"))
+        print(f"gradient noise scale: about {trainer.noise_scale.value:.0f} sequences (the critical batch size: "
+              f"batches much larger than this barely speed training up; this run's batch is "
+              f"{args.batch_size * args.accumulation}); plot: {plot}")
 
     saved = BertForPreTraining.from_pretrained(summary["model_dir"], device=args.device)
     print(f"\nfill in the mask with the saved model (step {best_step}), on held-out sentences:")

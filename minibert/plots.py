@@ -48,3 +48,23 @@ def plot_loss_curves(history: list, path: str, *, train_label: str = "training l
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_noise_scale(history: list, path: str) -> str | None:
+    """The gradient noise scale (records' ``noise_scale``) against the optimizer step, log axis."""
+    points = [(r["step"], r["noise_scale"]) for r in history
+              if r.get("split") == "train" and r.get("noise_scale") and r["noise_scale"] > 0]
+    if not points:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot(*zip(*points), lw=1.4)
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("gradient noise scale (sequences)")
+    ax.set_title("B_noise = tr(Σ) / |G|²: batches far above it help little")
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

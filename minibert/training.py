@@ -74,6 +74,7 @@ from .distributed import (
 )
 from .fast.cpu import keep_freed_memory
 from .nn import no_grad
+from .noise_scale import GradientNoiseScale
 from .optim import AdamW, DynamicLossScaler, get_schedule
 from .plots import plot_loss_curves
 
@@ -114,6 +115,7 @@ class TrainingArguments:
     check_weights_every: int | None = None  # steps between checks that every process holds the same weights
     overlap_communication: bool = True      # all-reduce each gradient bucket while backward goes on
     bucket_bytes: int = BUCKET_BYTES        # size of a gradient bucket
+    noise_scale: bool = False               # estimate the gradient noise scale (needs accumulation >= 2)
 
     def __post_init__(self):
         positive = ("gradient_accumulation_steps", "max_steps", "eval_every", "log_every")
@@ -141,6 +143,9 @@ class TrainingArguments:
                              f"got {self.check_weights_every!r}")
         if not is_int_at_least(self.bucket_bytes, 1):
             raise ValueError(f"bucket_bytes must be a positive integer, got {self.bucket_bytes!r}")
+        if self.noise_scale and self.gradient_accumulation_steps < 2:
+            raise ValueError("noise_scale needs gradient_accumulation_steps >= 2: it compares the gradient of "
+                             "one micro-batch with the gradient of the whole batch")
         if self.checkpoints and not self.output_dir:
             raise ValueError("checkpoints need an output_dir (or give checkpoints=False)")
         if self.checkpoints and self.restore_best:
@@ -228,6 +233,12 @@ class Trainer:
                                             bias_correction=args.bias_correction)
         self.schedule = get_schedule(args.schedule, args.learning_rate, args.warmup_steps, args.max_steps)
         self.scaler = None
+        self.noise_scale = None             # the gradient noise scale's estimator (args.noise_scale)
+        if args.noise_scale:
+            if self.comm.size > 1:
+                raise ValueError("noise_scale is measured in one process (each rank sees only its part "
+                                 "of the first micro-batch)")
+            self.noise_scale = GradientNoiseScale()
         if args.fp16:                       # mixed precision: see DynamicLossScaler
             model.set_matmul_dtype(np.float16)
             self.scaler = DynamicLossScaler()
@@ -273,6 +284,10 @@ class Trainer:
                 return {**record, "lr": self.optimizer.lr, "grad_norm": math.nan, "skipped": True}
             self.scaler.update()
         grad_norm = self.data_parallel.clip_grad_norm(self.args.max_grad_norm)   # None: the norm only
+        if self.noise_scale is not None:
+            small_sq, small = self._first_micro_batch
+            record["noise_scale"] = self.noise_scale.update(small_sq, grad_norm ** 2, small,
+                                                            sum(len(b["input_ids"]) for b in batches))
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             raise TrainingDiverged(f"step {self.step + 1}: loss {loss} / gradient norm {grad_norm} is not "
                                    "finite (lower the learning rate or check the data)")
@@ -300,6 +315,9 @@ class Trainer:
                                                 {name: share * scale for name, share in shares.items()})
             for name in losses:
                 losses[name] += values[name] * shares[name]
+            if i == 0 and self.noise_scale is not None:   # the small-batch gradient: see minibert/noise_scale.py
+                share = len(batch["input_ids"]) / sum(len(b["input_ids"]) for b in batches)
+                self._first_micro_batch = (_squared_norm(self.model) / (share * scale) ** 2, len(batch["input_ids"]))
         return self._sum_over_ranks(losses)      # each rank holds its items' part of each loss
 
     def _sum_over_ranks(self, values: dict) -> dict:
@@ -433,6 +451,8 @@ class Trainer:
                   "tokens_per_s": sum(step["tokens"] for step in window) / seconds, "world_size": self.comm.size}
         if self.scaler is not None:               # fp16: the loss scale and the overflowed steps
             record.update(loss_scale=last["loss_scale"], skipped_steps=sum(step["skipped"] for step in window))
+        if "noise_scale" in last:                 # the gradient noise scale: the critical batch size
+            record["noise_scale"] = last["noise_scale"]
         self._log(record)
         bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{last['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
 
@@ -691,6 +711,11 @@ def latest_checkpoint(output_dir: str) -> str | None:
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{pointer} names {name}, which does not exist")
     return path
+
+
+def _squared_norm(model) -> float:
+    """The squared global norm of the gradients, in float64."""
+    return sum(float((p.grad.astype(np.float64) ** 2).sum()) for p in model.parameters())
 
 
 def _lower_is_better(metric: str) -> bool:

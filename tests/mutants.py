@@ -374,6 +374,7 @@ MUTANTS = [
     Mutant('KE3', 'minibert/fast/cuda.py', '    if 0 in grid:\n        return\n', '', ['tests/test_kernels.py'], 'a launch with no blocks runs one block (out-of-bounds reads)'),
     Mutant('BP1', BP, '            if pair not in self.ranks:\n                break\n', '            if pair not in self.ranks or len(symbols) < 3:\n                break\n', ['tests/test_bpe.py'], 'BPE stops merging once two symbols are left'),
     Mutant('BP2', BP, '            trimmed_begin = min(begin + leading, end)\n', '            trimmed_begin = begin\n', ['tests/test_bpe.py'], 'BPE offsets keep the leading space of a token'),
+    Mutant('SW5', TR, '                self._first_micro_batch = (_squared_norm(self.model) / (share * scale) ** 2, len(batch["input_ids"]))', '                self._first_micro_batch = (_squared_norm(self.model) / (share * scale), len(batch["input_ids"]))', SWEEP, 'noise scale: the first micro-batch\'s gradient divided by its share once, not squared'),
     Mutant('SW4', CW, '            baseline[name] = values[0]                    # one value: part of the baseline', '            knobs[name] = values', SWEEP, 'a knob with one value swept alone instead of setting the baseline'),
     # data parallel (minibert/distributed.py and its use in the loop)
     Mutant('DP1', TR, 'totals = {name: int(n) for name, n in self._sum_over_ranks(totals).items()}', 'totals = {name: int(n) for name, n in totals.items()}', DISTRIBUTED, 'data parallel: each rank weights its losses by its own item count, not the global one'),

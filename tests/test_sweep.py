@@ -155,3 +155,53 @@ def test_the_noise_scale_estimator_finds_a_known_covariance():
     assert estimator.value == pytest.approx(exact_trace / exact_g2, rel=0.15)
     with pytest.raises(ValueError, match="0 < small < big"):
         two_batch_estimates(1.0, 1.0, 8, 8)
+
+
+def test_the_loop_logs_and_plots_the_noise_scale(corpus, tmp_path, capsys):
+    assert main(["pretrain", "--corpus", corpus, *SMALL, "--accumulation", "2", "--steps", "20", "--eval-every", "10",
+                 "--output-root", str(tmp_path), "--no-progress", "--noise-scale"]) == 0
+    assert "gradient noise scale: about" in capsys.readouterr().out
+    run = tmp_path / "pretrain"
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    values = [r["noise_scale"] for r in logged if r["split"] == "train"]
+    assert values and all(math.isfinite(v) for v in values)
+    assert os.path.getsize(run / "noise_scale.png") > 0
+    assert main(["pretrain", "--corpus", corpus, *SMALL, "--steps", "2", "--output-root", str(tmp_path / "one"),
+                 "--no-progress", "--noise-scale"]) == 2
+    assert "noise_scale needs gradient_accumulation_steps >= 2" in capsys.readouterr().err
+
+
+def test_the_small_batch_gradient_is_the_first_micro_batchs_own(corpus, tmp_path):
+    """The loop weights micro-batch 1 by its share b/B; divided by it, the squared norm must be
+    that of micro-batch 1's mean-loss gradient alone (here a loss over sequences, so the share
+    is exact)."""
+    from minibert import pretrain as job
+    from minibert.data.corpus import split_documents
+    from minibert.modeling import BertConfig, BertForPreTraining
+    from minibert.training import PretrainingTask, Trainer, TrainingArguments, _squared_norm
+
+    class NextSentenceOnly(PretrainingTask):
+        def loss_items(self, batch):
+            return {"nsp_loss": len(batch["input_ids"])}
+
+        def forward_backward(self, model, batch, weights):
+            out = model.forward(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
+                                labels=batch["labels"], next_sentence_label=batch["next_sentence_label"])
+            model.backward(mlm_weight=0.0, nsp_weight=weights["nsp_loss"])
+            return {"nsp_loss": out.nsp_loss}
+
+    train_docs, val_docs = split_documents(job.load_documents(corpus), 0.2, 0)
+    tokenizer = job.build_tokenizer(train_docs, str(tmp_path), vocab_size=120)
+    data = job.build_datasets(train_docs, val_docs, tokenizer, max_seq_length=32, batch_size=4)
+    config = BertConfig.preset("tiny", vocab_size=len(tokenizer), hidden_dropout_prob=0.0,
+                               attention_probs_dropout_prob=0.0)
+    model = BertForPreTraining(config, seed=0, dtype=np.float64)
+    task = NextSentenceOnly(data.train, None, data.masking, accumulation=3)
+    trainer = Trainer(model, TrainingArguments(output_dir=None, checkpoints=False, gradient_accumulation_steps=3,
+                                               noise_scale=True, progress=False), task=task)
+    batches = task.next_batches()
+    trainer.accumulate(batches)
+    small_sq, small = trainer._first_micro_batch
+    model.zero_grad()
+    task.forward_backward(model, batches[0], {"nsp_loss": 1.0})              # micro-batch 1 alone, mean loss
+    assert small == 4 and small_sq == pytest.approx(_squared_norm(model), rel=1e-10)

@@ -5,7 +5,7 @@ a dropped term, a wrong axis, ``=`` for ``+=``, an off-by-one) in one file of th
 and names the tests that should notice. The audit runs each one and reports which tests
 caught it::
 
-    python tests/mutants.py              # all of them, ~22 minutes on 2 cores
+    python tests/mutants.py              # all of them, ~35 minutes on 2 cores
     python tests/mutants.py T1 F7 O15    # a few, by id
     python tests/mutants.py --list
 

@@ -103,7 +103,7 @@ RUN_SHAPE_FILE = "run_shape.json"
 STARTED_FILES = (RUN_SHAPE_FILE, "tokenizer", "metrics.jsonl", "loss_curve.png")
 
 
-def _check_options(args) -> None:
+def check_options(args) -> None:
     """Refuse a bad option before anything is read or written."""
     for name in ("vocab_size", "max_seq_length", "dupe_factor", "batch_size", "accumulation", "steps",
                  "eval_every", "eval_batches", "check_weights_every"):
@@ -191,6 +191,26 @@ def _check_same_data_and_model(args, run_dir, resuming: bool, processes: int = 1
             json.dump(shape, f, indent=2)
 
 
+def model_config(args, tokenizer):
+    """The model's configuration: ``--config``, or ``--preset`` sized to the vocabulary;
+    refused when it does not fit the vocabulary or the sequence length."""
+    from .config import BertConfig
+
+    if args.config:
+        config = BertConfig.from_json_file(args.config)
+    else:
+        config = BertConfig.preset(args.preset, vocab_size=len(tokenizer),
+                                   max_position_embeddings=max(args.max_seq_length, 128),
+                                   attn_implementation=args.attn_implementation)
+    if config.vocab_size != len(tokenizer):
+        raise ValueError(f"the vocabulary has {len(tokenizer)} tokens but the model's vocab_size is "
+                         f"{config.vocab_size}: they must agree")
+    if config.max_position_embeddings < args.max_seq_length:
+        raise ValueError(f"--max-seq-length {args.max_seq_length} exceeds the model's "
+                         f"max_position_embeddings ({config.max_position_embeddings})")
+    return config
+
+
 def _checkpoint_state(checkpoint: str) -> dict:
     with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as f:
         return json.load(f)
@@ -236,11 +256,11 @@ def _fingerprint(arrays: dict) -> str:
 
 def run_pretrain(args) -> int:
     from .distributed import check_same_everywhere, select_local_gpu, world
-    from .modeling import BertConfig, BertForPreTraining
+    from .modeling import BertForPreTraining
     from .plots import plot_loss_curves
     from .training import Trainer, TrainingArguments, latest_checkpoint
 
-    _check_options(args)
+    check_options(args)
     # the processes of this run: one, or the ranks of mpiexec (NCCL between GPUs, MPI otherwise)
     if args.device == "cuda" and world().size > 1:
         select_local_gpu()                          # one GPU per process, on each machine
@@ -301,18 +321,7 @@ def run_pretrain(args) -> int:
         say(f"warning: {unknown:.0%} of the training tokens are {tokenizer.unk_token}: the vocabulary "
               "does not fit this corpus (train one with minibert train-vocab, or leave out --vocab)")
 
-    if args.config:
-        config = BertConfig.from_json_file(args.config)
-    else:
-        config = BertConfig.preset(args.preset, vocab_size=len(tokenizer),
-                                   max_position_embeddings=max(args.max_seq_length, 128),
-                                   attn_implementation=args.attn_implementation)
-    if config.vocab_size != len(tokenizer):
-        raise ValueError(f"the vocabulary has {len(tokenizer)} tokens but the model's vocab_size is "
-                         f"{config.vocab_size}: they must agree")
-    if config.max_position_embeddings < args.max_seq_length:
-        raise ValueError(f"--max-seq-length {args.max_seq_length} exceeds the model's "
-                         f"max_position_embeddings ({config.max_position_embeddings})")
+    config = model_config(args, tokenizer)
     model = BertForPreTraining(config, seed=args.seed, device=args.device)
     say(f"model: {args.preset if not args.config else args.config} "
         f"(L{config.num_hidden_layers} H{config.hidden_size} A{config.num_attention_heads}), "

@@ -83,7 +83,7 @@ def _baseline(args) -> tuple[list[str], dict]:
 
 def run_sweep_command(args) -> int:
     from . import sweep
-    from .cli_pretrain import _check_options
+    from .cli_pretrain import check_options
 
     for name in ("jobs", "max_runs"):
         if getattr(args, name) < 1:
@@ -106,7 +106,7 @@ def run_sweep_command(args) -> int:
     plan = sweep.plan_runs(baseline, knobs, grid=args.grid)
     options = _pretrain_parser().parse_args(arguments)
     for overrides in plan:                                 # every run's options valid before any run
-        _check_options(argparse.Namespace(**{**vars(options), **overrides}))
+        check_options(argparse.Namespace(**{**vars(options), **overrides}))
     if len(plan) > args.max_runs and not args.yes:
         raise ValueError(f"this sweep would launch {len(plan)} runs (more than --max-runs {args.max_runs}): "
                          "pass --yes to run them all, or fewer values")
@@ -126,13 +126,13 @@ def run_sweep_command(args) -> int:
 
 def run_lr_find_command(args) -> int:
     from . import pretrain as job
-    from .cli_pretrain import _check_options
+    from .cli_pretrain import check_options, model_config
     from .data.corpus import split_documents
-    from .modeling import BertConfig, BertForPreTraining
+    from .modeling import BertForPreTraining
     from .sweep import lr_find, plot_range_test
     from .training import Trainer, TrainingArguments
 
-    _check_options(args)
+    check_options(args)
     folder = os.path.join(args.output_root, args.name)
     documents = job.load_documents(args.corpus, args.corpus_format)
     train_docs, validation_docs = split_documents(documents, args.validation_fraction, args.seed)
@@ -140,10 +140,7 @@ def run_lr_find_command(args) -> int:
     tokenizer = job.build_tokenizer(train_docs, folder, args.vocab, args.vocab_size)
     data = job.build_datasets(train_docs, validation_docs, tokenizer, args.max_seq_length, args.batch_size,
                               args.dupe_factor, args.whole_word_masking, args.seed)
-    config = (BertConfig.from_json_file(args.config) if args.config else
-              BertConfig.preset(args.preset, vocab_size=len(tokenizer),
-                                max_position_embeddings=max(args.max_seq_length, 128)))
-    model = BertForPreTraining(config, seed=args.seed, device=args.device)
+    model = BertForPreTraining(model_config(args, tokenizer), seed=args.seed, device=args.device)
     settings = TrainingArguments(output_dir=None, checkpoints=False, max_steps=args.steps,
                                  learning_rate=args.start_lr, warmup_steps=0, weight_decay=args.weight_decay,
                                  gradient_accumulation_steps=args.accumulation, seed=args.seed,

@@ -115,11 +115,10 @@ def run_sweep_command(args) -> int:
           + ", ".join(sweep.run_name(o) for o in plan))
     command = [sys.executable, "-m", "minibert.cli", "pretrain", *arguments]
     runs = sweep.run_sweep(plan, baseline, command, args.output, jobs=args.jobs)
-    report = sweep.write_report(runs, baseline, args.output)
-    with open(os.path.join(args.output, "sweep_results.json"), encoding="utf-8") as f:
-        for row in json.load(f):
-            print(f"  {row['name']:28s} best validation loss {row['best_validation_loss']:.4f}  "
-                  f"{row['label']}: {row['why']}")
+    report, results = sweep.write_report(runs, baseline, args.output)
+    for row in results:
+        print(f"  {row['name']:28s} best validation loss {row['best_validation_loss']:.4f}  "
+              f"{row['label']}: {row['why']}")
     print(f"report: {report}")
     return 0
 

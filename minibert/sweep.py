@@ -326,33 +326,31 @@ def scaling_check(runs: list[Run]) -> list[str]:
     return lines
 
 
-def write_report(runs: list[Run], baseline: dict, output: str) -> str:
-    """``sweep_report.md`` with a table of the runs, the best one, the scaling check and the plots."""
-    rows, labelled = [], []
+def write_report(runs: list[Run], baseline: dict, output: str) -> tuple[str, list[dict]]:
+    """``sweep_report.md`` (a table of the runs, the best one, the scaling check and the plots)
+    and ``sweep_results.json``; returns the report's path and the results, one dict per run."""
+    results = []
     for r in runs:
         label, why = label_run(r.history, r.message)
-        labelled.append((r, label, why))
-    ranked = sorted(labelled, key=lambda item: best_validation(item[0].history))
-    best = ranked[0][0] if ranked and math.isfinite(best_validation(ranked[0][0].history)) else None
-    for r, label, why in labelled:
-        value = best_validation(r.history)
-        rows.append(f"| {r.name} | {', '.join(f'{k} {v:g}' for k, v in sorted(r.settings.items()) if k in KNOBS)} | "
-                    f"{value:.4f} | **{label}** | {why} |")
+        results.append({"name": r.name, "settings": r.settings, "label": label, "why": why,
+                        "best_validation_loss": best_validation(r.history)})
+    rows = [f"| {row['name']} | {', '.join(f'{k} {v:g}' for k, v in sorted(row['settings'].items()) if k in KNOBS)} | "
+            f"{row['best_validation_loss']:.4f} | **{row['label']}** | {row['why']} |" for row in results]
+    best = min(results, key=lambda row: row["best_validation_loss"], default=None)
     plots = [plot_sweep_curves(runs, output), plot_sweet_spot(runs, output)]
     text = ["# Sweep report", "",
             "Baseline: " + ", ".join(f"`--{k.replace('_', '-')} {v}`" for k, v in sorted(baseline.items())), "",
             "| run | knobs | best validation loss | label | why |", "|---|---|---|---|---|", *rows, ""]
-    if best is not None:
-        text += [f"Best: **{best.name}** (validation loss {best_validation(best.history):.4f}).", ""]
+    if best is not None and math.isfinite(best["best_validation_loss"]):
+        text += [f"Best: **{best['name']}** (validation loss {best['best_validation_loss']:.4f}).", ""]
     text += ["Learning rate against batch size:", "", *scaling_check(runs), ""]
     text += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots if p]
     path = os.path.join(output, "sweep_report.md")
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(text) + "\n")
     with open(os.path.join(output, "sweep_results.json"), "w", encoding="utf-8") as f:
-        json.dump([{"name": r.name, "settings": r.settings, "label": label, "why": why,
-                    "best_validation_loss": best_validation(r.history)} for r, label, why in labelled], f, indent=2)
-    return path
+        json.dump(results, f, indent=2)
+    return path, results
 
 
 def plot_sweep_curves(runs: list[Run], output: str) -> str | None:

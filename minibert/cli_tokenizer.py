@@ -3,6 +3,7 @@
     minibert tokenize --vocab path/to/model "Hello, world!"         # hello , world !
     echo "Hello, world!" | minibert tokenize --vocab vocab.txt --ids  # 7592 1010 2088 999
     minibert train-vocab corpus/*.txt --vocab-size 8000 --output my_tokenizer/
+    minibert train-vocab multilingual.txt --cased --output cased_tokenizer/    # case and accents kept
 
 Text files must be UTF-8; a file that is not is reported with its name and line number.
 """
@@ -74,10 +75,14 @@ def _train_vocab_command(args) -> int:
         for path in args.files:
             yield from read_text_lines(path)
 
+    # None: accents go with the case (stripped when lower-casing), as in BERT's tokenizers
+    strip_accents = True if args.strip_accents else False if args.keep_accents else None
+    options = dict(do_lower_case=not args.cased, strip_accents=strip_accents,
+                   tokenize_chinese_chars=not args.no_split_cjk)
     start = time.perf_counter()
     vocab = train_wordpiece(texts(), vocab_size=args.vocab_size, min_frequency=args.min_frequency,
-                            limit_alphabet=args.limit_alphabet, do_lower_case=not args.cased)
-    path = save_vocab(vocab, args.output, do_lower_case=not args.cased)
+                            limit_alphabet=args.limit_alphabet, **options)
+    path = save_vocab(vocab, args.output, **options)
     print(f"wrote {len(vocab)} tokens to {path} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     if len(vocab) < args.vocab_size:
         print(f"note: {args.vocab_size} tokens were asked for, but after {len(vocab)} the text holds no pair "
@@ -118,7 +123,19 @@ def add_tokenizer_commands(subparsers) -> None:
     p.add_argument("--min-frequency", type=int, default=2, help="least count of a merged pair (default 2)")
     p.add_argument("--limit-alphabet", type=int, default=1000,
                    help="keep at most this many distinct characters (default 1000)")
-    p.add_argument("--cased", action="store_true", help="keep case and accents")
+    p.add_argument("--cased", action="store_true",
+                   help="keep upper-case letters (and accents, unless --strip-accents), as cased and "
+                        "multilingual BERT do")
+    accents = p.add_mutually_exclusive_group()
+    accents.add_argument("--strip-accents", action="store_true",
+                         help="remove accents and other non-spacing marks (NFD, then drop category Mn) "
+                              "even with --cased")
+    accents.add_argument("--keep-accents", action="store_true",
+                         help="keep accents and other non-spacing marks even when lower-casing "
+                              "(default: kept with --cased, stripped without)")
+    p.add_argument("--no-split-cjk", action="store_true",
+                   help="do not make every CJK ideograph a word of its own (default: split them, as "
+                        "BERT's tokenizers do)")
     p.set_defaults(func=_run(_train_vocab_command), command="train-vocab")
 
 

@@ -16,8 +16,8 @@ from scipy.special import erf as scipy_erf
 
 from minibert import ops, registry
 from minibert.fast import cpu
-from minibert.fast.cpu import (attention_keys_first, cpu_pool, erf_threaded, gelu_exact_threaded, gelu_fast,
-                               layer_norm_fast, single_threaded)
+from minibert.fast.cpu import (attention_keys_first, attention_split, cpu_pool, erf_threaded, gelu_exact_threaded,
+                               gelu_fast, gelu_split, layer_norm_fast, layer_norm_split, linear_split, single_threaded)
 from minibert.modeling import BertConfig, BertModel
 from minibert.nn import no_grad, op
 from minibert.registry import SpeedUp, implementation, reference_only
@@ -341,18 +341,19 @@ def test_with_grad_enabled_no_inference_only_speed_up_is_chosen():
 def test_float32_inference_gets_the_shortcuts():
     x = _x(np.float32)
     with no_grad():
-        assert op("gelu", x) == (gelu_fast, None)
-        assert op("layer_norm", x) == (layer_norm_fast, None)
-        assert op("attention", x) == (attention_keys_first, None)
+        assert op("gelu", x) == (gelu_split, None)
+        assert op("layer_norm", x) == (layer_norm_split, None)
+        assert op("attention", x) == (attention_split, None)
+        assert op("linear", x) == (linear_split, None)
         assert op("gelu_new", x) == registry.REFERENCE["gelu_new"]
-    assert implementation("attention", x, inference=True) == (attention_keys_first, None)
+    assert implementation("attention", x, inference=True) == (attention_split, None)
 
 
 def test_float64_inference_gets_the_reference_but_the_exact_threaded_gelu():
     x = _x(np.float64)
     with no_grad():
         assert op("gelu", x) == (gelu_exact_threaded, ops.gelu_backward)
-        for name in ("layer_norm", "attention"):
+        for name in ("layer_norm", "attention", "linear"):
             assert op(name, x) == registry.REFERENCE[name]
     assert implementation("layer_norm", x, inference=True) == registry.REFERENCE["layer_norm"]
 
@@ -373,13 +374,125 @@ def test_reference_only_turns_every_speed_up_off():
         assert implementation("gelu", _x(np.float32), True) == registry.REFERENCE["gelu"]   # still off: nested
     with pytest.raises(RuntimeError), reference_only():
         raise RuntimeError("the block fails")
-    assert implementation("gelu", _x(np.float32), True) == (gelu_fast, None)          # restored after an error
+    assert implementation("gelu", _x(np.float32), True) == (gelu_split, None)         # restored after an error
 
 
 def test_register_refuses_an_unknown_op():
     with pytest.raises(ValueError, match="unknown op 'softplus'"):
         registry.register(SpeedUp(op="softplus", forward=np.abs, backward=None, device="cpu"))
     assert not any(op == "softplus" for op, _ in registry._speed_ups)
+
+
+# --------------------------------------------------------------------------- one batch on every core
+@pytest.fixture
+def split_everything(cores, monkeypatch):
+    """Two cores, and every size worth splitting, so the small test arrays take the split path."""
+    cores(2)
+    monkeypatch.setattr(cpu, "blas_threads", lambda: 2)
+    monkeypatch.setattr(cpu, "SPLIT_MIN_MULTIPLY_ADDS", 0)
+    monkeypatch.setattr(cpu, "SPLIT_MIN_SIZE", 0)
+    calls = []
+    real_run_parts = cpu.run_parts
+
+    def counting_run_parts(work, parts):
+        calls.append(parts)
+        return real_run_parts(work, parts)
+
+    monkeypatch.setattr(cpu, "run_parts", counting_run_parts)
+    return calls
+
+
+def _blas_threads():
+    return [lib.num_threads for lib in cpu._blas_libraries()]
+
+
+@pytest.mark.parametrize("shape", [(7, 12), (3, 5, 12), (1, 12)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_split_equals_the_reference(rng, split_everything, shape, bias):
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal((9, 12)).astype(np.float32)
+    b = rng.standard_normal(9).astype(np.float32) if bias else None
+    threads = _blas_threads()
+    y, cache = linear_split(x, w, b)
+    expected, _ = ops.linear_forward(x, w, b)
+    assert cache is None and y.shape == expected.shape and y.dtype == np.float32
+    np.testing.assert_allclose(y, expected, rtol=1e-6, atol=1e-6)
+    assert split_everything == [2]
+    assert _blas_threads() == threads                             # BLAS's own threads are given back
+
+
+def test_linear_split_leaves_mixed_precision_and_pool_threads_to_the_reference(rng, split_everything):
+    x = rng.standard_normal((8, 12)).astype(np.float32)
+    w = rng.standard_normal((9, 12)).astype(np.float32)
+    y16, _ = linear_split(x, w, None, np.float16)
+    np.testing.assert_array_equal(y16, ops.linear_forward(x, w, None, np.float16)[0])
+    with single_threaded():
+        y, _ = linear_split(x, w)
+    np.testing.assert_array_equal(y, ops.linear_forward(x, w)[0])
+    assert split_everything == []
+
+
+def test_layer_norm_split_equals_the_one_call_bit_for_bit(rng, split_everything):
+    x = rng.standard_normal((5, 7, 16)).astype(np.float32) * 3 + 1
+    g, b = (rng.standard_normal(16).astype(np.float32) for _ in range(2))
+    y, cache = layer_norm_split(x, g, b, 1e-12)
+    assert cache is None and split_everything == [2]
+    np.testing.assert_array_equal(y, layer_norm_fast(x, g, b, 1e-12)[0])
+
+
+def test_gelu_split_equals_the_one_thread_gelu_bit_for_bit(rng, split_everything):
+    x = rng.standard_normal((300, 1000)).astype(np.float32) * 4      # several GELU chunks
+    y, cache = gelu_split(x)
+    assert cache is None and split_everything == [2]
+    np.testing.assert_array_equal(y, gelu_fast(x)[0])
+
+
+@pytest.mark.parametrize("mask_kind", ["padding", "none", "full"])
+def test_attention_split_equals_the_reference(rng, split_everything, mask_kind):
+    q, k, v = _qkv(rng, np.float32, batch=5)
+    if mask_kind == "padding":
+        mask = _padding_mask([6, 2, 4, 1, 6], 6, np.float32)
+    elif mask_kind == "full":
+        mask = np.where(rng.random((5, 2, 6, 6)) < 0.7, 0.0, np.finfo(np.float32).min).astype(np.float32)
+        mask[..., 0] = 0.0
+    else:
+        mask = None
+    out, cache = attention_split(q, k, v, mask, 0.0, None, False)
+    expected, _ = ops.attention_forward(q, k, v, mask, 0.0, None, False)
+    assert cache is None and split_everything == [2]
+    np.testing.assert_allclose(out, expected, rtol=2e-6, atol=2e-6)
+
+
+def test_attention_split_balances_the_work_of_long_and_short_sequences():
+    lengths = np.array([30, 4, 4, 4, 4, 4, 4, 4])
+    cuts = cpu._bounds(8, 2, lengths ** 2 + 1)
+    assert cuts.tolist() == [0, 1, 8]                                 # the long one alone
+    assert cpu._bounds(10, 3).tolist() == [0, 3, 6, 10]
+
+
+def test_the_split_uses_as_many_cores_as_blas_may(cores, monkeypatch):
+    cores(4)
+    for allowed, parts in ((1, 1), (2, 2), (8, 4)):
+        monkeypatch.setattr(cpu, "blas_threads", lambda: allowed)
+        assert cpu.split_parts(100, 10) == parts
+    assert cpu.split_parts(5, 10) == 1                                # too small to pay
+    with single_threaded():
+        assert cpu.split_parts(100, 10) == 1                          # a thread that keeps its work
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_single_threaded_blas_gives_the_threads_back_also_after_an_error(threads):
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=threads, user_api="blas"):
+        assert all(n == threads for n in _blas_threads())
+        with cpu.single_threaded_blas():
+            assert all(n == 1 for n in _blas_threads())
+        assert all(n == threads for n in _blas_threads())
+        with pytest.raises(RuntimeError):
+            with cpu.single_threaded_blas():
+                raise RuntimeError("inside")
+        assert all(n == threads for n in _blas_threads())
 
 
 # --------------------------------------------------------------------------- the model, inference mode
@@ -430,6 +543,18 @@ def test_model_inference_with_output_positions_gives_the_rows_of_the_reference(d
     np.testing.assert_allclose(rows, ref_rows, atol=tol)
     np.testing.assert_allclose(rows, full.reshape(-1, 24)[positions], atol=tol)
     np.testing.assert_allclose(pooled, ref_pooled, atol=tol)
+
+
+def test_model_inference_split_over_two_cores_equals_the_reference(split_everything):
+    model, ids, mask = _model_and_batch("gelu", np.float32)
+    with no_grad():
+        hidden, pooled = model.forward(ids, attention_mask=mask)
+    with reference_only():
+        ref_hidden, ref_pooled = model.forward(ids, attention_mask=mask)
+    real = mask.astype(bool)
+    np.testing.assert_allclose(hidden[real], ref_hidden[real], atol=2e-6)
+    np.testing.assert_allclose(pooled, ref_pooled, atol=2e-6)
+    assert len(split_everything) >= 2 * 8                           # each layer: 6 products, attention, 2 LayerNorms
 
 
 def test_model_inference_without_padding_or_mask_equals_the_reference():

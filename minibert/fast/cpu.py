@@ -10,6 +10,10 @@ Shapes: B batch, N heads, T sequence (Tq queries, Tk keys), D head size, H hidde
   1.7e-7 max(1, |x|) from the exact GELU, 3.4e-7 at most), ``layer_norm_fast``
   (fewer full-size temporaries), and ``attention_keys_first`` (each sequence over its real
   keys only, the scores stored keys first so the softmax reduces along long rows).
+* One batch on every core (float32 inference): ``linear_split``, ``layer_norm_split``,
+  ``gelu_split`` and ``attention_split`` cut each op's rows into one block per core, every
+  block on single-threaded BLAS. These are what the registry gives the model under
+  ``no_grad``; the functions above are their per-block work.
 
 All pool work goes through one thread pool, :func:`cpu_pool`, one thread per available core.
 
@@ -136,13 +140,8 @@ def _gelu_chunk(x, y, a, t, e):
 
 
 def gelu_fast(x, threaded: bool = False):
-    """GELU for float32 inference: a new array, worked through cache-sized chunks (on the
-    pool's threads when ``threaded``). Returns (y, None): no cache.
-
-    The model runs it on the calling thread: at about 4 ns an element it is too short to
-    gain from the pool while OpenBLAS's own threads spin between the matrix products
-    (measured one batch at a time with two BLAS threads: 4.42-4.47 s on one thread against
-    4.73-4.94 s on the pool, for the 1,000 sentences of benchmarks/embed.py).
+    """GELU for float32 inference: a new array, worked through cache-sized chunks (shared by
+    the cores when ``threaded``, see :func:`gelu_split`). Returns (y, None): no cache.
     """
     flat_in = x.reshape(-1)
     y = np.empty(x.shape, dtype=x.dtype)
@@ -156,8 +155,9 @@ def gelu_fast(x, threaded: bool = False):
         _gelu_chunk(piece, flat[start:start + CHUNK], *(b[:piece.size] for b in local.buffers))
 
     starts = range(0, flat.size, CHUNK)
-    if threaded and flat.size > CHUNK and not _in_pool_worker():
-        list(cpu_pool().map(work, starts))
+    parts = min(len(starts), split_parts(flat.size, CHUNK + 1)) if threaded else 1
+    if parts > 1:
+        run_parts(lambda i: [work(start) for start in starts[i::parts]], parts)
     else:
         for start in starts:
             work(start)
@@ -187,17 +187,22 @@ class single_threaded:
 
 def layer_norm_fast(x, gamma, beta, eps=1e-12):
     """LayerNorm for float32 inference: one full-size temporary instead of three."""
-    y = x - x.mean(axis=-1, keepdims=True)             # (..., H)
-    y2 = y.reshape(-1, y.shape[-1])                    # (R, H) view
-    var = np.einsum("ij,ij->i", y2, y2)                # (R,) sum of squares, no (R, H) temporary
-    var *= 1.0 / y2.shape[1]
+    y = np.empty_like(x)
+    _layer_norm_rows(x.reshape(-1, x.shape[-1]), gamma, beta, eps, y.reshape(-1, x.shape[-1]))
+    return y, None
+
+
+def _layer_norm_rows(x, gamma, beta, eps, out):
+    """out <- LayerNorm of the rows of x (R, H)."""
+    np.subtract(x, x.mean(axis=-1, keepdims=True), out=out)     # (R, H) centred
+    var = np.einsum("ij,ij->i", out, out)              # (R,) sum of squares, no (R, H) temporary
+    var *= 1.0 / out.shape[1]
     var += eps
     np.sqrt(var, out=var)
     np.reciprocal(var, out=var)
-    y2 *= var[:, None]
-    y2 *= gamma
-    y2 += beta
-    return y, None
+    out *= var[:, None]
+    out *= gamma
+    out += beta
 
 
 def attention_keys_first(q, k, v, mask=None, dropout_p=0.0, rng=None, training=True):
@@ -269,10 +274,140 @@ def _attend_keys_first(q, k, v, mask):
     return probabilities @ v                                           # (B, N, Tq, D)
 
 
+# ============================================================================ one batch on every core
+# Inference one batch at a time: each op's rows are split into one block per core, and every
+# block runs its matrix products on single-threaded BLAS. Left to itself, multi-threaded
+# BLAS keeps its extra threads spinning after each product, on the very cores that the
+# elementwise work between the products needs; split this way, the elementwise work is
+# shared by the cores too.
+SPLIT_MIN_MULTIPLY_ADDS = 1 << 21     # smaller products: one call (the hand-off costs more)
+SPLIT_MIN_SIZE = 1 << 15              # smaller elementwise work: one call
+
+_blas = None
+
+
+def _blas_libraries():
+    """threadpoolctl's handles on the BLAS libraries NumPy loaded (found once)."""
+    global _blas
+    if _blas is None:
+        from threadpoolctl import ThreadpoolController
+
+        _blas = ThreadpoolController().select(user_api="blas").lib_controllers
+    return _blas
+
+
+class single_threaded_blas:
+    """Inside the block, BLAS runs each call on the calling thread (process-wide setting)."""
+
+    def __enter__(self):
+        self.previous = [(lib, lib.num_threads) for lib in _blas_libraries()]
+        for lib, _ in self.previous:
+            lib.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        for lib, threads in self.previous:
+            lib.set_num_threads(threads)
+
+
+def blas_threads() -> int:
+    """The threads BLAS may use now (OPENBLAS_NUM_THREADS, threadpoolctl): the split uses as many."""
+    return max([lib.num_threads for lib in _blas_libraries()], default=available_cores())
+
+
+def split_parts(size: int, min_size: int) -> int:
+    """Blocks to split work of ``size`` into: one per core BLAS may use, or 1 where splitting
+    does not pay (small work, one core, or a thread that must keep its work to itself)."""
+    if size < min_size or _in_pool_worker():
+        return 1
+    return max(1, min(available_cores(), blas_threads()))
+
+
+def run_parts(work, parts: int) -> None:
+    """work(0), ..., work(parts - 1) at the same time: part 0 on the calling thread, the others
+    on the pool, all with single-threaded BLAS."""
+    with single_threaded_blas():
+        pending = [cpu_pool().submit(work, i) for i in range(1, parts)]
+        work(0)
+        for future in pending:
+            future.result()
+
+
+def _bounds(n: int, parts: int, weights=None):
+    """parts + 1 cut points splitting range(n) into blocks of about equal weight (default 1 each)."""
+    if weights is None:
+        return np.linspace(0, n, parts + 1).astype(int)
+    total = np.concatenate([[0], np.cumsum(weights)])
+    return np.searchsorted(total, np.linspace(0, total[-1], parts + 1)).clip(0, n)
+
+
+def linear_split(x, weight, bias=None, compute_dtype=None):
+    """ops.linear_forward for float32 inference, rows split over the cores. Returns (y, None)."""
+    out_features, in_features = weight.shape
+    x2 = x.reshape(-1, in_features)                                     # (M, in)
+    parts = split_parts(x2.shape[0] * in_features * out_features, SPLIT_MIN_MULTIPLY_ADDS)
+    if parts == 1 or compute_dtype not in (None, weight.dtype):
+        return ops.linear_forward(x, weight, bias, compute_dtype)[0], None
+    y = np.empty((x2.shape[0], out_features), dtype=weight.dtype)       # (M, out)
+    cuts = _bounds(x2.shape[0], parts)
+
+    def work(i):
+        rows = slice(cuts[i], cuts[i + 1])
+        np.matmul(x2[rows], weight.T, out=y[rows])
+        if bias is not None:
+            y[rows] += bias
+
+    run_parts(work, parts)
+    return y.reshape(*x.shape[:-1], out_features), None
+
+
+def layer_norm_split(x, gamma, beta, eps=1e-12):
+    """layer_norm_fast with its rows split over the cores."""
+    parts = split_parts(x.size, SPLIT_MIN_SIZE)
+    if parts == 1:
+        return layer_norm_fast(x, gamma, beta, eps)
+    x2 = x.reshape(-1, x.shape[-1])                                     # (R, H)
+    y = np.empty_like(x)
+    y2 = y.reshape(x2.shape)
+    cuts = _bounds(x2.shape[0], parts)
+
+    def work(i):
+        rows = slice(cuts[i], cuts[i + 1])
+        _layer_norm_rows(x2[rows], gamma, beta, eps, y2[rows])
+
+    run_parts(work, parts)
+    return y, None
+
+
+def gelu_split(x):
+    """gelu_fast with its chunks shared by the cores."""
+    return gelu_fast(x, threaded=True)
+
+
+def attention_split(q, k, v, mask=None, dropout_p=0.0, rng=None, training=True):
+    """attention_keys_first with the batch's sequences split over the cores (about equal
+    work: a sequence of n real keys costs about n^2)."""
+    batch = q.shape[0]
+    parts = min(batch, split_parts(q.size, SPLIT_MIN_SIZE))
+    if parts == 1 or (training and dropout_p > 0.0) or (mask is not None and mask.shape[0] != batch):
+        return attention_keys_first(q, k, v, mask, dropout_p, rng, training)
+    lengths = padding_lengths(mask, k.shape[2])                         # (B,) or None
+    cuts = _bounds(batch, parts, None if lengths is None else lengths.astype(np.int64) ** 2 + 1)
+    o = np.empty(q.shape[:3] + v.shape[3:], dtype=q.dtype)              # (B, N, Tq, D)
+
+    def work(i):
+        s = slice(cuts[i], cuts[i + 1])
+        if s.start < s.stop:
+            o[s] = attention_keys_first(q[s], k[s], v[s], None if mask is None else mask[s])[0]
+
+    run_parts(work, parts)
+    return o, None
+
+
 SPEED_UPS = [
     dict(op="gelu", forward=gelu_exact_threaded, backward=ops.gelu_backward, device="cpu",
          dtypes=("float32", "float64")),
-    dict(op="gelu", forward=gelu_fast, backward=None, device="cpu", inference_only=True),
-    dict(op="layer_norm", forward=layer_norm_fast, backward=None, device="cpu", inference_only=True),
-    dict(op="attention", forward=attention_keys_first, backward=None, device="cpu", inference_only=True),
+    dict(op="gelu", forward=gelu_split, backward=None, device="cpu", inference_only=True),
+    dict(op="layer_norm", forward=layer_norm_split, backward=None, device="cpu", inference_only=True),
+    dict(op="attention", forward=attention_split, backward=None, device="cpu", inference_only=True),
+    dict(op="linear", forward=linear_split, backward=None, device="cpu", inference_only=True),
 ]

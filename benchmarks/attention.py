@@ -23,10 +23,13 @@ GFLOP/s count the matrix products only, 4 B N T^2 D for the forward and 2.5 time
 the backward (the usual convention for attention; flash's backward does one product more,
 which is not counted).
 
-GPU mode (``--device cuda``, needs CuPy and a GPU): minibert's CUDA flash-attention kernel
-(minibert.fast.cuda) against the naive op on CuPy arrays and, when PyTorch sees the GPU,
-torch's scaled_dot_product_attention, in TFLOP/s with the same FLOP count, timed with CUDA
-events after a warm-up, float16 (float32 for the naive op, which has no float16 softmax).
+GPU mode (``--device cuda``, needs CuPy and a GPU): minibert's CUDA flash-attention kernels
+(minibert.fast.cuda) -- version 1 (``minibert-v1``, CUDA cores, float16 and float32) and
+version 2 (``minibert-v2``, tensor cores, float16 and bfloat16, head sizes 64 and 128) --
+against the naive op on CuPy arrays (float32, the naive op has no float16 softmax) and,
+when PyTorch sees the GPU, torch's scaled_dot_product_attention (float16, bfloat16,
+float32), in TFLOP/s with the same FLOP count, timed with CUDA events after a warm-up.
+Every minibert kernel is first checked against the NumPy reference op at T=70.
 """
 
 from __future__ import annotations
@@ -271,18 +274,82 @@ def _print_ratios(rows):
 
 
 # ============================================================================ GPU
-def run_cuda(args):
-    """Time minibert's CUDA flash attention, the naive op on CuPy and torch SDPA, in TFLOP/s."""
-    sys.path.insert(0, ROOT)
-    from minibert.backend import cuda_available
+def _bfloat16_bits(cp, x):
+    """The bfloat16 bits (uint16) of float32 values, rounded to nearest even (CuPy has no bfloat16)."""
+    import numpy as np
 
-    if not cuda_available():
-        raise SystemExit("--device cuda needs CuPy and a visible CUDA GPU")
-    import cupy as cp
+    bits = cp.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def _as_float64(x):
+    """Host float64 values of a kernel's array (uint16 arrays hold bfloat16 bits)."""
+    import numpy as np
+
+    from minibert.backend import to_numpy
+
+    x = to_numpy(x)
+    if x.dtype == np.uint16:
+        return (x.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    return x.astype(np.float64)
+
+
+def gpu_cases(cp, shape):
+    """(label, dtype, forward, backward, (q, k, v, do)) for every minibert CUDA case at ``shape``:
+    version 1 in float16 and float32, version 2 in float16 and bfloat16 (head sizes 64 and
+    128), and the naive op on CuPy arrays in float32. Inputs are drawn on the host."""
+    import numpy as np
 
     from minibert.fast import cuda as fast_cuda
     from minibert.ops.attention import attention_backward, attention_forward
 
+    rng = np.random.default_rng(0)
+    values = [cp.asarray(rng.standard_normal(shape, dtype=np.float32)) for _ in range(4)]
+    as_type = {"float32": lambda x: x, "float16": lambda x: x.astype(np.float16),
+               "bfloat16": lambda x: _bfloat16_bits(cp, x)}
+    cases = []
+    for label, dtype, forward, backward in (
+            ("minibert-v1", "float16", fast_cuda.flash_attention_forward, fast_cuda.flash_attention_backward),
+            ("minibert-v1", "float32", fast_cuda.flash_attention_forward, fast_cuda.flash_attention_backward),
+            ("minibert-v2", "float16", fast_cuda.flash_attention_tc_forward, fast_cuda.flash_attention_tc_backward),
+            ("minibert-v2", "bfloat16", fast_cuda.flash_attention_tc_forward, fast_cuda.flash_attention_tc_backward),
+            ("naive-cupy", "float32", attention_forward, attention_backward)):
+        if label == "minibert-v2" and shape[-1] not in fast_cuda.FLASH_TC_HEAD_SIZES:
+            continue
+        if label == "minibert-v1" and shape[-1] not in fast_cuda.FLASH_HEAD_SIZES:
+            continue
+        cases.append((label, dtype, forward, backward, tuple(as_type[dtype](x) for x in values)))
+    return cases
+
+
+def check_gpu_agreement(cp, head_size, length=70):
+    """A fast wrong answer must not pass: every minibert kernel against the NumPy reference op
+    in float64 on the same (rounded) inputs, at (1, 2, length, head_size); 70 rows make a
+    partial second tile for both versions. Tolerance: 3e-2 of the largest reference value
+    (float16/bfloat16 rounding of the probabilities)."""
+    import numpy as np
+
+    from minibert.ops.flash_attention import flash_attention_backward, flash_attention_forward
+
+    worst = {}
+    for label, dtype, forward, backward, inputs in gpu_cases(cp, (1, 2, length, head_size)):
+        if label == "naive-cupy":
+            continue
+        q, k, v, do = (_as_float64(x) for x in inputs)
+        o_ref, cache = flash_attention_forward(q, k, v)
+        expected = (o_ref, *flash_attention_backward(do, cache))
+        o, cache = forward(*inputs[:3])
+        actual = (o, *backward(inputs[3], cache))
+        error = max(float(np.abs(_as_float64(a) - e).max() / np.abs(e).max()) for a, e in zip(actual, expected))
+        worst[f"{label} {dtype}"] = error
+    print("agreement at T=%d: max |diff| / max |ref| " % length
+          + ", ".join(f"{name} {error:.1e}" for name, error in worst.items()))
+    if max(worst.values()) > 3e-2:
+        raise SystemExit("a CUDA kernel disagrees with the reference op: not benchmarking a wrong answer")
+    return worst
+
+
+def _cuda_event_timer(cp):
     def timed(fn, repeats):
         fn()                                              # warm-up: compilation, allocator
         start, end = cp.cuda.Event(), cp.cuda.Event()
@@ -294,32 +361,44 @@ def run_cuda(args):
             end.synchronize()
             times.append(cp.cuda.get_elapsed_time(start, end) / 1e3)
         return statistics.median(times)
+    return timed
+
+
+def run_cuda(args, cp=None, timer=None, device_name=None, check_length=70):
+    """Time minibert's CUDA flash attention (versions 1 and 2), the naive op on CuPy and torch
+    SDPA, in TFLOP/s. ``cp``, ``timer`` (fn, repeats) -> seconds, ``device_name`` and
+    ``check_length`` replace CuPy, CUDA-event timing, the GPU's name and the agreement
+    check's length (the tests run this path on the CUDA emulator, where threads are slow)."""
+    sys.path.insert(0, ROOT)
+    if cp is None:
+        from minibert.backend import cuda_available
+
+        if not cuda_available():
+            raise SystemExit("--device cuda needs CuPy and a visible CUDA GPU")
+        import cupy as cp
+    timer = timer or _cuda_event_timer(cp)
+    device_name = device_name or cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
 
     torch = None
     if _torch_available():
         import torch as _torch
 
         torch = _torch if _torch.cuda.is_available() else None
-    print(f"GPU attention on {cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}, "
-          f"B={args.batch} N={args.heads} D={args.head_size}, median of {args.repeats}")
+    print(f"GPU attention on {device_name}, B={args.batch} N={args.heads} D={args.head_size}, no mask, "
+          f"median of {args.repeats}")
+    check_gpu_agreement(cp, args.head_size, check_length)
     print(f"{'impl':<16} {'dtype':<8} {'T':>5} | {'fwd TFLOP/s':>11} {'bwd TFLOP/s':>11} {'fwd+bwd TFLOP/s':>15}")
+    rows = []
     for length in args.lengths:
         fwd_flops, bwd_flops = attention_flops(args.batch, args.heads, length, args.head_size)
         shape = (args.batch, args.heads, length, args.head_size)
-        cases = []
-        for dtype in (cp.float16, cp.float32):
-            q, k, v, do = (cp.random.standard_normal(shape, dtype=cp.float32).astype(dtype) for _ in range(4))
-            cases.append(("minibert-cuda", dtype, fast_cuda.flash_attention_forward,
-                          fast_cuda.flash_attention_backward, (q, k, v, do)))
-            if dtype == cp.float32:
-                cases.append(("naive-cupy", dtype, attention_forward, attention_backward, (q, k, v, do)))
-        for label, dtype, forward, backward, (q, k, v, do) in cases:
-            t_fwd = timed(lambda: forward(q, k, v), args.repeats)
+        for label, dtype, forward, backward, (q, k, v, do) in gpu_cases(cp, shape):
+            t_fwd = timer(lambda: forward(q, k, v), args.repeats)
             _, cache = forward(q, k, v)
-            t_bwd = timed(lambda: backward(do, cache), args.repeats)
-            _report_gpu(label, cp.dtype(dtype).name, length, fwd_flops, bwd_flops, t_fwd, t_bwd)
+            t_bwd = timer(lambda: backward(do, cache), args.repeats)
+            rows.append(_report_gpu(label, dtype, length, fwd_flops, bwd_flops, t_fwd, t_bwd))
         if torch is not None:
-            for dtype in (torch.float16, torch.float32):
+            for dtype in (torch.float16, torch.bfloat16, torch.float32):
                 q, k, v = (torch.randn(shape, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
                 do = torch.randn(shape, device="cuda", dtype=dtype)
                 sdpa = torch.nn.functional.scaled_dot_product_attention
@@ -339,13 +418,17 @@ def run_cuda(args):
 
                 t_fwd = torch_timed(lambda: sdpa(q, k, v))
                 t_both = torch_timed(lambda: sdpa(q, k, v).backward(do))
-                _report_gpu("torch-sdpa", str(dtype).replace("torch.", ""), length, fwd_flops, bwd_flops,
-                            t_fwd, t_both - t_fwd)
+                rows.append(_report_gpu("torch-sdpa", str(dtype).replace("torch.", ""), length, fwd_flops,
+                                        bwd_flops, t_fwd, t_both - t_fwd))
+    return rows
 
 
 def _report_gpu(label, dtype, length, fwd_flops, bwd_flops, t_fwd, t_bwd):
-    print(f"{label:<16} {dtype:<8} {length:>5} | {fwd_flops / t_fwd / 1e12:11.1f} "
-          f"{bwd_flops / t_bwd / 1e12:11.1f} {(fwd_flops + bwd_flops) / (t_fwd + t_bwd) / 1e12:15.1f}", flush=True)
+    row = {"impl": label, "dtype": dtype, "length": length, "fwd_tflops": fwd_flops / t_fwd / 1e12,
+           "bwd_tflops": bwd_flops / t_bwd / 1e12, "both_tflops": (fwd_flops + bwd_flops) / (t_fwd + t_bwd) / 1e12}
+    print(f"{label:<16} {dtype:<8} {length:>5} | {row['fwd_tflops']:11.1f} {row['bwd_tflops']:11.1f} "
+          f"{row['both_tflops']:15.1f}", flush=True)
+    return row
 
 
 # ============================================================================ command line

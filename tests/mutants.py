@@ -402,6 +402,12 @@ MUTANTS = [
     Mutant('ML10', 'minibert/data/multilingual.py', '    if unknown or not languages:', '    if unknown:', ['tests/test_multilingual_vocab.py'], 'multilingual text: an empty list of languages is not reported'),
     Mutant('ML11', 'examples/multilingual_vocab.py', '        return prefix + "\\u00b7".join(body)', '        return prefix + body', ['tests/test_multilingual_vocab.py'], 'example: Hangul jamo of a stripped syllable shown joined (drawn as the syllable)'),
     Mutant('ML12', 'minibert/data/multilingual.py', '            if language.nouns_capitalised and word in lexicon.nouns:', '            if language.nouns_capitalised and word not in lexicon.nouns:', ['tests/test_multilingual_vocab.py'], 'multilingual text: German capitalises the wrong two thirds of its lexicon'),
+    Mutant('KT1', 'kernels/flash_attention_tc.cu', 'acc[c] = acc[c] * alpha + pv[r * out_ld(D) + 2 * c + half];', 'acc[c] = acc[c] + pv[r * out_ld(D) + 2 * c + half];', ['tests/test_kernels.py'], 'version 2 forward does not rescale the register accumulator when the running max grows'),
+    Mutant('KT2', 'kernels/flash_attention_tc.cu', 'tile_max = fmaxf(tile_max, __shfl_xor_sync(FULL_MASK, tile_max, 1));', 'tile_max = fmaxf(tile_max, __shfl_xor_sync(FULL_MASK, tile_max, 2));', ['tests/test_kernels.py'], 'the lane pair combines its tile maximum with a lane of the next row instead of its partner'),
+    Mutant('KT3', 'kernels/flash_attention_tc.cu', 'dk[idx + d] = from_float<T>(scratch[r * out_ld(D) + d] * a.scale);', 'dk[idx + d] = from_float<T>(scratch[r * D + d] * a.scale);', ['tests/test_kernels.py'], 'dk is read back from the padded warp tile with the unpadded row length'),
+    Mutant('KT4', 'minibert/fast/cuda.py', 'dtypes=("float16", "bfloat16"), accepts=flash_tc_accepts', 'dtypes=("float16",), accepts=flash_tc_accepts', ['tests/test_kernels.py'], 'the registry never gives bfloat16 arrays to version 2'),
+    Mutant('KT5', 'minibert/fast/cuda.py', 'return (q.ndim == 4 and q.size > 0 and q.shape[-1] in FLASH_TC_HEAD_SIZES', 'return (q.ndim == 4 and q.size > 0 and q.shape[-1] in FLASH_HEAD_SIZES', ['tests/test_kernels.py'], 'version 2 claims head size 32, for which it has no kernel'),
+    Mutant('KT6', 'benchmarks/attention.py', 'if max(worst.values()) > 3e-2:', 'if max(worst.values()) < 3e-2:', ['tests/test_kernels.py'], 'the GPU benchmark refuses correct kernels and would time wrong ones'),
 ]
 
 

@@ -16,10 +16,13 @@ its reference op.
       python -m pytest -m emulated
 """
 
+import argparse
+import importlib.util
 import inspect
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +31,7 @@ from cuda_emulator import MISSING_TOOLCHAIN, compiler, use_emulator
 from minibert import registry
 from minibert.backend import cuda_available
 from minibert.fast import cuda
+from minibert.modeling import BertConfig, BertModel
 from minibert.ops import adamw_update, cross_entropy_backward, cross_entropy_forward, gelu_backward, gelu_forward
 from minibert.ops import layer_norm_backward, layer_norm_forward
 from minibert.ops.flash_attention import flash_attention_backward, flash_attention_forward
@@ -42,7 +46,13 @@ KERNELS = {
     "cross_entropy": (cuda.cross_entropy_forward, cuda.cross_entropy_backward, ("float32",)),
     "adamw_update": (cuda.adamw_update, None, ("float32",)),
 }
-WRAPPERS = {f for forward, backward, _ in KERNELS.values() for f in (forward, backward) if f is not None}
+# op -> (forward, backward, dtypes): a second kernel of the op, registered after the first and
+# so tried before it (where both apply, this one runs)
+TRIED_FIRST = {
+    "flash_attention": (cuda.flash_attention_tc_forward, cuda.flash_attention_tc_backward, ("float16", "bfloat16")),
+}
+WRAPPERS = {f for forward, backward, _ in (*KERNELS.values(), *TRIED_FIRST.values())
+            for f in (forward, backward) if f is not None}
 
 
 # ============================================================================ sources
@@ -65,12 +75,14 @@ def test_every_kernel_documents_its_launch(filename):
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH: CUDA sources not compiled")
-@pytest.mark.parametrize("filename", cuda.KERNEL_FILES)
-def test_source_compiles_with_nvcc(filename, tmp_path):
-    """PTX for sm_90 with every template variant the loader asks for (MINIBERT_INSTANTIATE_ALL)."""
+@pytest.mark.parametrize("filename, arch", [(f, "sm_90") for f in cuda.KERNEL_FILES]
+                         + [("flash_attention_tc.cu", "sm_80")])        # the oldest with bfloat16 wmma
+def test_source_compiles_with_nvcc(filename, arch, tmp_path):
+    """PTX for sm_90 (and sm_80 for the tensor-core kernels) with every template variant the
+    loader asks for (MINIBERT_INSTANTIATE_ALL)."""
     source = tmp_path / filename
     source.write_text(cuda.kernel_source(filename))
-    command = [NVCC, "--ptx", "-arch=sm_90", "-std=c++17", "-DMINIBERT_INSTANTIATE_ALL",
+    command = [NVCC, "--ptx", f"-arch={arch}", "-std=c++17", "-DMINIBERT_INSTANTIATE_ALL",
                "-o", str(tmp_path / "out.ptx"), str(source)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"nvcc failed on {filename}:\n{done.stderr}"
@@ -83,16 +95,17 @@ def _cuda_entries(op):
 
 def test_the_registry_lists_the_cuda_kernels_for_their_ops_and_dtypes():
     assert {op for op in registry.REFERENCE if _cuda_entries(op)} == set(KERNELS)
-    for op, (forward, backward, dtypes) in KERNELS.items():
-        (entry,) = _cuda_entries(op)
-        assert (entry.forward, entry.backward, entry.dtypes) == (forward, backward, dtypes), op
-        assert not entry.inference_only, op
+    for op, kernel in KERNELS.items():
+        expected = [TRIED_FIRST[op], kernel] if op in TRIED_FIRST else [kernel]
+        assert [(e.forward, e.backward, e.dtypes) for e in _cuda_entries(op)] == expected, op
+        assert not any(e.inference_only for e in _cuda_entries(op)), op
 
 
-@pytest.mark.parametrize("op", sorted(KERNELS))
-def test_every_kernel_has_the_signature_of_its_reference_op(op):
+@pytest.mark.parametrize("op, forward, backward",
+                         [(op, f, b) for op, (f, b, _) in [*KERNELS.items(), *TRIED_FIRST.items()]],
+                         ids=[*KERNELS, *(f"{op}-tried-first" for op in TRIED_FIRST)])
+def test_every_kernel_has_the_signature_of_its_reference_op(op, forward, backward):
     reference_forward, reference_backward = registry.REFERENCE[op]
-    forward, backward, _ = KERNELS[op]
     assert inspect.signature(forward) == inspect.signature(reference_forward)
     if reference_backward is not None:
         assert inspect.signature(backward) == inspect.signature(reference_backward)
@@ -119,9 +132,28 @@ def _shaped(shape, dtype=np.float32):
     return np.broadcast_to(np.zeros((), dtype=dtype), shape)       # any shape, no memory
 
 
-ROUTING = [  # (op, array, kernel expected)
+class _Bfloat16Array:
+    """What the registry reads of a bfloat16 array (NumPy has no such dtype): dtype name and shape."""
+
+    class dtype:
+        name = "bfloat16"
+
+    def __init__(self, shape):
+        self.shape, self.ndim, self.size = shape, len(shape), int(np.prod(shape))
+
+
+ROUTING = [  # (op, array, kernel expected: True, False or "tried first")
     ("flash_attention", np.zeros((2, 3, 5, 64), np.float32), True),
     ("flash_attention", np.zeros((2, 3, 5, 32), np.float16), True),
+    ("flash_attention", np.zeros((2, 3, 5, 64), np.float16), "tried first"),     # version 2
+    ("flash_attention", np.zeros((1, 2, 7, 128), np.float16), "tried first"),
+    ("flash_attention", _Bfloat16Array((2, 3, 5, 64)), "tried first"),
+    ("flash_attention", _Bfloat16Array((1, 2, 7, 128)), "tried first"),
+    ("flash_attention", _Bfloat16Array((2, 3, 5, 32)), False),                   # no kernel for bfloat16 there
+    ("flash_attention", _Bfloat16Array((2, 3, 0, 64)), False),                   # no query rows
+    ("flash_attention", np.zeros((2, 3, 5, 48), np.float16), False),
+    ("flash_attention", _shaped((255, 257, 1, 64), np.float16), "tried first"),  # B * N = 65535
+    ("flash_attention", _shaped((256, 257, 1, 128), np.float16), False),
     ("flash_attention", np.zeros((1, 2, 7, 128), np.float32), True),
     ("flash_attention", np.zeros((2, 3, 5, 48), np.float32), False),          # head size
     ("flash_attention", np.zeros((2, 3, 5, 64), np.float64), False),          # dtype
@@ -148,9 +180,10 @@ ROUTING = [  # (op, array, kernel expected)
 
 
 @pytest.mark.parametrize("op, x, kernel", ROUTING,
-                         ids=[f"{op}-{x.dtype}-{'x'.join(map(str, x.shape))}" for op, x, _ in ROUTING])
+                         ids=[f"{op}-{x.dtype.name}-{'x'.join(map(str, x.shape))}" for op, x, _ in ROUTING])
 def test_the_registry_runs_a_kernel_exactly_where_it_applies(numpy_as_gpu_arrays, op, x, kernel):
-    expected = KERNELS[op][:2] if kernel else registry.REFERENCE[op]
+    expected = (TRIED_FIRST[op][:2] if kernel == "tried first" else KERNELS[op][:2] if kernel
+                else registry.REFERENCE[op])
     for inference in (False, True):
         assert registry.implementation(op, x, inference=inference) == expected
     with registry.reference_only():
@@ -284,7 +317,9 @@ def test_flash_attention_kernel_float16(device, head_size, monkeypatch):
     o_ref, cache_ref = flash_attention_forward(*(x.astype(np.float32) for x in (q, k, v)))
     grads_ref = flash_attention_backward(do.astype(np.float32), cache_ref)
     g = [cp.asarray(x) for x in (q, k, v, do)]
-    forward, backward = _kernel_for("flash_attention", g[0])
+    forward, backward = cuda.flash_attention_forward, cuda.flash_attention_backward   # version 1 itself
+    if head_size not in cuda.FLASH_TC_HEAD_SIZES:
+        assert registry.implementation("flash_attention", g[0]) == (forward, backward)
     o, cache = forward(*g[:3])
     assert o.dtype == cp.float16
     grads = backward(g[3], cache)
@@ -587,7 +622,7 @@ def test_flash_attention_tc_kernel(device, case, monkeypatch):
     grads_ref = flash_attention_backward(as_float(stored[3]), cache_ref)
     o, cache = cuda.flash_attention_tc_forward(*(cp.asarray(x) for x in stored[:3]),
                                                None if mask is None else cp.asarray(mask), dropout_p,
-                                               dropout_seed=99, bfloat16=bfloat16)
+                                               dropout_seed=99)
     grads = cuda.flash_attention_tc_backward(cp.asarray(stored[3]), cache)
     tolerance = 2e-2 if bfloat16 else 1e-2
     for name, a, e in zip(("o", "dq", "dk", "dv"), (o, *grads), (o_ref, *grads_ref)):
@@ -610,14 +645,72 @@ def test_flash_attention_tc_kernel_reads_transposed_views_in_place(device, shape
         _close(cp, a, e, 1e-2, 1e-2 * np.abs(e).max(), name)
 
 
+@pytest.mark.parametrize("device, case", on_devices([(2, 77, 64), (2, 77, 128)], [(2, 20, 64)]))
+def test_the_models_attention_runs_version_2_through_the_registry(device, case, monkeypatch):
+    """The model's self-attention layer with float16 weights, head size 64 or 128: the registry
+    gives it version 2 (only its kernels are launched) and its output and input gradient equal
+    those of the reference op on the same float16 arrays (``registry.reference_only()``),
+    within 1e-2 relative plus 1e-2 of the largest value (both round to float16, at different
+    steps)."""
+    cp = device_module(device, monkeypatch)
+    batch, length, head_size = case
+    config = BertConfig(vocab_size=40, hidden_size=2 * head_size, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=length, attn_implementation="flash",
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    attention = BertModel(config, seed=3).encoder.layer[0].attention.self.to("cuda")
+    for p in attention.parameters():     # a float16 layer (models keep float32 or float64 weights)
+        p.data, p.grad = p.data.astype(np.float16), cp.zeros(p.data.shape, dtype=np.float16)
+    rng = np.random.default_rng(4)
+    h, dy = (cp.asarray(rng.standard_normal((batch, length, config.hidden_size)).astype(np.float16))
+             for _ in range(2))
+    mask = np.zeros((batch, 1, 1, length), np.float16)
+    mask[-1, ..., length // 2 + 1:] = np.finfo(np.float16).min                 # a padded sequence
+    mask = cp.asarray(mask)
+    launched, lookup = set(), cuda._function
+    monkeypatch.setattr(cuda, "_function", lambda file, name, every=(): launched.add(name) or lookup(file, name, every))
+    y = attention.forward(h, mask)                                                # (B, T, N*D)
+    dh = attention.backward(dy)                                                   # (B, T, H)
+    assert launched == set(cuda._flash_tc_names("float16", head_size).values())
+    with registry.reference_only():
+        y_ref = attention.forward(h, mask)
+        dh_ref = attention.backward(dy)
+    for name, a, e in (("context", y, y_ref), ("dh", dh, dh_ref)):
+        a, e = (cp.asnumpy(x).astype(np.float64) for x in (a, e))
+        np.testing.assert_allclose(a, e, rtol=1e-2, atol=1e-2 * np.abs(e).max(), err_msg=name)
+
+
+def _attention_benchmark():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "attention.py"
+    spec = importlib.util.spec_from_file_location("attention_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("device, case", on_devices(gpu_cases=(), emulated_cases=(None,)))
+def test_the_attention_benchmark_checks_and_times_both_versions(device, case, monkeypatch, capsys):
+    """The GPU path of benchmarks/attention.py on a tiny shape: its agreement check passes for
+    every kernel and it times versions 1 and 2 and the naive op (the emulator has no clock
+    worth reading: every run counts one second)."""
+    cp = device_module(device, monkeypatch)
+    benchmark = _attention_benchmark()
+    args = argparse.Namespace(batch=1, heads=1, head_size=64, lengths=[20], repeats=1)
+    rows = benchmark.run_cuda(args, cp=cp, timer=lambda fn, repeats: (fn(), 1.0)[1], device_name="the emulator",
+                              check_length=20)
+    assert [(row["impl"], row["dtype"]) for row in rows if row["impl"] != "torch-sdpa"] == [
+        ("minibert-v1", "float16"), ("minibert-v1", "float32"), ("minibert-v2", "float16"),
+        ("minibert-v2", "bfloat16"), ("naive-cupy", "float32")]
+    assert "agreement at T=20" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("device, case", on_devices())
 def test_flash_attention_tc_kernel_refuses_what_it_cannot_take(device, case, monkeypatch):
     cp = device_module(device, monkeypatch)
     q16 = cp.zeros((1, 2, 5, 64), dtype=cp.float16)
     with pytest.raises(TypeError, match="float16"):
         cuda.flash_attention_tc_forward(q16.astype(cp.float32), q16, q16)
-    with pytest.raises(TypeError, match="bfloat16 bits"):
-        cuda.flash_attention_tc_forward(q16, q16, q16, bfloat16=True)
+    with pytest.raises(TypeError, match="one dtype"):
+        cuda.flash_attention_tc_forward(q16.view(np.uint16), q16, q16)
     with pytest.raises(ValueError, match="D in"):
         cuda.flash_attention_tc_forward(q16[..., :32], q16[..., :32], q16[..., :32])
     with pytest.raises(ValueError, match="mask"):

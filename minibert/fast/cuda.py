@@ -11,6 +11,8 @@ registry op       kernel file (kernels/)     wrappers (here)                    
 ================  =========================  ======================================  ===========================
 flash_attention   flash_attention.cu         flash_attention_forward / _backward     flash_attention.py (the
                                                                                      same dropout hash)
+flash_attention   flash_attention_tc.cu      flash_attention_tc_forward / _backward  the same (version 2:
+                                                                                     tensor cores)
 layer_norm        layer_norm.cu              layer_norm_forward / _backward          layer_norm.py
 gelu              bias_gelu.cu (zero bias)   gelu_forward / gelu_backward            activations.py, exact erf
 (none)            bias_gelu.cu               bias_gelu_forward / _backward           gelu of x + bias
@@ -20,9 +22,11 @@ adamw_update      adamw.cu                   adamw_update                       
 
 Where each applies is declared in ``SPEED_UPS`` (end of this file) and decided by the
 registry (``minibert/registry.py``): CuPy arrays of the listed dtypes, and for flash
-attention head sizes 32, 64 or 128 with at most 65535 (batch x heads). Everything else runs
-the reference op. A wrapper called with arrays it cannot take (a NumPy array, a second array
-of another dtype, a wrong shape) raises ``TypeError`` or ``ValueError``; it never falls back.
+attention head sizes 32, 64 or 128 with at most 65535 (batch x heads): version 2 for float16
+and bfloat16 at head sizes 64 and 128, version 1 for float32 and the other float16 head
+sizes. Everything else runs the reference op. A wrapper called with arrays it cannot take (a
+NumPy array, a second array of another dtype, a wrong shape) raises ``TypeError`` or
+``ValueError``; it never falls back.
 
 A launch costs no driver query after a kernel's first: its function and the dynamic shared
 memory it has been allowed are kept in ``_kernels``. Flash attention reads q, k, v and do
@@ -273,11 +277,15 @@ def flash_attention_backward(do, cache):
 
 # ============================================================================ flash attention, version 2
 # kernels/flash_attention_tc.cu: the same algorithm with its matrix products on tensor cores
-# (nvcuda::wmma), float16 or bfloat16 inputs, head sizes 64 and 128, float32 accumulation.
-# Not in the registry: version 1 stays what the model runs until version 2 has been
-# validated and timed on a GPU. Its source includes the CUDA toolkit's mma.h.
+# (nvcuda::wmma) and FlashAttention-2's work partitioning, float16 or bfloat16 inputs, head
+# sizes 64 and 128, float32 accumulation. The registry gives it float16 and bfloat16 arrays
+# of those head sizes (version 1 keeps float32 and the other float16 head sizes). Its source
+# includes the CUDA toolkit's mma.h.
 FLASH_TC_HEAD_SIZES = (64, 128)
 FLASH_TC_TYPES = {"float16": "__half", "bfloat16": "__nv_bfloat16"}   # input type -> CUDA type
+# array dtype -> input type: CuPy has no bfloat16 dtype of its own, so bfloat16 values also
+# come as uint16 arrays of their bits; a bfloat16 dtype (ml_dtypes) is read through such a view
+FLASH_TC_DTYPES = {"float16": "float16", "bfloat16": "bfloat16", "uint16": "bfloat16"}
 TC_ROWS = 64               # query rows (forward, dq) or keys (dk/dv) per block, and per streamed tile
 
 
@@ -289,23 +297,39 @@ def _flash_tc_names(type_name, head_size):
 
 def _flash_tc_shared_bytes(kind, head_size):
     """The dynamic shared memory of a version-2 kernel (its Launch: comment in the source), 2-byte inputs."""
-    d, t = head_size, 2
+    t, warps = 2, THREADS // 32
+    tile = TC_ROWS * (head_size + 8) * t                       # a (64, D) tile, rows padded to D + 8
+    score_row, prob_row, out_row = (TC_ROWS + 4) * 4, (TC_ROWS + 8) * t, (head_size + 4) * 4
     if kind == "forward":
-        return 3 * TC_ROWS * d * t + 4 * (16 * TC_ROWS * 4 + 16 * TC_ROWS * t + 16 * d * 4)
+        return 2 * tile + warps * (16 * max(score_row, out_row) + 16 * prob_row)
     if kind == "dq":
-        return 4 * TC_ROWS * d * t + 4 * (max(2 * 16 * TC_ROWS, 16 * d) * 4 + 16 * TC_ROWS * t)
-    return 4 * TC_ROWS * d * t + 3 * TC_ROWS * 4 + 4 * (max(2 * 16 * TC_ROWS, 2 * 16 * d) * 4 + 2 * 16 * TC_ROWS * t)
+        return 4 * tile + warps * (max(2 * 16 * score_row, 16 * out_row) + 16 * prob_row)
+    return 4 * tile + 3 * TC_ROWS * 4 + warps * (max(2 * 16 * score_row, 2 * 16 * out_row) + 2 * 16 * prob_row)
 
 
-def _check_tc_inputs(q, k, v, mask, bfloat16):
-    storage = np.dtype(np.uint16 if bfloat16 else np.float16)
+def flash_tc_accepts(q) -> bool:
+    """The shapes version 2 takes: (B, N, Tq, D) with D in FLASH_TC_HEAD_SIZES and B * N within
+    one launch's grid (the registry has already checked the dtype)."""
+    return (q.ndim == 4 and q.size > 0 and q.shape[-1] in FLASH_TC_HEAD_SIZES
+            and q.shape[0] * q.shape[1] <= MAX_GRID_Y)
+
+
+def _bits(x):
+    """A 2-byte array as the kernel reads it: float16 itself, bfloat16 as a uint16 view of its bits."""
+    return x.view(np.uint16) if x.dtype.name == "bfloat16" else x
+
+
+def _check_tc_inputs(q, k, v, mask):
     for name, x in (("q", q), ("k", k), ("v", v)):
         if device_of(x) != "cuda":
             raise TypeError(f"flash attention (tensor cores): the CUDA kernel takes CuPy arrays, got {name} of "
                             f"type {type(x).__name__}")
-        if x.dtype != storage:
-            raise TypeError(f"flash attention (tensor cores): {name} must be {storage}"
-                            f"{' (bfloat16 bits)' if bfloat16 else ''}, got {x.dtype}")
+    if q.dtype.name not in FLASH_TC_DTYPES:
+        raise TypeError(f"flash attention (tensor cores): q must be float16, bfloat16 or uint16 (bfloat16 bits), "
+                        f"got {q.dtype}")
+    if not q.dtype == k.dtype == v.dtype:
+        raise TypeError(f"flash attention (tensor cores): q, k and v must have one dtype, got {q.dtype}, "
+                        f"{k.dtype}, {v.dtype}")
     if (q.ndim != 4 or k.shape != v.shape or k.ndim != 4 or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]
             or q.shape[3] not in FLASH_TC_HEAD_SIZES or k.shape[2] == 0 or q.shape[0] * q.shape[1] > MAX_GRID_Y):
         raise ValueError(f"flash attention (tensor cores): needs q (B, N, Tq, D) and k, v (B, N, Tk, D) with D in "
@@ -316,42 +340,44 @@ def _check_tc_inputs(q, k, v, mask, bfloat16):
                          f"got {mask.shape}")
 
 
-def flash_attention_tc_forward(q, k, v, mask=None, dropout_p=0.0, rng=None, training=True, dropout_seed=None,
-                               *, bfloat16=False):
+def flash_attention_tc_forward(q, k, v, mask=None, dropout_p=0.0, rng=None, training=True,
+                               block_q=_flash.DEFAULT_BLOCK_Q, block_k=_flash.DEFAULT_BLOCK_K, dropout_seed=None):
     """Version 2 of the fused attention, on tensor cores: o and the cache of its backward.
 
-    q, k, v: float16 (B, N, T, D) CuPy arrays with D 64 or 128, or with ``bfloat16=True``
-    uint16 arrays holding bfloat16 bits (CuPy has no bfloat16 dtype); o has their dtype.
-    mask and dropout as in flash_attention_forward (the same dropout masks).
+    q, k, v: (B, N, T, D) CuPy arrays with D 64 or 128, of float16, of bfloat16 or of uint16
+    holding bfloat16 bits (CuPy has no bfloat16 dtype of its own); o has their dtype. mask
+    and dropout as in flash_attention_forward (the same dropout masks). block_q and block_k
+    are taken for the reference op's signature: the kernel's tiles are 64 x 64.
     """
-    _check_tc_inputs(q, k, v, mask, bfloat16)
+    _check_tc_inputs(q, k, v, mask)
     cp = _cupy()
     batch, heads, n_queries, head_size = q.shape
     n_keys = k.shape[2]
-    q, k, v = (_readable(x) for x in (q, k, v))
+    o = cp.empty(q.shape, dtype=q.dtype)                                   # (B, N, Tq, D)
+    type_name = FLASH_TC_DTYPES[q.dtype.name]
+    q, k, v = (_readable(_bits(x)) for x in (q, k, v))
     layouts = tuple(_layout(x) for x in (q, k, v))
     dropout = _flash.dropout_setting(dropout_p, rng, training, dropout_seed)
-    o = cp.empty(q.shape, dtype=q.dtype)                                   # (B, N, Tq, D)
     row_max = cp.empty((batch, heads, n_queries), dtype=cp.float32)
     row_sum = cp.empty((batch, heads, n_queries), dtype=cp.float32)
     mask_array, has_mask, mask_strides = _mask_arguments(mask, row_max)
     scalars = _flash_scalars(heads, n_queries, n_keys, head_size, mask_array, has_mask, mask_strides, dropout)
-    names = _flash_tc_names("bfloat16" if bfloat16 else "float16", head_size)
+    names = _flash_tc_names(type_name, head_size)
     kernel = _function("flash_attention_tc.cu", names["forward"], tuple(names.values()))
     _launch(kernel, (math.ceil(n_queries / TC_ROWS), batch * heads), (THREADS,),
-            (q, k, v, o, row_max, row_sum, *layouts[0], *layouts[1], *layouts[2], *_NO_LAYOUT, *scalars),
+            (q, k, v, _bits(o), row_max, row_sum, *layouts[0], *layouts[1], *layouts[2], *_NO_LAYOUT, *scalars),
             _flash_tc_shared_bytes("forward", head_size))
-    return o, (q, k, v, o, row_max, row_sum, layouts, scalars, names)
+    return o, (q, k, v, o, row_max, row_sum, layouts, scalars, names)          # q, k, v as the kernel reads them
 
 
 def flash_attention_tc_backward(do, cache):
     """dq, dk, dv of flash_attention_tc_forward (delta, dq and dk/dv kernels; no atomics)."""
     cp = _cupy()
     q, k, v, o, row_max, row_sum, layouts, scalars, names = cache
-    if do.shape != o.shape or do.dtype != o.dtype:
+    if do.shape != o.shape or (do.dtype != o.dtype and o.dtype.name == "uint16"):
         raise ValueError(f"do must have the shape and dtype of the output {o.shape} {o.dtype}, "
                          f"got {do.shape} {do.dtype}")
-    do = _readable(do)
+    do = _readable(_bits(do if do.dtype == o.dtype else do.astype(o.dtype)))
     strides = (*layouts[0], *layouts[1], *layouts[2], *_layout(do))
     batch, heads, n_queries, head_size = q.shape
     n_keys = k.shape[2]
@@ -359,13 +385,13 @@ def flash_attention_tc_backward(do, cache):
     delta = cp.empty((batch, heads, n_queries), dtype=cp.float32)
     rows = batch * heads * n_queries
     _launch(_function("flash_attention_tc.cu", names["delta"], every), (math.ceil(rows / (THREADS // 32)),),
-            (THREADS,), (o, do, delta, np.int64(rows), np.int32(heads), np.int32(n_queries), *_layout(do)))
-    dq, dk, dv = cp.empty_like(q), cp.empty_like(k), cp.empty_like(v)
+            (THREADS,), (_bits(o), do, delta, np.int64(rows), np.int32(heads), np.int32(n_queries), *_layout(do)))
+    dq, dk, dv = (cp.empty(x.shape, dtype=o.dtype) for x in (q, k, v))   # contiguous, the dtype of o
     _launch(_function("flash_attention_tc.cu", names["dq"], every), (math.ceil(n_queries / TC_ROWS), batch * heads),
-            (THREADS,), (q, k, v, do, row_max, row_sum, delta, dq, *strides, *scalars),
+            (THREADS,), (q, k, v, do, row_max, row_sum, delta, _bits(dq), *strides, *scalars),
             _flash_tc_shared_bytes("dq", head_size))
     _launch(_function("flash_attention_tc.cu", names["dkdv"], every), (math.ceil(n_keys / TC_ROWS), batch * heads),
-            (THREADS,), (q, k, v, do, row_max, row_sum, delta, dk, dv, *strides, *scalars),
+            (THREADS,), (q, k, v, do, row_max, row_sum, delta, _bits(dk), _bits(dv), *strides, *scalars),
             _flash_tc_shared_bytes("dkdv", head_size))
     return dq, dk, dv
 
@@ -584,6 +610,10 @@ def compile_all():
 SPEED_UPS = [
     dict(op="flash_attention", forward=flash_attention_forward, backward=flash_attention_backward,
          device="cuda", dtypes=tuple(FLASH_DTYPES), accepts=flash_accepts),
+    # registered after version 1, so tried before it: float16 at head sizes 64 and 128 runs
+    # version 2, float16 at head size 32 version 1, bfloat16 elsewhere the reference op
+    dict(op="flash_attention", forward=flash_attention_tc_forward, backward=flash_attention_tc_backward,
+         device="cuda", dtypes=("float16", "bfloat16"), accepts=flash_tc_accepts),
     dict(op="layer_norm", forward=layer_norm_forward, backward=layer_norm_backward,
          device="cuda", dtypes=("float32",), accepts=_non_empty),
     dict(op="gelu", forward=gelu_forward, backward=gelu_backward,

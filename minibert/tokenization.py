@@ -27,7 +27,9 @@ them.
 
 The call ``tokenizer(texts, ...)`` takes transformers' arguments (pre-split words, windows
 of long inputs, padding and truncation on either side) and returns a :class:`BatchEncoding`
-of NumPy arrays that also maps tokens to words and characters (``word_ids``, ...).
+of NumPy arrays that also maps tokens to words and characters (``word_ids``, ...). The call
+belongs to :class:`PreTrainedTokenizer`, which RoBERTa's byte-level BPE tokenizer
+(``minibert/bpe.py``) shares.
 
 Unicode tables: this module uses Python's :mod:`unicodedata`; the Rust library uses older
 (and, for lower-casing, newer) tables. The few characters on which they disagree are
@@ -375,9 +377,10 @@ class BatchEncoding(dict):
     in row 0, with two the first is the row.
     """
 
-    def __init__(self, data=None, alignments=None, id_to_token=None, split_into_words=False):
+    def __init__(self, data=None, alignments=None, id_to_token=None, split_into_words=False, align_later=None):
         super().__init__(data or {})
-        self._alignments = alignments
+        self._alignments = alignments           # one Alignment per row, or None
+        self._align_later = align_later         # () -> the alignments, made the first time they are needed
         self._id_to_token = id_to_token
         self._split_into_words = split_into_words
 
@@ -390,6 +393,9 @@ class BatchEncoding(dict):
             raise AttributeError(name) from None
 
     def _row(self, batch_index) -> Alignment:
+        if self._alignments is None and self._align_later is not None:
+            self._alignments = self._align_later()
+            self._align_later = None
         if self._alignments is None:
             raise ValueError("this encoding has no token alignment (only the tokenizer call makes one, "
                              "not pad())")
@@ -508,7 +514,535 @@ def _check_vocab(tokens, source="vocabulary"):
     return list(tokens)
 
 
-class BertTokenizer:
+class PreTrainedTokenizer:
+    """What every tokenizer shares: the call (padding, truncation, windows of long inputs,
+    offsets and word alignment), ``pad``, ``encode`` / ``decode``, special and added tokens.
+
+    A subclass supplies the vocabulary and the way text becomes tokens:
+
+    - ``ids_to_tokens`` (a list: id -> token), ``vocab`` (token -> id), ``added_tokens``,
+      ``additional_special_tokens``, the special tokens ``unk_token`` ... ``mask_token``
+      (:data:`SPECIAL_TOKEN_NAMES`), ``padding_side``, ``truncation_side``,
+      ``model_max_length``, ``clean_up_tokenization_spaces``, and ``_special_ids``
+      (the ids of the tokens cut out of the text whole);
+    - ``tokenize_to_ids(text)``: the ids of a text;
+    - ``_align_text(text)``: the same ids with, for every token, the number of its word and
+      its (start, end) characters in ``text`` (a :class:`_Sequence`);
+    - the special-token layout: ``build_inputs_with_special_tokens``,
+      ``create_token_type_ids``, ``num_special_tokens_to_add`` and ``SPECIAL_LAYOUT``
+      (how many special tokens go before the text, between text and pair, after the last);
+    - ``convert_tokens_to_string(tokens)``, for ``decode``;
+    - ``_update_splitting()``, called when tokens are added.
+    """
+
+    # the arrays the call returns by default (return_token_type_ids=None follows it)
+    model_input_names = ("input_ids", "token_type_ids", "attention_mask")
+    SECOND_TYPE_ID = 1              # the token type of the pair's tokens without special tokens
+    do_lower_case = False           # added tokens that are not special are lower-cased when True
+    _vocabulary_changes = 0         # counts add_tokens / add_special_tokens calls
+
+    def _ids_of_text(self, text) -> "_Sequence":
+        """The ids of a text, without its alignment."""
+        return _Sequence(self.tokenize_to_ids(text))
+
+    def _ids_of_words(self, words) -> "_Sequence":
+        """The ids of pre-split words, without their alignment (see :meth:`_align_words`)."""
+        if isinstance(words, str) or not hasattr(words, "__iter__"):
+            raise TypeError(f"with is_split_into_words=True a text is a list of words, got {type(words).__name__}")
+        tokenize = self.tokenize_to_ids
+        return _Sequence([i for word in words for i in tokenize(_check_text(word, "word"))])
+
+    def __len__(self) -> int:
+        return len(self.ids_to_tokens)
+
+    def add_tokens(self, new_tokens, special_tokens: bool = False) -> int:
+        """Add tokens that the text is cut at and that keep one id each; returns how many are
+        new to the vocabulary (their ids follow the last one: ``model.resize_token_embeddings(len(tok))``).
+
+        Like special tokens they are found anywhere in the raw text, before normalization;
+        with ``do_lower_case`` an added token that is not special is lower-cased and matches
+        whatever its case in the text. ``special_tokens=True`` makes them special: matched
+        exactly, skipped by ``decode(skip_special_tokens=True)``. A token already in the
+        vocabulary keeps its id and is from then on matched whole.
+        """
+        if isinstance(new_tokens, str):
+            new_tokens = [new_tokens]
+        self._vocabulary_changes += 1
+        count = 0
+        for token in new_tokens:
+            token = _check_text(token, "added token")
+            if not token.strip() or token != token.strip():
+                raise ValueError(f"added tokens must be non-empty and have no white space around them, got {token!r}")
+            if not special_tokens and self.do_lower_case:
+                token = token.lower()
+            if special_tokens and token not in self.additional_special_tokens:
+                self.additional_special_tokens.append(token)
+            if token not in self.vocab:
+                self.vocab[token] = len(self.ids_to_tokens)
+                self.ids_to_tokens.append(token)
+                count += 1
+            self.added_tokens.setdefault(token, self.vocab[token])
+        self._update_splitting()
+        return count
+
+    def add_special_tokens(self, special_tokens_dict: dict) -> int:
+        """Set special tokens, e.g. ``{"pad_token": "[PAD]", "additional_special_tokens": ["<e>"]}``;
+        tokens the vocabulary lacks are added (see :meth:`add_tokens`). Returns how many are new."""
+        if not isinstance(special_tokens_dict, dict):
+            raise TypeError(f"add_special_tokens takes a dict such as {{'additional_special_tokens': ['<e>']}}, "
+                            f"got {type(special_tokens_dict).__name__}")
+        self._vocabulary_changes += 1
+        count = 0
+        for name, value in special_tokens_dict.items():
+            if name == "additional_special_tokens":
+                if isinstance(value, str) or not hasattr(value, "__iter__"):
+                    raise TypeError(f"additional_special_tokens must be a list of tokens, got {value!r}")
+                count += self.add_tokens(list(value), special_tokens=True)
+            elif name in SPECIAL_TOKEN_NAMES:
+                token = _check_text(value, name)
+                if token not in self.vocab:
+                    count += self.add_tokens([token], special_tokens=True)
+                    self.additional_special_tokens.remove(token)    # it has its own name instead
+                setattr(self, name, token)
+                if name == "unk_token":
+                    self.unk_token_id = self.vocab[token]
+                self._update_splitting()
+            else:
+                raise ValueError(f"unknown special token name {name!r}; expected one of "
+                                 f"{', '.join(SPECIAL_TOKEN_NAMES)} or additional_special_tokens")
+        return count
+
+    def get_vocab(self) -> dict:
+        return dict(self.vocab)
+
+    def _special_id(self, name):
+        token = getattr(self, name)
+        return self.vocab.get(token) if token else None
+
+    pad_token_id = property(lambda self: self._special_id("pad_token"))
+    cls_token_id = property(lambda self: self._special_id("cls_token"))
+    sep_token_id = property(lambda self: self._special_id("sep_token"))
+    mask_token_id = property(lambda self: self._special_id("mask_token"))
+
+    @property
+    def all_special_tokens(self) -> list[str]:
+        named = [self.unk_token, self.sep_token, self.pad_token, self.cls_token, self.mask_token]
+        return [t for t in dict.fromkeys(named + self.additional_special_tokens) if t and t in self.vocab]
+
+    @property
+    def all_special_ids(self) -> list[int]:
+        return [self.vocab[t] for t in self.all_special_tokens]
+
+    def convert_tokens_to_ids(self, tokens):
+        """A token or a list of tokens -> id(s); unknown tokens give ``unk_token_id``."""
+        if isinstance(tokens, str):
+            return self.vocab.get(tokens, self.unk_token_id)
+        return [self.vocab.get(_check_text(t, "token"), self.unk_token_id) for t in tokens]
+
+    def convert_ids_to_tokens(self, ids, skip_special_tokens: bool = False):
+        """An id or a sequence of ids -> token(s)."""
+        if isinstance(ids, (int, np.integer)):
+            return self.ids_to_tokens[self._check_id(ids)]
+        special = set(self.all_special_ids) if skip_special_tokens else ()
+        return [self.ids_to_tokens[self._check_id(i)] for i in _id_list(ids) if i not in special]
+
+    def _check_id(self, i):
+        if not 0 <= i < len(self.ids_to_tokens):
+            raise ValueError(f"token id {int(i)} is outside the vocabulary (ids 0 .. {len(self.ids_to_tokens) - 1})")
+        return int(i)
+
+    def _added_id(self, segment: str) -> int:
+        """The id of a special, never_split or added token cut out of the text."""
+        ids = self._special_ids
+        if segment in ids:
+            return ids[segment]
+        if segment.lower() in ids:                     # an added token matched whatever its case
+            return ids[segment.lower()]
+        return next(i for token, i in ids.items() if re.fullmatch(f"(?i:{re.escape(token)})", segment))
+
+    def _align_words(self, words) -> "_Sequence":
+        """Ids of pre-split words, each token numbered with its word's position in the list
+        and its offsets counted within that word (as transformers does)."""
+        if isinstance(words, str) or not hasattr(words, "__iter__"):
+            raise TypeError(f"with is_split_into_words=True a text is a list of words, got {type(words).__name__}")
+        ids, numbers, offsets = [], [], []
+        for w, word in enumerate(words):
+            encoded = self._align_text(_check_text(word, "word"))
+            ids += encoded.ids
+            offsets += encoded.offsets
+            numbers += [w] * len(encoded.ids)
+        return _Sequence(ids, numbers, offsets)
+
+    # ---- special tokens, truncation, encoding ------------------------------------------
+
+    def _require(self, name):
+        token_id = self._special_id(name)
+        if token_id is None:
+            raise ValueError(f"the vocabulary has no {name.replace('_', ' ')} {getattr(self, name)!r}, "
+                             "which encoding with special tokens needs")
+        return token_id
+
+    def _truncation(self, truncation, max_length, pair, add_special_tokens):
+        """(token budget left after the special tokens, strategy), or None for no truncation.
+
+        ``truncation=None`` truncates (longest first) only when ``max_length`` is given; True
+        without ``max_length`` cuts to ``model_max_length``.
+        """
+        if truncation is None:
+            truncation = max_length is not None
+        if truncation in (False, "do_not_truncate"):
+            return None
+        if truncation is True:
+            truncation = "longest_first"
+        if truncation not in ("longest_first", "only_first", "only_second"):
+            raise ValueError(f"truncation must be True, False, 'longest_first', 'only_first' or "
+                             f"'only_second', got {truncation!r}")
+        if max_length is None:
+            max_length = self.model_max_length
+            if max_length is None:
+                return None
+        if not isinstance(max_length, (int, np.integer)) or isinstance(max_length, bool):
+            raise TypeError(f"max_length must be an int, got {type(max_length).__name__}")
+        need = self.num_special_tokens_to_add(pair) if add_special_tokens else 0
+        if max_length < need or max_length < 0:
+            raise ValueError(f"max_length={max_length} is too small: the special tokens of "
+                             f"{'a text pair' if pair else 'a single text'} alone need {need}")
+        if truncation == "only_second" and not pair:
+            raise ValueError("truncation='only_second' needs a text pair")
+        return int(max_length) - need, truncation
+
+    @staticmethod
+    def _truncate(n_a, n_b, budget, strategy):
+        """How many tokens of A and B to keep so that they fit ``budget`` (specials set aside).
+
+        longest_first, as the Rust library does it: a shorter sequence keeps all its tokens
+        as long as it takes no more than half the budget; otherwise both get half, the
+        extra token of an odd budget going to the longer one (to B when equal).
+        """
+        if n_b is None:
+            return min(n_a, budget), None
+        if n_a + n_b <= budget:
+            return n_a, n_b
+        if strategy == "only_first":
+            if n_b > budget:
+                raise ValueError(f"cannot truncate only the first text: the second alone has {n_b} "
+                                 f"tokens, more than the {budget} that fit")
+            return budget - n_b, n_b
+        if strategy == "only_second":
+            if n_a > budget:
+                raise ValueError(f"cannot truncate only the second text: the first alone has {n_a} "
+                                 f"tokens, more than the {budget} that fit")
+            return n_a, budget - n_a
+        short = min(n_a, n_b)
+        keep_short = short
+        keep_long = short if short > budget else max(short, budget - short)
+        if keep_short + keep_long > budget:
+            keep_short = budget // 2
+            keep_long = keep_short + budget % 2
+        return (keep_long, keep_short) if n_a > n_b else (keep_short, keep_long)
+
+    def encode(self, text: str, text_pair: str | None = None, add_special_tokens: bool = True,
+               max_length: int | None = None, truncation=None) -> list[int]:
+        """Ids of ``[CLS] text [SEP]`` (or ``[CLS] text [SEP] text_pair [SEP]``).
+
+        ``truncation=None`` truncates (longest first) only when ``max_length`` is given.
+        """
+        a = _Sequence(self.tokenize_to_ids(text))
+        b = None if text_pair is None else _Sequence(self.tokenize_to_ids(_check_text(text_pair, "text_pair")))
+        limit = self._truncation(truncation, max_length, b is not None, add_special_tokens)
+        if limit is not None:
+            a, b = self._cut(a, b, *limit, self.truncation_side)
+        return self._assemble(a, b, add_special_tokens)["ids"]
+
+    @staticmethod
+    def _cut(a, b, budget, strategy, side):
+        """A and B truncated to fit ``budget`` tokens, cut on ``side``."""
+        keep_a, keep_b = PreTrainedTokenizer._truncate(len(a), None if b is None else len(b), budget, strategy)
+        return a.keep(keep_a, side), None if b is None else b.keep(keep_b, side)
+
+    def _windows(self, a, b, budget, strategy, stride, side):
+        """(A, B) pairs of the windows of an over-long input: the side that is cut is shown in
+        windows of the tokens left to it, consecutive windows sharing ``stride`` tokens."""
+        if b is not None and strategy == "longest_first":
+            raise ValueError("return_overflowing_tokens with a text pair needs truncation='only_second' "
+                             "(or 'only_first'): with 'longest_first' the windows of both texts are ill-defined")
+        cut_a = b is None or strategy == "only_first"
+        fixed = 0 if b is None else len(b) if cut_a else len(a)
+        room = budget - fixed
+        if room <= 0:
+            which = "second" if cut_a else "first"
+            raise ValueError(f"cannot truncate only the {'first' if cut_a else 'second'} text: the {which} alone "
+                             f"has {fixed} tokens, leaving no room in the {budget} that fit")
+        if stride >= room:
+            raise ValueError(f"stride={stride} must be smaller than the window it overlaps ({room} tokens: "
+                             f"max_length less the special tokens{' and the other text' if b is not None else ''})")
+        cut = a if cut_a else b
+        spans = _window_spans(len(cut), room, stride, side)
+        return [(cut.slice(start, stop), b) if cut_a else (a, cut.slice(start, stop)) for start, stop in spans]
+
+    def _assemble(self, a, b, add_special_tokens) -> dict:
+        """One row: ids, token types, special mask, sequence numbers, and when A and B carry
+        their alignment, word numbers and offsets (None at the special tokens)."""
+        n_a, n_b = len(a), 0 if b is None else len(b)
+        seq_b = [] if b is None else [1] * n_b
+        if add_special_tokens:
+            ids = self.build_inputs_with_special_tokens(a.ids, None if b is None else b.ids)
+            types = self.create_token_type_ids(a.ids, None if b is None else b.ids)
+            before, between, after = self.SPECIAL_LAYOUT[b is not None]
+            wrap = lambda first, second, filler: ([filler] * before + first + (                  # noqa: E731
+                [filler] * after if b is None else [filler] * between + second + [filler] * after))
+            row = {"ids": ids, "types": types, "sequences": wrap([0] * n_a, seq_b, None)}
+        else:
+            row = {"ids": a.ids + ([] if b is None else b.ids), "types": [0] * n_a + [self.SECOND_TYPE_ID] * n_b,
+                   "sequences": [0] * n_a + seq_b}
+            wrap = lambda first, second, filler: first + ([] if b is None else second)      # noqa: E731
+        row["special"] = wrap([0] * n_a, [0] * n_b, 1)
+        if a.words is not None:
+            row["words"] = wrap(a.words, None if b is None else b.words, None)
+            row["offsets"] = wrap(a.offsets, None if b is None else b.offsets, None)
+        return row
+
+    def __call__(self, text, text_pair=None, *, add_special_tokens: bool = True, padding=False,
+                 truncation=None, max_length: int | None = None, stride: int = 0,
+                 is_split_into_words: bool = False, pad_to_multiple_of: int | None = None,
+                 padding_side: str | None = None, return_tensors=None, return_token_type_ids: bool | None = None,
+                 return_attention_mask: bool = True, return_overflowing_tokens: bool = False,
+                 return_special_tokens_mask: bool = False, return_offsets_mapping: bool = False,
+                 return_length: bool = False) -> BatchEncoding:
+        """Encode a text, a text pair, or a batch of them, into (B, T) int64 NumPy arrays.
+
+        Returns ``input_ids``, ``token_type_ids`` and ``attention_mask`` (1 = real token), and
+        when asked ``special_tokens_mask``, ``offset_mapping`` (B, T, 2: characters of the
+        original text, (0, 0) for special tokens and padding), ``length`` and, with
+        ``return_overflowing_tokens``, ``overflow_to_sample_mapping``. The result also aligns
+        tokens with words and characters (``word_ids(i)``, ``word_to_tokens``, ...).
+
+        - ``text``: a str or a list of str; with ``is_split_into_words=True`` a list of words
+          or a list of such lists. A single text is a batch of one.
+        - ``padding``: False (default: none, except that a batch of unequal lengths is padded
+          to its longest, since the arrays are rectangular), True / "longest", "max_length";
+          ``pad_to_multiple_of`` rounds the length up; ``padding_side`` "right" or "left".
+        - ``truncation``: None (default: cut to ``max_length`` only when it is given), True /
+          "longest_first", "only_first", "only_second", False; cut on ``truncation_side``.
+        - ``return_overflowing_tokens``: instead of dropping what truncation cuts, return it
+          in more rows (windows), consecutive windows sharing ``stride`` tokens;
+          ``overflow_to_sample_mapping[row]`` is the input it came from.
+        - ``return_token_type_ids``: None (default) returns them when the model takes them
+          (``model_input_names``: BERT does, RoBERTa does not).
+
+        The alignment is made only when asked for (``return_offsets_mapping``) or, later,
+        the first time the result needs it (``word_ids()``, ...): the inputs are then
+        tokenized again with their alignment, giving what an aligned call gives.
+        """
+        if return_tensors not in (None, "np"):
+            raise ValueError(f"return_tensors={return_tensors!r}: minibert returns NumPy arrays only "
+                             "(return_tensors='np' or None)")
+        texts, pairs = _as_batch(text, text_pair, is_split_into_words)
+        pair = pairs is not None
+        padding = _padding_strategy(padding)
+        side = _check_side(self.padding_side if padding_side is None else padding_side, "padding_side")
+        if pad_to_multiple_of is not None and not is_int_at_least(pad_to_multiple_of, 1):
+            raise ValueError(f"pad_to_multiple_of must be a positive integer or None, got {pad_to_multiple_of!r}")
+        if not is_int_at_least(stride, 0):
+            raise ValueError(f"stride must be an integer >= 0, got {stride!r}")
+        limit = self._truncation(truncation, max_length, pair, add_special_tokens)
+        if padding == "max_length" and max_length is None:
+            max_length = self.model_max_length
+            if max_length is None:
+                raise ValueError("padding='max_length' needs max_length (the tokenizer has no model_max_length)")
+        if pad_to_multiple_of is not None:
+            if padding is None:
+                raise ValueError("pad_to_multiple_of needs padding (padding=True or 'max_length'); "
+                                 "with padding=False nothing would be padded")
+            cut_at = None if limit is None else limit[0] + (self.num_special_tokens_to_add(pair)
+                                                            if add_special_tokens else 0)
+            if cut_at is not None and cut_at % pad_to_multiple_of:
+                raise ValueError(f"truncation to max_length={cut_at} and pad_to_multiple_of={pad_to_multiple_of} "
+                                 f"contradict each other: a sequence cut to {cut_at} tokens would be padded past "
+                                 f"max_length; choose a max_length that is a multiple of {pad_to_multiple_of}")
+        if return_token_type_ids is None:
+            return_token_type_ids = "token_type_ids" in self.model_input_names
+        if return_overflowing_tokens and limit is None:
+            raise ValueError("return_overflowing_tokens=True needs truncation (truncation=True and a max_length)")
+        if stride and not return_overflowing_tokens:
+            raise ValueError(f"stride={stride} is the overlap of the windows of return_overflowing_tokens=True, "
+                             "which is off")
+
+        if is_split_into_words:                  # the alignment may be made later: keep the words as they are now
+            texts = [_word_list(words) for words in texts]
+            pairs = None if pairs is None else [_word_list(words) for words in pairs]
+
+        def encode_rows(aligned: bool):
+            """The rows and the input each came from; ``aligned``: with word numbers and offsets."""
+            if aligned:
+                encode = self._align_words if is_split_into_words else self._align_text
+            else:
+                encode = self._ids_of_words if is_split_into_words else self._ids_of_text
+            rows, owners = [], []
+            for i, t in enumerate(texts):
+                a = encode(t)
+                b = encode(pairs[i]) if pair else None
+                if return_overflowing_tokens:
+                    windows = self._windows(a, b, *limit, stride, self.truncation_side)
+                else:
+                    windows = [self._cut(a, b, *limit, self.truncation_side) if limit is not None else (a, b)]
+                for a_part, b_part in windows:
+                    rows.append(self._assemble(a_part, b_part, add_special_tokens))
+                    owners.append(i)
+            return rows, owners
+
+        # the word and character alignment costs about as much as the ids: it is made only
+        # when offsets are asked for, or later, the first time the result needs it
+        rows, owners = encode_rows(return_offsets_mapping)
+        lengths = [len(row["ids"]) for row in rows]
+        width = max(lengths, default=0)
+        if padding == "max_length":
+            width = max(width, max_length)
+        if padding is not None and pad_to_multiple_of and width % pad_to_multiple_of:
+            width += pad_to_multiple_of - width % pad_to_multiple_of
+        pad_id = self._require("pad_token") if any(n < width for n in lengths) else 0
+        batch = len(rows)
+        input_ids = np.full((batch, width), pad_id, dtype=np.int64)         # (B, T)
+        token_type_ids = np.zeros((batch, width), dtype=np.int64)           # (B, T)
+        attention_mask = np.zeros((batch, width), dtype=np.int64)           # (B, T)
+        special_mask = np.ones((batch, width), dtype=np.int64)              # (B, T)
+        offset_mapping = np.zeros((batch, width, 2), dtype=np.int64)        # (B, T, 2)
+        for b, row in enumerate(rows):
+            n = len(row["ids"])
+            where = slice(0, n) if side == "right" else slice(width - n, width)
+            input_ids[b, where] = row["ids"]
+            if return_token_type_ids:
+                token_type_ids[b, where] = row["types"]
+            attention_mask[b, where] = 1
+            if return_special_tokens_mask:
+                special_mask[b, where] = row["special"]
+            if return_offsets_mapping and n:
+                offset_mapping[b, where] = [span or (0, 0) for span in row["offsets"]]
+
+        def alignments_of(aligned_rows) -> list:
+            """Each row's Alignment, padded like the arrays."""
+            alignments = []
+            for row in aligned_rows:
+                fill = [None] * (width - len(row["ids"]))
+                padded = (lambda values: values + fill) if side == "right" else (lambda values: fill + values)
+                alignments.append(Alignment(padded(row["words"]), padded(row["sequences"]), padded(row["offsets"])))
+            return alignments
+
+        if return_offsets_mapping:
+            alignments, align_later = alignments_of(rows), None
+        else:
+            changes = self._vocabulary_changes
+
+            def align_later():
+                if self._vocabulary_changes != changes:
+                    raise ValueError("tokens were added to the tokenizer after this call, so its word and character "
+                                     "alignment can no longer be made; call it with return_offsets_mapping=True to "
+                                     "keep the alignment")
+                return alignments_of(encode_rows(True)[0])
+            alignments = None
+        out = {"input_ids": input_ids}
+        if return_token_type_ids:
+            out["token_type_ids"] = token_type_ids
+        if return_attention_mask:
+            out["attention_mask"] = attention_mask
+        if return_special_tokens_mask:
+            out["special_tokens_mask"] = special_mask
+        if return_offsets_mapping:
+            out["offset_mapping"] = offset_mapping
+        if return_length:
+            out["length"] = np.asarray(lengths, dtype=np.int64)
+        if return_overflowing_tokens:
+            out["overflow_to_sample_mapping"] = np.asarray(owners, dtype=np.int64)
+        return BatchEncoding(out, alignments, self.ids_to_tokens, is_split_into_words, align_later)
+
+    def pad(self, encoded_inputs, padding=True, max_length: int | None = None,
+            pad_to_multiple_of: int | None = None, padding_side: str | None = None,
+            return_attention_mask: bool = True, return_tensors=None) -> BatchEncoding:
+        """Pad already-encoded features (a list of dicts, or a dict of lists) into arrays.
+
+        ``input_ids`` get ``[PAD]``, ``token_type_ids`` 0, ``attention_mask`` 0 (made when
+        missing), ``special_tokens_mask`` 1; other keys (e.g. ``labels``) are stacked as they
+        are and must already have equal lengths. ``padding``: True / "longest",
+        "max_length" (to ``max_length``), or False (the rows must have equal lengths).
+        """
+        if return_tensors not in (None, "np"):
+            raise ValueError(f"return_tensors={return_tensors!r}: minibert returns NumPy arrays only")
+        if isinstance(encoded_inputs, dict):
+            if "input_ids" not in encoded_inputs:
+                raise ValueError(f"pad needs input_ids among the features, got keys {sorted(encoded_inputs)}")
+            columns = {key: list(value) for key, value in encoded_inputs.items()}
+        elif isinstance(encoded_inputs, (list, tuple)) and all(isinstance(f, dict) for f in encoded_inputs):
+            keys = list(encoded_inputs[0]) if encoded_inputs else ["input_ids"]
+            for k, feature in enumerate(encoded_inputs):
+                if set(feature) != set(keys):
+                    raise ValueError(f"feature {k} has keys {sorted(feature)}, feature 0 has {sorted(keys)}")
+            if "input_ids" not in keys:
+                raise ValueError(f"pad needs input_ids among the features, got keys {sorted(keys)}")
+            columns = {key: [feature[key] for feature in encoded_inputs] for key in keys}
+        else:
+            raise TypeError(f"pad takes a list of dicts or a dict of lists, got {type(encoded_inputs).__name__}")
+        padding = _padding_strategy(padding)
+        side = _check_side(self.padding_side if padding_side is None else padding_side, "padding_side")
+        rows = [_id_list(row) for row in columns["input_ids"]]
+        lengths = [len(row) for row in rows]
+        width = max(lengths, default=0)
+        if padding is None and len(set(lengths)) > 1:
+            raise ValueError(f"padding=False but the rows have different lengths ({min(lengths)} to {width})")
+        if padding == "max_length":
+            if max_length is None:
+                raise ValueError("padding='max_length' needs max_length")
+            width = max(width, max_length)
+        if padding is not None and pad_to_multiple_of and width % pad_to_multiple_of:
+            width += pad_to_multiple_of - width % pad_to_multiple_of
+        if return_attention_mask and "attention_mask" not in columns:
+            columns["attention_mask"] = [[1] * n for n in lengths]
+        fill = {"input_ids": self._require("pad_token") if any(n < width for n in lengths) else 0,
+                "token_type_ids": 0, "attention_mask": 0, "special_tokens_mask": 1}
+        out = {}
+        for key, values in columns.items():
+            if key not in fill:
+                try:
+                    out[key] = np.asarray(values)
+                except ValueError:
+                    raise ValueError(f"pad pads {', '.join(fill)}; {key!r} has rows of different lengths: "
+                                     "pad it first (labels, e.g., with -100)") from None
+                continue
+            array = np.full((len(values), width), fill[key], dtype=np.int64)     # (B, T)
+            for b, row in enumerate(values):
+                row = _id_list(row)
+                if len(row) != lengths[b]:
+                    raise ValueError(f"feature {b}: {key} has {len(row)} entries but input_ids has {lengths[b]}")
+                array[b, slice(0, len(row)) if side == "right" else slice(width - len(row), width)] = row
+            out[key] = array
+        return BatchEncoding(out, None, self.ids_to_tokens)
+
+    def decode(self, ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool | None = None) -> str:
+        """Ids -> text: "##" pieces rejoin their word, words are separated by one space
+        (none before . , ! ?); special tokens are kept unless ``skip_special_tokens``.
+
+        Normalization cannot be undone (case and accents are gone for uncased vocabularies),
+        but ``tokenize(decode(encode(x))) == tokenize(x)``. ``clean_up_tokenization_spaces``
+        (None: the tokenizer's setting, False unless its config says otherwise) also removes
+        the spaces in contractions ("don ' t" -> "don't", "it 's" -> "it's"); that reads
+        better but may join words differently.
+        """
+        tokens = self.convert_ids_to_tokens(_id_list(ids), skip_special_tokens=skip_special_tokens)
+        text = self.convert_tokens_to_string(tokens)
+        if clean_up_tokenization_spaces is None:
+            clean_up_tokenization_spaces = self.clean_up_tokenization_spaces
+        if clean_up_tokenization_spaces:
+            for before, after in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"),
+                                  (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"),
+                                  (" 're", "'re")):
+                text = text.replace(before, after)
+        return text
+
+    def batch_decode(self, sequences, **kwargs) -> list[str]:
+        return [self.decode(ids, **kwargs) for ids in sequences]
+
+
+
+class BertTokenizer(PreTrainedTokenizer):
     """WordPiece tokenizer compatible with BERT checkpoints' ``vocab.txt``.
 
         tok = BertTokenizer.from_pretrained("path/to/model")     # vocab.txt (+ tokenizer_config.json)
@@ -734,103 +1268,6 @@ class BertTokenizer:
         """Tokens of the WordPiece vocabulary, added tokens not counted (``len(tok)`` counts them)."""
         return self.base_vocab_size
 
-    def __len__(self) -> int:
-        return len(self.ids_to_tokens)
-
-    def add_tokens(self, new_tokens, special_tokens: bool = False) -> int:
-        """Add tokens that the text is cut at and that keep one id each; returns how many are
-        new to the vocabulary (their ids follow the last one: ``model.resize_token_embeddings(len(tok))``).
-
-        Like special tokens they are found anywhere in the raw text, before normalization;
-        with ``do_lower_case`` an added token that is not special is lower-cased and matches
-        whatever its case in the text. ``special_tokens=True`` makes them special: matched
-        exactly, skipped by ``decode(skip_special_tokens=True)``. A token already in the
-        vocabulary keeps its id and is from then on matched whole.
-        """
-        if isinstance(new_tokens, str):
-            new_tokens = [new_tokens]
-        count = 0
-        for token in new_tokens:
-            token = _check_text(token, "added token")
-            if not token.strip() or token != token.strip():
-                raise ValueError(f"added tokens must be non-empty and have no white space around them, got {token!r}")
-            if not special_tokens and self.do_lower_case:
-                token = token.lower()
-            if special_tokens and token not in self.additional_special_tokens:
-                self.additional_special_tokens.append(token)
-            if token not in self.vocab:
-                self.vocab[token] = len(self.ids_to_tokens)
-                self.ids_to_tokens.append(token)
-                count += 1
-            self.added_tokens.setdefault(token, self.vocab[token])
-        self._update_splitting()
-        return count
-
-    def add_special_tokens(self, special_tokens_dict: dict) -> int:
-        """Set special tokens, e.g. ``{"pad_token": "[PAD]", "additional_special_tokens": ["<e>"]}``;
-        tokens the vocabulary lacks are added (see :meth:`add_tokens`). Returns how many are new."""
-        if not isinstance(special_tokens_dict, dict):
-            raise TypeError(f"add_special_tokens takes a dict such as {{'additional_special_tokens': ['<e>']}}, "
-                            f"got {type(special_tokens_dict).__name__}")
-        count = 0
-        for name, value in special_tokens_dict.items():
-            if name == "additional_special_tokens":
-                if isinstance(value, str) or not hasattr(value, "__iter__"):
-                    raise TypeError(f"additional_special_tokens must be a list of tokens, got {value!r}")
-                count += self.add_tokens(list(value), special_tokens=True)
-            elif name in SPECIAL_TOKEN_NAMES:
-                token = _check_text(value, name)
-                if token not in self.vocab:
-                    count += self.add_tokens([token], special_tokens=True)
-                    self.additional_special_tokens.remove(token)    # it has its own name instead
-                setattr(self, name, token)
-                if name == "unk_token":
-                    self.unk_token_id = self.vocab[token]
-                self._update_splitting()
-            else:
-                raise ValueError(f"unknown special token name {name!r}; expected one of "
-                                 f"{', '.join(SPECIAL_TOKEN_NAMES)} or additional_special_tokens")
-        return count
-
-    def get_vocab(self) -> dict:
-        return dict(self.vocab)
-
-    def _special_id(self, name):
-        token = getattr(self, name)
-        return self.vocab.get(token) if token else None
-
-    pad_token_id = property(lambda self: self._special_id("pad_token"))
-    cls_token_id = property(lambda self: self._special_id("cls_token"))
-    sep_token_id = property(lambda self: self._special_id("sep_token"))
-    mask_token_id = property(lambda self: self._special_id("mask_token"))
-
-    @property
-    def all_special_tokens(self) -> list[str]:
-        named = [self.unk_token, self.sep_token, self.pad_token, self.cls_token, self.mask_token]
-        return [t for t in dict.fromkeys(named + self.additional_special_tokens) if t and t in self.vocab]
-
-    @property
-    def all_special_ids(self) -> list[int]:
-        return [self.vocab[t] for t in self.all_special_tokens]
-
-    def convert_tokens_to_ids(self, tokens):
-        """A token or a list of tokens -> id(s); unknown tokens give ``unk_token_id``."""
-        if isinstance(tokens, str):
-            return self.vocab.get(tokens, self.unk_token_id)
-        return [self.vocab.get(_check_text(t, "token"), self.unk_token_id) for t in tokens]
-
-    def convert_ids_to_tokens(self, ids, skip_special_tokens: bool = False):
-        """An id or a sequence of ids -> token(s)."""
-        if isinstance(ids, (int, np.integer)):
-            return self.ids_to_tokens[self._check_id(ids)]
-        special = set(self.all_special_ids) if skip_special_tokens else ()
-        return [self.ids_to_tokens[self._check_id(i)] for i in _id_list(ids) if i not in special]
-
-    def _check_id(self, i):
-        if not 0 <= i < len(self.ids_to_tokens):
-            raise ValueError(f"token id {int(i)} is outside the vocabulary (ids 0 .. {len(self.ids_to_tokens) - 1})")
-        return int(i)
-
     # ---- text -> tokens / ids ---------------------------------------------------------
 
     def _word_ids(self, word: str) -> tuple:
@@ -894,15 +1331,6 @@ class BertTokenizer:
         """
         encoded = self._align_text(text)
         return encoded.ids, encoded.offsets
-
-    def _added_id(self, segment: str) -> int:
-        """The id of a special, never_split or added token cut out of the text."""
-        ids = self._special_ids
-        if segment in ids:
-            return ids[segment]
-        if segment.lower() in ids:                     # an added token matched whatever its case
-            return ids[segment.lower()]
-        return next(i for token, i in ids.items() if re.fullmatch(f"(?i:{re.escape(token)})", segment))
 
     def _align_text(self, text: str) -> "_Sequence":
         """Ids of ``text`` with, for every token, its word's number and its character offsets.
@@ -984,27 +1412,10 @@ class BertTokenizer:
             words.append(number)
             start += length
 
-    def _align_words(self, words) -> "_Sequence":
-        """Ids of pre-split words, each token numbered with its word's position in the list
-        and its offsets counted within that word (as transformers does)."""
-        if isinstance(words, str) or not hasattr(words, "__iter__"):
-            raise TypeError(f"with is_split_into_words=True a text is a list of words, got {type(words).__name__}")
-        ids, numbers, offsets = [], [], []
-        for w, word in enumerate(words):
-            encoded = self._align_text(_check_text(word, "word"))
-            ids += encoded.ids
-            offsets += encoded.offsets
-            numbers += [w] * len(encoded.ids)
-        return _Sequence(ids, numbers, offsets)
+    # ---- the special-token layout: [CLS] A [SEP] B [SEP] -------------------------------
 
-    # ---- special tokens, truncation, encoding ------------------------------------------
-
-    def _require(self, name):
-        token_id = self._special_id(name)
-        if token_id is None:
-            raise ValueError(f"the vocabulary has no {name.replace('_', ' ')} {getattr(self, name)!r}, "
-                             "which encoding with special tokens needs")
-        return token_id
+    # special tokens (before A, between A and B, after the last text) of a single text and a pair
+    SPECIAL_LAYOUT = {False: (1, 0, 1), True: (1, 1, 1)}
 
     def num_special_tokens_to_add(self, pair: bool = False) -> int:
         return 3 if pair else 2
@@ -1021,298 +1432,6 @@ class BertTokenizer:
         first = [0] * (len(ids_a) + 2)
         return first if ids_b is None else first + [1] * (len(ids_b) + 1)
 
-    def _truncation(self, truncation, max_length, pair, add_special_tokens):
-        """(token budget left after the special tokens, strategy), or None for no truncation.
-
-        ``truncation=None`` truncates (longest first) only when ``max_length`` is given; True
-        without ``max_length`` cuts to ``model_max_length``.
-        """
-        if truncation is None:
-            truncation = max_length is not None
-        if truncation in (False, "do_not_truncate"):
-            return None
-        if truncation is True:
-            truncation = "longest_first"
-        if truncation not in ("longest_first", "only_first", "only_second"):
-            raise ValueError(f"truncation must be True, False, 'longest_first', 'only_first' or "
-                             f"'only_second', got {truncation!r}")
-        if max_length is None:
-            max_length = self.model_max_length
-            if max_length is None:
-                return None
-        if not isinstance(max_length, (int, np.integer)) or isinstance(max_length, bool):
-            raise TypeError(f"max_length must be an int, got {type(max_length).__name__}")
-        need = self.num_special_tokens_to_add(pair) if add_special_tokens else 0
-        if max_length < need or max_length < 0:
-            raise ValueError(f"max_length={max_length} is too small: the special tokens of "
-                             f"{'a text pair' if pair else 'a single text'} alone need {need}")
-        if truncation == "only_second" and not pair:
-            raise ValueError("truncation='only_second' needs a text pair")
-        return int(max_length) - need, truncation
-
-    @staticmethod
-    def _truncate(n_a, n_b, budget, strategy):
-        """How many tokens of A and B to keep so that they fit ``budget`` (specials set aside).
-
-        longest_first, as the Rust library does it: a shorter sequence keeps all its tokens
-        as long as it takes no more than half the budget; otherwise both get half, the
-        extra token of an odd budget going to the longer one (to B when equal).
-        """
-        if n_b is None:
-            return min(n_a, budget), None
-        if n_a + n_b <= budget:
-            return n_a, n_b
-        if strategy == "only_first":
-            if n_b > budget:
-                raise ValueError(f"cannot truncate only the first text: the second alone has {n_b} "
-                                 f"tokens, more than the {budget} that fit")
-            return budget - n_b, n_b
-        if strategy == "only_second":
-            if n_a > budget:
-                raise ValueError(f"cannot truncate only the second text: the first alone has {n_a} "
-                                 f"tokens, more than the {budget} that fit")
-            return n_a, budget - n_a
-        short = min(n_a, n_b)
-        keep_short = short
-        keep_long = short if short > budget else max(short, budget - short)
-        if keep_short + keep_long > budget:
-            keep_short = budget // 2
-            keep_long = keep_short + budget % 2
-        return (keep_long, keep_short) if n_a > n_b else (keep_short, keep_long)
-
-    def encode(self, text: str, text_pair: str | None = None, add_special_tokens: bool = True,
-               max_length: int | None = None, truncation=None) -> list[int]:
-        """Ids of ``[CLS] text [SEP]`` (or ``[CLS] text [SEP] text_pair [SEP]``).
-
-        ``truncation=None`` truncates (longest first) only when ``max_length`` is given.
-        """
-        a = _Sequence(self.tokenize_to_ids(text))
-        b = None if text_pair is None else _Sequence(self.tokenize_to_ids(_check_text(text_pair, "text_pair")))
-        limit = self._truncation(truncation, max_length, b is not None, add_special_tokens)
-        if limit is not None:
-            a, b = self._cut(a, b, *limit, self.truncation_side)
-        return self._assemble(a, b, add_special_tokens)["ids"]
-
-    @staticmethod
-    def _cut(a, b, budget, strategy, side):
-        """A and B truncated to fit ``budget`` tokens, cut on ``side``."""
-        keep_a, keep_b = BertTokenizer._truncate(len(a), None if b is None else len(b), budget, strategy)
-        return a.keep(keep_a, side), None if b is None else b.keep(keep_b, side)
-
-    def _windows(self, a, b, budget, strategy, stride, side):
-        """(A, B) pairs of the windows of an over-long input: the side that is cut is shown in
-        windows of the tokens left to it, consecutive windows sharing ``stride`` tokens."""
-        if b is not None and strategy == "longest_first":
-            raise ValueError("return_overflowing_tokens with a text pair needs truncation='only_second' "
-                             "(or 'only_first'): with 'longest_first' the windows of both texts are ill-defined")
-        cut_a = b is None or strategy == "only_first"
-        fixed = 0 if b is None else len(b) if cut_a else len(a)
-        room = budget - fixed
-        if room <= 0:
-            which = "second" if cut_a else "first"
-            raise ValueError(f"cannot truncate only the {'first' if cut_a else 'second'} text: the {which} alone "
-                             f"has {fixed} tokens, leaving no room in the {budget} that fit")
-        if stride >= room:
-            raise ValueError(f"stride={stride} must be smaller than the window it overlaps ({room} tokens: "
-                             f"max_length less the special tokens{' and the other text' if b is not None else ''})")
-        cut = a if cut_a else b
-        spans = _window_spans(len(cut), room, stride, side)
-        return [(cut.slice(start, stop), b) if cut_a else (a, cut.slice(start, stop)) for start, stop in spans]
-
-    def _assemble(self, a, b, add_special_tokens) -> dict:
-        """One row: ids, token types, special mask, word numbers, sequence numbers, offsets."""
-        n_a, n_b = len(a), 0 if b is None else len(b)
-        seq_b = [] if b is None else [1] * n_b
-        if add_special_tokens:
-            ids = self.build_inputs_with_special_tokens(a.ids, None if b is None else b.ids)
-            types = self.create_token_type_ids(a.ids, None if b is None else b.ids)
-            edge = [None] if b is None else [None] + seq_b + [None]
-            row = {"ids": ids, "types": types, "sequences": [None] + [0] * n_a + edge}
-            wrap = lambda first, second, filler: ([filler] + first + [filler] + (             # noqa: E731
-                [] if b is None else second + [filler]))
-        else:
-            row = {"ids": a.ids + ([] if b is None else b.ids), "types": [0] * n_a + [1] * n_b,
-                   "sequences": [0] * n_a + seq_b}
-            wrap = lambda first, second, filler: first + ([] if b is None else second)      # noqa: E731
-        row["special"] = [0 if s is not None else 1 for s in row["sequences"]]
-        if a.words is not None:
-            row["words"] = wrap(a.words, None if b is None else b.words, None)
-            row["offsets"] = wrap(a.offsets, None if b is None else b.offsets, None)
-        return row
-
-    def __call__(self, text, text_pair=None, *, add_special_tokens: bool = True, padding=False,
-                 truncation=None, max_length: int | None = None, stride: int = 0,
-                 is_split_into_words: bool = False, pad_to_multiple_of: int | None = None,
-                 padding_side: str | None = None, return_tensors=None, return_token_type_ids: bool = True,
-                 return_attention_mask: bool = True, return_overflowing_tokens: bool = False,
-                 return_special_tokens_mask: bool = False, return_offsets_mapping: bool = False,
-                 return_length: bool = False) -> BatchEncoding:
-        """Encode a text, a text pair, or a batch of them, into (B, T) int64 NumPy arrays.
-
-        Returns ``input_ids``, ``token_type_ids`` and ``attention_mask`` (1 = real token), and
-        when asked ``special_tokens_mask``, ``offset_mapping`` (B, T, 2: characters of the
-        original text, (0, 0) for special tokens and padding), ``length`` and, with
-        ``return_overflowing_tokens``, ``overflow_to_sample_mapping``. The result also aligns
-        tokens with words and characters (``word_ids(i)``, ``word_to_tokens``, ...).
-
-        - ``text``: a str or a list of str; with ``is_split_into_words=True`` a list of words
-          or a list of such lists. A single text is a batch of one.
-        - ``padding``: False (default: none, except that a batch of unequal lengths is padded
-          to its longest, since the arrays are rectangular), True / "longest", "max_length";
-          ``pad_to_multiple_of`` rounds the length up; ``padding_side`` "right" or "left".
-        - ``truncation``: None (default: cut to ``max_length`` only when it is given), True /
-          "longest_first", "only_first", "only_second", False; cut on ``truncation_side``.
-        - ``return_overflowing_tokens``: instead of dropping what truncation cuts, return it
-          in more rows (windows), consecutive windows sharing ``stride`` tokens;
-          ``overflow_to_sample_mapping[row]`` is the input it came from.
-        """
-        if return_tensors not in (None, "np"):
-            raise ValueError(f"return_tensors={return_tensors!r}: minibert returns NumPy arrays only "
-                             "(return_tensors='np' or None)")
-        texts, pairs = _as_batch(text, text_pair, is_split_into_words)
-        pair = pairs is not None
-        padding = _padding_strategy(padding)
-        side = _check_side(self.padding_side if padding_side is None else padding_side, "padding_side")
-        if pad_to_multiple_of is not None and not is_int_at_least(pad_to_multiple_of, 1):
-            raise ValueError(f"pad_to_multiple_of must be a positive integer or None, got {pad_to_multiple_of!r}")
-        if not is_int_at_least(stride, 0):
-            raise ValueError(f"stride must be an integer >= 0, got {stride!r}")
-        limit = self._truncation(truncation, max_length, pair, add_special_tokens)
-        if padding == "max_length" and max_length is None:
-            max_length = self.model_max_length
-            if max_length is None:
-                raise ValueError("padding='max_length' needs max_length (the tokenizer has no model_max_length)")
-        if pad_to_multiple_of is not None:
-            if padding is None:
-                raise ValueError("pad_to_multiple_of needs padding (padding=True or 'max_length'); "
-                                 "with padding=False nothing would be padded")
-            cut_at = None if limit is None else limit[0] + (self.num_special_tokens_to_add(pair)
-                                                            if add_special_tokens else 0)
-            if cut_at is not None and cut_at % pad_to_multiple_of:
-                raise ValueError(f"truncation to max_length={cut_at} and pad_to_multiple_of={pad_to_multiple_of} "
-                                 f"contradict each other: a sequence cut to {cut_at} tokens would be padded past "
-                                 f"max_length; choose a max_length that is a multiple of {pad_to_multiple_of}")
-        if return_overflowing_tokens and limit is None:
-            raise ValueError("return_overflowing_tokens=True needs truncation (truncation=True and a max_length)")
-        if stride and not return_overflowing_tokens:
-            raise ValueError(f"stride={stride} is the overlap of the windows of return_overflowing_tokens=True, "
-                             "which is off")
-
-        align = self._align_words if is_split_into_words else self._align_text
-        rows, owners = [], []
-        for i, t in enumerate(texts):
-            a = align(t)
-            b = align(pairs[i]) if pair else None
-            if return_overflowing_tokens:
-                windows = self._windows(a, b, *limit, stride, self.truncation_side)
-            else:
-                windows = [self._cut(a, b, *limit, self.truncation_side) if limit is not None else (a, b)]
-            for a_part, b_part in windows:
-                rows.append(self._assemble(a_part, b_part, add_special_tokens))
-                owners.append(i)
-
-        lengths = [len(row["ids"]) for row in rows]
-        width = max(lengths, default=0)
-        if padding == "max_length":
-            width = max(width, max_length)
-        if padding is not None and pad_to_multiple_of and width % pad_to_multiple_of:
-            width += pad_to_multiple_of - width % pad_to_multiple_of
-        pad_id = self._require("pad_token") if any(n < width for n in lengths) else 0
-        batch = len(rows)
-        input_ids = np.full((batch, width), pad_id, dtype=np.int64)         # (B, T)
-        token_type_ids = np.zeros((batch, width), dtype=np.int64)           # (B, T)
-        attention_mask = np.zeros((batch, width), dtype=np.int64)           # (B, T)
-        special_mask = np.ones((batch, width), dtype=np.int64)              # (B, T)
-        offset_mapping = np.zeros((batch, width, 2), dtype=np.int64)        # (B, T, 2)
-        alignments = []
-        for b, row in enumerate(rows):
-            n = len(row["ids"])
-            where = slice(0, n) if side == "right" else slice(width - n, width)
-            input_ids[b, where] = row["ids"]
-            token_type_ids[b, where] = row["types"]
-            attention_mask[b, where] = 1
-            special_mask[b, where] = row["special"]
-            if return_offsets_mapping and n:
-                offset_mapping[b, where] = [span or (0, 0) for span in row["offsets"]]
-            padded = lambda values: (values + [None] * (width - n) if side == "right"     # noqa: E731
-                                     else [None] * (width - n) + values)
-            alignments.append(Alignment(padded(row["words"]), padded(row["sequences"]), padded(row["offsets"])))
-        out = {"input_ids": input_ids}
-        if return_token_type_ids:
-            out["token_type_ids"] = token_type_ids
-        if return_attention_mask:
-            out["attention_mask"] = attention_mask
-        if return_special_tokens_mask:
-            out["special_tokens_mask"] = special_mask
-        if return_offsets_mapping:
-            out["offset_mapping"] = offset_mapping
-        if return_length:
-            out["length"] = np.asarray(lengths, dtype=np.int64)
-        if return_overflowing_tokens:
-            out["overflow_to_sample_mapping"] = np.asarray(owners, dtype=np.int64)
-        return BatchEncoding(out, alignments, self.ids_to_tokens, is_split_into_words)
-
-    def pad(self, encoded_inputs, padding=True, max_length: int | None = None,
-            pad_to_multiple_of: int | None = None, padding_side: str | None = None,
-            return_attention_mask: bool = True, return_tensors=None) -> BatchEncoding:
-        """Pad already-encoded features (a list of dicts, or a dict of lists) into arrays.
-
-        ``input_ids`` get ``[PAD]``, ``token_type_ids`` 0, ``attention_mask`` 0 (made when
-        missing), ``special_tokens_mask`` 1; other keys (e.g. ``labels``) are stacked as they
-        are and must already have equal lengths. ``padding``: True / "longest",
-        "max_length" (to ``max_length``), or False (the rows must have equal lengths).
-        """
-        if return_tensors not in (None, "np"):
-            raise ValueError(f"return_tensors={return_tensors!r}: minibert returns NumPy arrays only")
-        if isinstance(encoded_inputs, dict):
-            if "input_ids" not in encoded_inputs:
-                raise ValueError(f"pad needs input_ids among the features, got keys {sorted(encoded_inputs)}")
-            columns = {key: list(value) for key, value in encoded_inputs.items()}
-        elif isinstance(encoded_inputs, (list, tuple)) and all(isinstance(f, dict) for f in encoded_inputs):
-            keys = list(encoded_inputs[0]) if encoded_inputs else ["input_ids"]
-            for k, feature in enumerate(encoded_inputs):
-                if set(feature) != set(keys):
-                    raise ValueError(f"feature {k} has keys {sorted(feature)}, feature 0 has {sorted(keys)}")
-            if "input_ids" not in keys:
-                raise ValueError(f"pad needs input_ids among the features, got keys {sorted(keys)}")
-            columns = {key: [feature[key] for feature in encoded_inputs] for key in keys}
-        else:
-            raise TypeError(f"pad takes a list of dicts or a dict of lists, got {type(encoded_inputs).__name__}")
-        padding = _padding_strategy(padding)
-        side = _check_side(self.padding_side if padding_side is None else padding_side, "padding_side")
-        rows = [_id_list(row) for row in columns["input_ids"]]
-        lengths = [len(row) for row in rows]
-        width = max(lengths, default=0)
-        if padding is None and len(set(lengths)) > 1:
-            raise ValueError(f"padding=False but the rows have different lengths ({min(lengths)} to {width})")
-        if padding == "max_length":
-            if max_length is None:
-                raise ValueError("padding='max_length' needs max_length")
-            width = max(width, max_length)
-        if padding is not None and pad_to_multiple_of and width % pad_to_multiple_of:
-            width += pad_to_multiple_of - width % pad_to_multiple_of
-        if return_attention_mask and "attention_mask" not in columns:
-            columns["attention_mask"] = [[1] * n for n in lengths]
-        fill = {"input_ids": self._require("pad_token") if any(n < width for n in lengths) else 0,
-                "token_type_ids": 0, "attention_mask": 0, "special_tokens_mask": 1}
-        out = {}
-        for key, values in columns.items():
-            if key not in fill:
-                try:
-                    out[key] = np.asarray(values)
-                except ValueError:
-                    raise ValueError(f"pad pads {', '.join(fill)}; {key!r} has rows of different lengths: "
-                                     "pad it first (labels, e.g., with -100)") from None
-                continue
-            array = np.full((len(values), width), fill[key], dtype=np.int64)     # (B, T)
-            for b, row in enumerate(values):
-                row = _id_list(row)
-                if len(row) != lengths[b]:
-                    raise ValueError(f"feature {b}: {key} has {len(row)} entries but input_ids has {lengths[b]}")
-                array[b, slice(0, len(row)) if side == "right" else slice(width - len(row), width)] = row
-            out[key] = array
-        return BatchEncoding(out, None, self.ids_to_tokens)
-
     # ---- ids -> text ------------------------------------------------------------------
 
     def convert_tokens_to_string(self, tokens) -> str:
@@ -1328,30 +1447,6 @@ class BertTokenizer:
             else:
                 out.append(token)
         return "".join(out)
-
-    def decode(self, ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool | None = None) -> str:
-        """Ids -> text: "##" pieces rejoin their word, words are separated by one space
-        (none before . , ! ?); special tokens are kept unless ``skip_special_tokens``.
-
-        Normalization cannot be undone (case and accents are gone for uncased vocabularies),
-        but ``tokenize(decode(encode(x))) == tokenize(x)``. ``clean_up_tokenization_spaces``
-        (None: the tokenizer's setting, False unless its config says otherwise) also removes
-        the spaces in contractions ("don ' t" -> "don't", "it 's" -> "it's"); that reads
-        better but may join words differently.
-        """
-        tokens = self.convert_ids_to_tokens(_id_list(ids), skip_special_tokens=skip_special_tokens)
-        text = self.convert_tokens_to_string(tokens)
-        if clean_up_tokenization_spaces is None:
-            clean_up_tokenization_spaces = self.clean_up_tokenization_spaces
-        if clean_up_tokenization_spaces:
-            for before, after in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"),
-                                  (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"),
-                                  (" 're", "'re")):
-                text = text.replace(before, after)
-        return text
-
-    def batch_decode(self, sequences, **kwargs) -> list[str]:
-        return [self.decode(ids, **kwargs) for ids in sequences]
 
     def __repr__(self):
         return (f"BertTokenizer(vocab_size={self.vocab_size}, do_lower_case={self.do_lower_case}, "
@@ -1381,19 +1476,27 @@ def _id_list(ids) -> list[int]:
 
 class _Sequence:
     """One text's tokens before the special tokens: ids, and when aligned each token's word
-    number and character offsets (lists of the same length)."""
+    number and character offsets (lists of the same length).
 
-    __slots__ = ("ids", "words", "offsets")
+    ``first_offsets`` (optional, a list of the same length): the offsets a token takes when
+    it begins a sequence, a window or a truncated text (None where they are its usual ones);
+    the byte-level tokenizer's first token keeps the space before it.
+    """
 
-    def __init__(self, ids, words=None, offsets=None):
-        self.ids, self.words, self.offsets = ids, words, offsets
+    __slots__ = ("ids", "words", "offsets", "first_offsets")
+
+    def __init__(self, ids, words=None, offsets=None, first_offsets=None):
+        self.ids, self.words, self.offsets, self.first_offsets = ids, words, offsets, first_offsets
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def slice(self, start: int, stop: int) -> "_Sequence":
         cut = lambda values: None if values is None else values[start:stop]        # noqa: E731
-        return _Sequence(self.ids[start:stop], cut(self.words), cut(self.offsets))
+        offsets = cut(self.offsets)
+        if start and offsets and self.first_offsets is not None and self.first_offsets[start] is not None:
+            offsets[0] = self.first_offsets[start]
+        return _Sequence(self.ids[start:stop], cut(self.words), offsets, cut(self.first_offsets))
 
     def keep(self, count: int, side: str) -> "_Sequence":
         """The first ``count`` tokens (side "right": the end is cut) or the last (side "left")."""
@@ -1423,6 +1526,12 @@ def _window_spans(n: int, size: int, stride: int, side: str) -> list[tuple[int, 
         if stop - size <= 0:
             return spans
         stop -= step
+
+
+def _word_list(words):
+    """A copy of one input's pre-split words (a list of str); other values are passed on for
+    the encoder to refuse with its own message."""
+    return list(words) if isinstance(words, (list, tuple)) else words
 
 
 def _check_side(side, name: str) -> str:

@@ -93,12 +93,17 @@ class LoadingInfo:
     weight_files: list = field(default_factory=list)
 
     def summary(self, model_name: str = "the model", source: str = "the checkpoint",
-                model_has_heads: bool = True) -> str:
-        """A few readable lines; empty when every parameter was loaded and every tensor used."""
+                model_has_heads: bool = True, checkpoint_name=None) -> str:
+        """A few readable lines; empty when every parameter was loaded and every tensor used.
+
+        ``checkpoint_name(parameter name)``: the name the file would use for a missing
+        parameter, when the model renames (DistilBERT), so the message names what to look for.
+        """
         lines = []
         if self.missing_keys:
+            missing = self.missing_keys if checkpoint_name is None else map(checkpoint_name, self.missing_keys)
             lines.append(f"{len(self.missing_keys)} parameter(s) of {model_name} were not in {source} "
-                         f"and keep their fresh random initialisation: {_short(self.missing_keys)}. "
+                         f"and keep their fresh random initialisation: {_short(missing)}. "
                          "Train them before use (expected for a task head on a pretrained encoder).")
         if self.unexpected_keys:
             heads = not model_has_heads and all(k.startswith("cls.") for k in self.unexpected_keys)
@@ -398,14 +403,15 @@ def load_pretrained(model_class, directory, device: str = "cpu", dtype=np.float3
     info.weight_files = files
     if strict and (info.missing_keys or info.unexpected_keys):
         raise ValueError(f"{directory}: checkpoint does not match {model_class.__name__} (strict):\n"
-                         + info.summary(model_class.__name__, directory))
+                         + info.summary(model_class.__name__, directory, checkpoint_name=model.to_checkpoint_name))
     model.load_state_dict(state, strict=False)
     del tensors, state
     if device != "cpu":
         model.to(device)
     model.eval()                                          # inference by default, as transformers
     model.loading_info = info
-    message = info.summary(model_class.__name__, directory, model_has_heads=hasattr(model, "cls"))
+    message = info.summary(model_class.__name__, directory, model_has_heads=hasattr(model, "cls"),
+                           checkpoint_name=model.to_checkpoint_name)
     if message:
         warnings.warn(message, UserWarning, stacklevel=3)
     return (model, info) if output_loading_info else model

@@ -3,8 +3,12 @@
     minibert finetune --model path/to/checkpoint --train tweets.csv --text-column text \\
         --label-column sentiment --epochs 3 --batch-size 32 --lr 5e-5 --patience 2 --output runs/sentiment
 
-The checkpoint folder needs config.json, model.safetensors and vocab.txt (any BERT: the
-classifier head is added and initialised). Without ``--validation`` a fixed fraction of the
+The checkpoint folder needs config.json, model.safetensors and its vocabulary. Its
+config.json's ``model_type`` chooses the family and its classifier: ``bert``
+(BertForSequenceClassification, vocab.txt), ``distilbert``
+(DistilBertForSequenceClassification, vocab.txt, BERT's WordPiece tokenizer) or ``roberta``
+(RobertaForSequenceClassification, vocab.json + merges.txt, the byte-level BPE tokenizer);
+the head is added and initialised. Without ``--validation`` a fixed fraction of the
 training file is held out for early stopping; without ``--test`` the final report is on the
 validation set. Prints accuracy, macro-F1 and the confusion matrix, and with ``--output``
 saves the best model (with its labels and vocabulary), metrics.jsonl, results.json and the
@@ -18,6 +22,7 @@ import os
 import warnings
 
 from .cli import HelpFormatter
+from .cli_finetune_tasks import head_class, load_tokenizer, model_family, run_task, without_token_types
 
 RUN_FILES = ("results.json", "metrics.jsonl", "best_model", "final_model")   # what a finished run leaves
 
@@ -25,11 +30,13 @@ RUN_FILES = ("results.json", "metrics.jsonl", "best_model", "final_model")   # w
 def add_finetune_commands(subparsers) -> None:
     parser = subparsers.add_parser(
         "finetune", help="fine-tune a checkpoint for text classification on a CSV/TSV file",
-        description="Fine-tune a pretrained BERT checkpoint for text classification (CSV or TSV files).",
+        description="Fine-tune a pretrained BERT, DistilBERT or RoBERTa checkpoint for text classification "
+                    "(CSV or TSV files).",
         formatter_class=HelpFormatter)
     data = parser.add_argument_group("data")
     parser.add_argument("--model", required=True, metavar="DIR",
-                        help="checkpoint folder (config.json, model.safetensors, vocab.txt)")
+                        help="checkpoint folder (config.json, model.safetensors, and vocab.txt or vocab.json + "
+                             "merges.txt); its model_type (bert, distilbert, roberta) chooses the classifier")
     data.add_argument("--train", metavar="FILE", help="training file (.csv or .tsv); or give --task")
     data.add_argument("--task", choices=("bbc-news", "wnut16"), default=None,
                       help="a real task installed from PyPI instead of --train: bbc-news (topics, "
@@ -89,9 +96,7 @@ def _check_arguments(args) -> None:
         path = getattr(args, flag)
         if path is not None and not os.path.isfile(path):
             raise FileNotFoundError(f"--{flag} {path}: no such file")
-    if not os.path.isfile(os.path.join(args.model, "vocab.txt")):
-        raise FileNotFoundError(f"--model {args.model}: no vocab.txt there (a checkpoint folder with its "
-                                "vocabulary is needed to tokenize the texts)")
+    args.model_type = model_family(args.model)
     if args.output is not None and any(os.path.exists(os.path.join(args.output, name)) for name in RUN_FILES):
         raise FileExistsError(f"--output {args.output} already holds a fine-tuned model: give another folder "
                               "(nothing was overwritten)")
@@ -111,21 +116,18 @@ def default_output(train_file: str, root: str = "runs") -> str:
 def run_finetune(args) -> int:
     from .data.finetuning import encode_classification, read_classification_file
     from .finetune import FineTuner, FineTuningArguments, classification_report, format_confusion_matrix
-    from .heads import BertForSequenceClassification
-    from .tokenization import BertTokenizer
 
     if args.task is not None:
-        from .cli_finetune_tasks import run_task
         if args.output is None:
             args.output = default_output(args.task)
         return run_task(args)
     if args.train is None:
         raise ValueError("give the training data: --train FILE, or --task NAME")
     _check_arguments(args)
+    tokenizer = load_tokenizer(args.model, args.model_type)
     if args.output is None:
         args.output = default_output(args.train)
     print(f"output: {args.output}")
-    tokenizer = BertTokenizer.from_pretrained(args.model)
 
     def read(path, labels=None):
         data = read_classification_file(path, args.text_column, args.label_column, args.text_pair_column,
@@ -151,13 +153,13 @@ def run_finetune(args) -> int:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)         # the new head is reported below
-        model = BertForSequenceClassification.from_pretrained(args.model, num_labels=len(names), id2label=names,
-                                                              device=args.device, seed=args.seed)
+        model = head_class(args.model_type, "SequenceClassification").from_pretrained(
+            args.model, num_labels=len(names), id2label=names, device=args.device, seed=args.seed)
     missing = model.loading_info.missing_keys
     if missing:
-        print(f"initialised {len(missing)} new parameter(s): {', '.join(missing)}")
-    max_length = min(args.max_length, model.config.max_position_embeddings)
-    sets = {name: encode_classification(data, tokenizer, max_length)
+        print(f"{type(model).__name__}: initialised {len(missing)} new parameter(s): {', '.join(missing)}")
+    max_length = min(args.max_length, model.config.max_sequence_length)
+    sets = {name: without_token_types(encode_classification(data, tokenizer, max_length), model)
             for name, data in (("train", train), ("validation", validation), ("test", test)) if data is not None}
 
     settings = FineTuningArguments(

@@ -15,6 +15,11 @@ and of a simple baseline trained on the same training set, and the wall time:
 
 It writes the best model, metrics.jsonl, loss_curve.png and results.json to ``--output``
 (default ``runs/finetune-<task>``, numbered when taken).
+
+Both commands (this one and ``minibert finetune --train``) read the checkpoint's family
+from config.json's ``model_type`` (:data:`FAMILIES`): ``bert``, ``distilbert`` or
+``roberta`` choose the head class of that family and its tokenizer (WordPiece for the first
+two, byte-level BPE for RoBERTa).
 """
 
 from __future__ import annotations
@@ -26,6 +31,74 @@ import warnings
 
 SPLIT_SEED = 0
 SPLIT = (0.8, 0.1, 0.1)
+
+# config.json's model_type -> (how the family's class names start, the files its tokenizer reads)
+FAMILIES = {
+    "bert": ("Bert", ("vocab.txt",)),
+    "distilbert": ("DistilBert", ("vocab.txt",)),           # BERT's WordPiece vocabulary
+    "roberta": ("Roberta", ("vocab.json", "merges.txt")),   # byte-level BPE
+}
+
+
+# ============================================================================ the checkpoint's family
+def model_family(directory) -> str:
+    """config.json's ``model_type`` (bert, roberta or distilbert), with its tokenizer's files present."""
+    path = os.path.join(directory, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--model {directory}: no config.json there (a checkpoint folder is needed)")
+    with open(path, encoding="utf-8") as f:
+        try:
+            values = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    model_type = values.get("model_type", "bert") if isinstance(values, dict) else None
+    if model_type not in FAMILIES:
+        raise ValueError(f"--model {directory}: model_type {model_type!r} cannot be fine-tuned here; "
+                         f"expected one of {', '.join(FAMILIES)}")
+    missing = [name for name in FAMILIES[model_type][1] if not os.path.isfile(os.path.join(directory, name))]
+    if missing:
+        raise FileNotFoundError(f"--model {directory}: no {' or '.join(missing)} there (a {model_type} checkpoint "
+                                "folder with its vocabulary is needed to tokenize the texts)")
+    return model_type
+
+
+def head_class(model_type: str, head: str):
+    """The family's fine-tuning class: ``head`` is "SequenceClassification" or "TokenClassification"."""
+    from . import distilbert, heads, roberta
+
+    module = {"bert": heads, "distilbert": distilbert, "roberta": roberta}[model_type]
+    return getattr(module, f"{FAMILIES[model_type][0]}For{head}")
+
+
+def load_tokenizer(directory, model_type: str, words: bool = False):
+    """BERT's WordPiece tokenizer for bert and distilbert; the byte-level BPE one for roberta.
+
+    ``words``: the texts come split into words (tagging); RoBERTa's tokenizer then puts a
+    space before each word (``add_prefix_space``), as a word inside a sentence has one.
+    """
+    if model_type == "roberta":
+        from .bpe import RobertaTokenizer
+
+        return RobertaTokenizer.from_pretrained(directory, **({"add_prefix_space": True} if words else {}))
+    from .tokenization import BertTokenizer
+
+    return BertTokenizer.from_pretrained(directory)
+
+
+def words_of(tokenizer):
+    """The word splitter of the baselines: the WordPiece tokenizer's own, else BERT's basic one."""
+    from .tokenization import BasicTokenizer
+
+    basic = getattr(tokenizer, "basic", None)
+    return (basic or BasicTokenizer(do_lower_case=True)).tokenize
+
+
+def without_token_types(encoded, model):
+    """The data set without ``token_type_ids`` when the model has one token type (RoBERTa,
+    DistilBERT): a pair's second text is then told apart by its separator alone."""
+    if model.config.type_vocab_size == 1:
+        encoded.arrays.pop("token_type_ids", None)
+    return encoded
 
 
 def run_task(args) -> int:
@@ -41,9 +114,7 @@ def run_task(args) -> int:
                          f"got {args.max_length}")
     if args.limit is not None and args.limit <= 0:
         raise ValueError(f"--limit must be positive, got {args.limit}")
-    if not os.path.isfile(os.path.join(args.model, "vocab.txt")):
-        raise FileNotFoundError(f"--model {args.model}: no vocab.txt there (a checkpoint folder with its "
-                                "vocabulary is needed to tokenize the texts)")
+    args.model_type = model_family(args.model)
     if args.output is None:
         raise ValueError("--output is needed (the command gives runs/finetune-<task> by default)")
     if os.path.exists(os.path.join(args.output, "results.json")):
@@ -82,11 +153,12 @@ def _settings(args, metric):
         progress=not args.no_progress, output_dir=args.output)
 
 
-def _load(model_class, args, names):
+def _load(head, args, names):
+    """The checkpoint with a new ``head`` ("SequenceClassification"...) of its family."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)          # the new head is expected
-        return model_class.from_pretrained(args.model, num_labels=len(names), id2label=names,
-                                           device=args.device, seed=args.seed)
+        return head_class(args.model_type, head).from_pretrained(args.model, num_labels=len(names), id2label=names,
+                                                                 device=args.device, seed=args.seed)
 
 
 def _summary(result) -> dict:
@@ -98,21 +170,20 @@ def _run_classification(args) -> dict:
     from .data.finetuning import encode_classification
     from .data.tasks import load_bbc_news
     from .finetune import BagOfWordsClassifier, FineTuner, accuracy, classification_report, macro_f1
-    from .heads import BertForSequenceClassification
-    from .tokenization import BertTokenizer
 
-    tokenizer = BertTokenizer.from_pretrained(args.model)
+    tokenizer = load_tokenizer(args.model, args.model_type)
     train, validation, test = _split(load_bbc_news(), args)
     names = train.label_names
-    baseline = BagOfWordsClassifier(tokenizer.basic.tokenize).fit(train.texts, train.labels, len(names))
+    baseline = BagOfWordsClassifier(words_of(tokenizer)).fit(train.texts, train.labels, len(names))
     guesses = baseline.predict(test.texts)
     base = {"accuracy": accuracy(guesses, test.labels), "macro_f1": macro_f1(guesses, test.labels, len(names))}
     print(f"baseline (bag-of-words naive Bayes): test accuracy {100 * base['accuracy']:.2f}%  "
           f"macro-F1 {100 * base['macro_f1']:.2f}%")
 
-    model = _load(BertForSequenceClassification, args, names)
-    length = min(args.max_length, model.config.max_position_embeddings)
-    sets = [encode_classification(data, tokenizer, length) for data in (train, validation, test)]
+    model = _load("SequenceClassification", args, names)
+    length = min(args.max_length, model.config.max_sequence_length)
+    sets = [without_token_types(encode_classification(data, tokenizer, length), model)
+            for data in (train, validation, test)]
     metric = args.metric if args.metric in ("accuracy", "macro_f1", "loss") else "accuracy"
     tuner = FineTuner(model, _settings(args, metric), sets[0], sets[1], tokenizer=tokenizer)
     result = tuner.train()
@@ -129,10 +200,8 @@ def _run_tagging(args) -> dict:
     from .data.finetuning import encode_token_classification
     from .data.tasks import load_wnut16
     from .finetune import DictionaryTagger, FineTuner, entity_f1, predict
-    from .heads import BertForTokenClassification
-    from .tokenization import BertTokenizer
 
-    tokenizer = BertTokenizer.from_pretrained(args.model)
+    tokenizer = load_tokenizer(args.model, args.model_type, words=True)
     train, validation, test = _split(load_wnut16(), args)
     names = train.label_names
 
@@ -144,9 +213,10 @@ def _run_tagging(args) -> dict:
     print(f"baseline (dictionary tagger): test entity F1 {100 * base['f1']:.2f}%  "
           f"(precision {100 * base['precision']:.2f}%, recall {100 * base['recall']:.2f}%)")
 
-    model = _load(BertForTokenClassification, args, names)
-    length = min(args.max_length, model.config.max_position_embeddings)
-    encoded = [encode_token_classification(data, tokenizer, length) for data in (train, validation, test)]
+    model = _load("TokenClassification", args, names)
+    length = min(args.max_length, model.config.max_sequence_length)
+    encoded = [without_token_types(encode_token_classification(data, tokenizer, length), model)
+               for data in (train, validation, test)]
 
     def score(data, dataset):
         """Entity scores of the model's per-word tags (words cut off by max_length count as O)."""

@@ -18,7 +18,7 @@ from .ops.activations import ACTIVATIONS
 
 # hidden_act values (as config.json names them): the activations of minibert/ops ("gelu" is the
 # exact erf form BERT was trained with, "gelu_new" / "gelu_pytorch_tanh" the tanh approximation)
-HIDDEN_ACTIVATIONS = (*ACTIVATIONS, "tanh")
+HIDDEN_ACTIVATIONS = (*ACTIVATIONS, "tanh", "relu")
 ATTENTION_IMPLEMENTATIONS = ("naive", "flash")
 
 

@@ -11,6 +11,13 @@ out by :data:`CHECKPOINT_NAMES` (``attention.self.query`` <-> ``attention.q_lin`
 ``cls.predictions.transform.dense`` <-> ``vocab_transform``, ...), and config.json's fields
 by :class:`~minibert.config.DistilBertConfig` (``dim``, ``n_layers``, ``n_heads``,
 ``hidden_dim``...).
+
+The fine-tuning heads read DistilBERT's own config fields: the sequence classifier is
+``pre_classifier`` -> ReLU -> dropout (``seq_classif_dropout``, 0.2 when absent) ->
+``classifier`` on the first position; token classification is ``dropout`` (``dropout``) ->
+``classifier``; question answering is dropout (``qa_dropout``, 0.1 when absent) ->
+``qa_outputs``. Their forward takes transformers' argument order, ``(input_ids,
+attention_mask, labels)``.
 """
 
 from __future__ import annotations
@@ -20,7 +27,9 @@ import re
 import numpy as np
 
 from .config import DistilBertConfig
-from .heads import BertForMaskedLM, BertOnlyMLMHead
+from .heads import (BertForMaskedLM, BertForQuestionAnswering, BertForSequenceClassification,
+                    BertForTokenClassification, BertOnlyMLMHead)
+from .layers import Activation, Dropout, Linear
 from .modeling import BertEmbeddings, BertModel
 
 # (minibert's name, DistilBERT's name): a name's part, {} standing for the layer number
@@ -112,3 +121,82 @@ class DistilBertForMaskedLM(_DistilBertNames, BertForMaskedLM):
 
     def forward(self, input_ids, attention_mask=None, labels=None, **kwargs):
         return super().forward(input_ids, None, attention_mask, labels, **kwargs)
+
+
+# ---------------------------------------------------------------------------- fine-tuning heads
+def _dropout_field(config: DistilBertConfig, name: str, default: float) -> float:
+    """A dropout probability of DistilBERT's config.json (``seq_classif_dropout``, ``qa_dropout``)."""
+    p = config.extra.get(name, default)
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1), got {p!r}")
+    return float(p)
+
+
+class _DistilBertEncoder(_DistilBertNames):
+    """Builds the encoder of a BERT head as ``distilbert``, a DistilBertModel (no pooler)."""
+
+    base_model_prefix = "distilbert"
+    config_class = DistilBertConfig
+    base_model_class = DistilBertModel
+
+
+class DistilBertForSequenceClassification(_DistilBertEncoder, BertForSequenceClassification):
+    """One label (or value) per sequence from the first position's hidden state:
+
+        logits = classifier(dropout(relu(pre_classifier(h[:, 0]))))      (B, H) -> (B, C)
+
+    Labels, ``problem_type`` and the loss are :class:`~minibert.heads.BertForSequenceClassification`'s.
+    """
+
+    reads_pooler = False
+
+    def _build_classifier(self, config, num_labels, rng, dtype):
+        self.pre_classifier = Linear(config.hidden_size, config.hidden_size, config.initializer_range, rng, dtype)
+        self.activation = Activation("relu")
+        self.dropout = Dropout(_dropout_field(config, "seq_classif_dropout", 0.2), self.random)
+        self.classifier = Linear(config.hidden_size, num_labels, config.initializer_range, rng, dtype)
+
+    def forward(self, input_ids, attention_mask=None, labels=None, *, token_type_ids=None, head_mask=None):
+        return super().forward(input_ids, token_type_ids, attention_mask, labels, head_mask=head_mask)
+
+    def _logits(self, input_ids, token_type_ids, attention_mask, head_mask):
+        first = self._first_token_states(input_ids, token_type_ids, attention_mask, head_mask)   # (B, H)
+        hidden = self.activation.forward(self.pre_classifier.forward(first))                    # (B, H)
+        return self.classifier.forward(self.dropout.forward(hidden))                            # (B, C)
+
+    def _logits_backward(self, dlogits):
+        dhidden = self.dropout.backward(self.classifier.backward(dlogits))                     # (B, H)
+        dfirst = self.pre_classifier.backward(self.activation.backward(dhidden))
+        self.distilbert.backward(dfirst, None)                                                  # into the first rows
+
+
+class DistilBertForTokenClassification(_DistilBertEncoder, BertForTokenClassification):
+    """One label per token: ``classifier(dropout(sequence_output))``, the dropout being
+    the config's ``dropout`` (DistilBERT reads no ``classifier_dropout``)."""
+
+    def __init__(self, config: DistilBertConfig, num_labels: int | None = None, **kwargs):
+        super().__init__(config, num_labels, **kwargs)
+        self.dropout.p = self.config.hidden_dropout_prob
+
+    def forward(self, input_ids, attention_mask=None, labels=None, *, token_type_ids=None, head_mask=None):
+        return super().forward(input_ids, token_type_ids, attention_mask, labels, head_mask=head_mask)
+
+
+class DistilBertForQuestionAnswering(_DistilBertEncoder, BertForQuestionAnswering):
+    """Extractive question answering: ``qa_outputs(dropout(sequence_output))``, (B, T, 2), the
+    dropout being ``qa_dropout``; the loss is BERT's."""
+
+    def __init__(self, config: DistilBertConfig, **kwargs):
+        super().__init__(config, **kwargs)
+        self.dropout = Dropout(_dropout_field(self.config, "qa_dropout", 0.1), self.random)
+
+    def forward(self, input_ids, attention_mask=None, start_positions=None, end_positions=None, *,
+                token_type_ids=None, head_mask=None):
+        return super().forward(input_ids, token_type_ids, attention_mask, start_positions, end_positions,
+                               head_mask=head_mask)
+
+    def _span_logits(self, seq):
+        return self.qa_outputs.forward(self.dropout.forward(seq))         # (B, T, H) -> (B, T, 2)
+
+    def _span_logits_backward(self, dlogits):
+        return self.dropout.backward(self.qa_outputs.backward(dlogits))   # (B, T, H)

@@ -18,6 +18,9 @@ Each model has the parameter names of its Hugging Face class (``bert.*`` for the
 ``Model.from_pretrained(dir)`` loads any BERT checkpoint into it: the encoder comes from
 the file, the head keeps its fresh initialisation and is reported as missing. As in
 transformers, the pooler exists only where the head reads it (sequence classification).
+RoBERTa's and DistilBERT's heads (minibert/roberta.py, minibert/distilbert.py) are
+subclasses of these, with their own encoder and, where transformers differs, their own
+small layer.
 
 Forward and backward come in pairs, like every module of the project::
 
@@ -178,13 +181,35 @@ def _classifier_dropout(config: BertConfig) -> float:
 
 
 class _BertWithHead(BertPreTrainedModel):
-    """What the fine-tuning models share: the encoder, label names, and the loss-or-own-gradient rule."""
+    """What the fine-tuning models share: the encoder, label names, and the loss-or-own-gradient rule.
+
+    The encoder is ``base_model_class``, kept under the attribute ``base_model_prefix``
+    (``bert``; RoBERTa's and DistilBERT's heads name their own, minibert/roberta.py and
+    minibert/distilbert.py), so its parameters carry the checkpoint names.
+    """
+
+    base_model_class = BertModel
 
     def _build_encoder(self, config, seed, device, dtype, add_pooling_layer: bool):
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, "
+                            f"got a {type(config).__name__}")
         rng, dtype, device = self._setup(config, seed, device, dtype)
-        self.bert = BertModel(self.config, _random_source=self.random, _rng=rng, dtype=dtype,
-                              add_pooling_layer=add_pooling_layer)
+        encoder = self.base_model_class(self.config, _random_source=self.random, _rng=rng, dtype=dtype,
+                                        add_pooling_layer=add_pooling_layer)
+        setattr(self, self.base_model_prefix, encoder)
         return rng, dtype, device
+
+    def _first_token_states(self, input_ids, token_type_ids, attention_mask, head_mask):
+        """The encoder's output at each sequence's first position ([CLS], ``<s>``): (B, H).
+
+        Only those B rows are asked for, so the last layer computes no other row."""
+        ids, _, _ = self.check_inputs(input_ids, token_type_ids, attention_mask)
+        batch, length = ids.shape
+        first = get_array_module(ids).arange(batch) * length                      # flat positions, (B,)
+        states, _ = self.base_model.forward(ids, token_type_ids=token_type_ids, attention_mask=attention_mask,
+                                            head_mask=head_mask, output_positions=first)
+        return states                                                              # (B, H)
 
     @property
     def id2label(self) -> dict:
@@ -223,7 +248,13 @@ class BertForSequenceClassification(_BertWithHead):
     ``config.extra`` the way transformers writes config.json, so a saved model loads back
     with its labels: ``BertForSequenceClassification.from_pretrained(dir)``. Fine-tuning a
     pretrained encoder: ``from_pretrained(encoder_dir, num_labels=3)``.
+
+    RoBERTa and DistilBERT replace ``_build_classifier``, ``_logits`` and ``_logits_backward``
+    (their heads read the first position's hidden state, not a pooler); the labels and the
+    loss are this class's.
     """
+
+    reads_pooler = True          # BERT classifies the pooled [CLS] vector; RoBERTa and DistilBERT have no pooler
 
     def __init__(self, config: BertConfig, num_labels: int | None = None, problem_type: str | None = None, *,
                  id2label=None, seed: int = 0, device: str = "cpu", dtype=np.float32):
@@ -235,20 +266,20 @@ class BertForSequenceClassification(_BertWithHead):
         if problem_type not in PROBLEM_TYPES:
             raise ValueError(f"problem_type must be one of {PROBLEM_TYPES}, got {problem_type!r}")
         config.extra["problem_type"] = problem_type
-        rng, dtype, device = self._build_encoder(config, seed, device, dtype, add_pooling_layer=True)
+        rng, dtype, device = self._build_encoder(config, seed, device, dtype, add_pooling_layer=self.reads_pooler)
         self.num_labels = num_labels
         self.problem_type = problem_type
+        self._build_classifier(config, num_labels, rng, dtype)
+        self._finish_setup(device)
+
+    def _build_classifier(self, config, num_labels, rng, dtype):
         self.dropout = Dropout(_classifier_dropout(config), self.random)
         self.classifier = Linear(config.hidden_size, num_labels, config.initializer_range, rng, dtype)
-        self._finish_setup(device)
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None, *,
                 head_mask=None) -> SequenceClassifierOutput:
         self.clear_caches()          # a forward that fails half-way leaves backward nothing stale
-        # Only [CLS] is read: the last encoder layer computes no other row (output_positions=[]).
-        _, pooled = self.bert.forward(input_ids, token_type_ids, attention_mask, head_mask=head_mask,
-                                      output_positions=np.zeros(0, dtype=np.int64))  # (B, H)
-        logits = self.classifier.forward(self.dropout.forward(pooled))              # (B, C)
+        logits = self._logits(input_ids, token_type_ids, attention_mask, head_mask)  # (B, C)
         out = SequenceClassifierOutput(logits)
         loss_cache = None
         if labels is not None:
@@ -263,6 +294,17 @@ class BertForSequenceClassification(_BertWithHead):
                 out.loss, loss_cache = ops.cross_entropy_forward(logits, labels)
         self._save_cache((logits.shape, loss_cache))
         return out
+
+    def _logits(self, input_ids, token_type_ids, attention_mask, head_mask):
+        """BERT's head: ``classifier(dropout(pooled))``, (B, C)."""
+        # Only [CLS] is read: the last encoder layer computes no other row (output_positions=[]).
+        _, pooled = self.bert.forward(input_ids, token_type_ids, attention_mask, head_mask=head_mask,
+                                      output_positions=np.zeros(0, dtype=np.int64))  # (B, H)
+        return self.classifier.forward(self.dropout.forward(pooled))                # (B, C)
+
+    def _logits_backward(self, dlogits):
+        dpooled = self.dropout.backward(self.classifier.backward(dlogits))           # (B, H)
+        self.bert.backward(None, dpooled)
 
     def _regression_targets(self, labels, batch, xp):
         target = xp.asarray(to_device(labels, self.device))
@@ -287,8 +329,7 @@ class BertForSequenceClassification(_BertWithHead):
         else:
             loss_gradient = lambda w: ops.cross_entropy_backward(w, loss_cache)     # noqa: E731
         dlogits = self._output_gradient(dlogits, shape, loss_gradient, loss_weight)  # (B, C)
-        dpooled = self.dropout.backward(self.classifier.backward(dlogits))           # (B, H)
-        self.bert.backward(None, dpooled)
+        self._logits_backward(dlogits)
 
 
 # ============================================================================ token classification
@@ -314,7 +355,8 @@ class BertForTokenClassification(_BertWithHead):
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None, *,
                 head_mask=None) -> TokenClassifierOutput:
         self.clear_caches()          # a forward that fails half-way leaves backward nothing stale
-        seq, _ = self.bert.forward(input_ids, token_type_ids, attention_mask, head_mask=head_mask)  # (B, T, H)
+        seq, _ = self.base_model.forward(input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask,
+                                         head_mask=head_mask)                        # (B, T, H)
         logits = self.classifier.forward(self.dropout.forward(seq))                  # (B, T, C)
         out = TokenClassifierOutput(logits)
         loss_cache = None
@@ -333,7 +375,7 @@ class BertForTokenClassification(_BertWithHead):
             (lambda w: ops.cross_entropy_backward(w, loss_cache).reshape(shape))    # (B*T, C) -> (B, T, C)
         dlogits = self._output_gradient(dlogits, shape, loss_gradient, loss_weight)
         dseq = self.dropout.backward(self.classifier.backward(dlogits))              # (B, T, H)
-        self.bert.backward(dseq, None)
+        self.base_model.backward(dseq, None)
 
 
 # ============================================================================ question answering
@@ -357,8 +399,9 @@ class BertForQuestionAnswering(_BertWithHead):
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, start_positions=None,
                 end_positions=None, *, head_mask=None) -> QuestionAnsweringOutput:
         self.clear_caches()          # a forward that fails half-way leaves backward nothing stale
-        seq, _ = self.bert.forward(input_ids, token_type_ids, attention_mask, head_mask=head_mask)  # (B, T, H)
-        logits = self.qa_outputs.forward(seq)                                        # (B, T, 2)
+        seq, _ = self.base_model.forward(input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask,
+                                         head_mask=head_mask)                        # (B, T, H)
+        logits = self._span_logits(seq)                                              # (B, T, 2)
         out = QuestionAnsweringOutput(logits)
         loss_caches = None
         if (start_positions is None) != (end_positions is None):
@@ -394,7 +437,14 @@ class BertForQuestionAnswering(_BertWithHead):
 
         dlogits = self._output_gradient(dlogits, shape, None if loss_caches is None else loss_gradient,
                                         loss_weight)
-        self.bert.backward(self.qa_outputs.backward(dlogits), None)                 # (B, T, H)
+        self.base_model.backward(self._span_logits_backward(dlogits), None)         # (B, T, H)
+
+    def _span_logits(self, seq):
+        """BERT's head: ``qa_outputs(sequence_output)``, (B, T, H) -> (B, T, 2)."""
+        return self.qa_outputs.forward(seq)
+
+    def _span_logits_backward(self, dlogits):
+        return self.qa_outputs.backward(dlogits)                                    # (B, T, H)
 
 
 # ============================================================================ masked language model

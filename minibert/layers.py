@@ -121,7 +121,7 @@ class Dropout(Module):
 
 
 class Activation(Module):
-    """An elementwise activation chosen by name: "gelu" (exact erf), "gelu_new" (tanh form), "tanh"."""
+    """An elementwise activation chosen by name: "gelu" (exact erf), "gelu_new" (tanh form), "tanh", "relu"."""
 
     def __init__(self, name: str):
         if name not in HIDDEN_ACTIVATIONS:

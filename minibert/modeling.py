@@ -364,9 +364,11 @@ class BertPreTrainedModel(Module):
 
         Kept rows keep their vectors; every new row starts as the mean of the old ones (a
         new token then scores like an average one in a tied output layer, instead of at
-        random). A tied output layer follows (it shares the table); an output bias of one
-        entry per token (the masked-LM head's) is cut or padded with zeros. Gradients are
-        reset; build the optimizer after resizing.
+        random). A tied output layer follows (it shares the table), and its bias, one entry
+        per token, is cut or padded with zeros: the head names that bias by building its
+        decoder on the table (``Linear.from_parameters(word_embeddings.weight, bias)``:
+        ``cls.predictions.bias``, ``lm_head.bias``...). Gradients are reset; build the
+        optimizer after resizing.
         """
         if not is_int_at_least(new_num_tokens, 1):
             raise ValueError(f"new_num_tokens must be a positive integer, got {new_num_tokens!r}")
@@ -384,13 +386,21 @@ class BertPreTrainedModel(Module):
         else:
             table.data = table.data[:new_num_tokens].copy()
         table.grad = xp.zeros_like(table.data)
-        for name, param in self.named_parameters():
-            if name.endswith(("predictions.bias", "lm_head.bias")) and param.data.shape == (old_num_tokens,):
-                kept = param.data[:new_num_tokens]
-                param.data = xp.concatenate([kept, xp.zeros(new_num_tokens - len(kept), dtype=kept.dtype)])
-                param.grad = xp.zeros_like(param.data)
+        for bias in self._vocabulary_biases(table):
+            kept = bias.data[:new_num_tokens]
+            bias.data = xp.concatenate([kept, xp.zeros(new_num_tokens - len(kept), dtype=kept.dtype)])
+            bias.grad = xp.zeros_like(bias.data)
         self.config.vocab_size = bert.config.vocab_size = int(new_num_tokens)
         return bert.embeddings.word_embeddings
+
+    def _vocabulary_biases(self, table: Parameter) -> list:
+        """The biases of the output layers tied to the word-embedding ``table`` (one entry per
+        token, each once): the layers whose weight is that very Parameter."""
+        biases = {}
+        for _, module in self.named_modules():
+            if isinstance(module, Linear) and module.weight is table and module.bias is not None:
+                biases[id(module.bias)] = module.bias
+        return list(biases.values())
 
     def prune_heads(self, heads_to_prune: dict) -> None:
         """Remove attention heads for good: ``{layer: [head, ...]}`` in the original numbering.

@@ -35,6 +35,7 @@ REFERENCE = {
     "layer_norm": (ops.layer_norm_forward, ops.layer_norm_backward),
     **ops.ACTIVATIONS,                              # "gelu", "gelu_new", "gelu_pytorch_tanh"
     "tanh": (ops.tanh_forward, ops.tanh_backward),
+    "relu": (ops.relu_forward, ops.relu_backward),
     "dropout": (ops.dropout_forward, ops.dropout_backward),
     "attention": (ops.attention_forward, ops.attention_backward),
     "flash_attention": (ops.flash_attention_forward, ops.flash_attention_backward),

@@ -11,6 +11,9 @@ small changes to the model, each a subclass of the BERT module it changes.
 2. **One token type** (``type_vocab_size = 1``): no sentence A / B, no next-sentence task.
 3. **The masked-LM head** is ``lm_head``: dense -> GELU -> ``layer_norm`` -> the decoder tied
    to the word embeddings, plus ``lm_head.bias`` (BERT's ``cls.predictions.transform...``).
+4. **No pooler.** The sequence classifier reads the ``<s>`` position through a head of its
+   own, ``classifier.dense`` -> tanh -> ``classifier.out_proj`` (:class:`RobertaClassificationHead`);
+   token classification and question answering are BERT's heads on ``roberta``.
 
 The checkpoint layout is Hugging Face's: ``config.json`` with ``model_type: "roberta"``,
 weights named ``roberta.embeddings...``, ``roberta.encoder.layer.N...``, ``lm_head.dense``,
@@ -24,8 +27,9 @@ import numpy as np
 
 from .backend import get_array_module
 from .config import RobertaConfig
-from .heads import BertForMaskedLM
-from .layers import Activation, LayerNorm, Linear
+from .heads import (BertForMaskedLM, BertForQuestionAnswering, BertForSequenceClassification,
+                    BertForTokenClassification, _classifier_dropout)
+from .layers import Activation, Dropout, LayerNorm, Linear
 from .modeling import BertEmbeddings, BertModel
 from .nn import Module, Parameter
 
@@ -100,3 +104,69 @@ class RobertaForMaskedLM(BertForMaskedLM):
     @property
     def mlm_head(self):
         return self.lm_head
+
+
+# ---------------------------------------------------------------------------- fine-tuning heads
+class _RobertaEncoder:
+    """Builds the encoder of a BERT head as ``roberta``, a RobertaModel, from a RobertaConfig."""
+
+    base_model_prefix = "roberta"
+    config_class = RobertaConfig
+    base_model_class = RobertaModel
+
+
+class RobertaClassificationHead(Module):
+    """``classifier``: the sequence classifier on the ``<s>`` state (RoBERTa has no pooler).
+
+        logits = out_proj(dropout(tanh(dense(dropout(h_<s>)))))        (B, H) -> (B, C)
+
+    The same dense -> tanh as BERT's pooler, but trained with the task (it is not in the
+    pretrained checkpoint), and dropout on both sides of it.
+    """
+
+    def __init__(self, config: RobertaConfig, num_labels: int, rng, random_source, dtype):
+        p = _classifier_dropout(config)
+        self.dropout = Dropout(p, random_source)                         # on the <s> state
+        self.dense = Linear(config.hidden_size, config.hidden_size, config.initializer_range, rng, dtype)
+        self.activation = Activation("tanh")
+        self.dense_dropout = Dropout(p, random_source)                   # on the tanh output
+        self.out_proj = Linear(config.hidden_size, num_labels, config.initializer_range, rng, dtype)
+
+    def forward(self, h):                                                # (B, H) -> (B, C)
+        x = self.activation.forward(self.dense.forward(self.dropout.forward(h)))
+        return self.out_proj.forward(self.dense_dropout.forward(x))
+
+    def backward(self, dlogits):                                         # (B, C) -> (B, H)
+        dx = self.dense_dropout.backward(self.out_proj.backward(dlogits))
+        return self.dropout.backward(self.dense.backward(self.activation.backward(dx)))
+
+
+class RobertaForSequenceClassification(_RobertaEncoder, BertForSequenceClassification):
+    """One label (or value) per sequence from RoBERTa's ``<s>`` state.
+
+        logits = classifier(h[:, 0])          (B, C), :class:`RobertaClassificationHead`
+
+    Labels, ``problem_type`` and the loss are :class:`~minibert.heads.BertForSequenceClassification`'s.
+    """
+
+    reads_pooler = False
+
+    def _build_classifier(self, config, num_labels, rng, dtype):
+        self.classifier = RobertaClassificationHead(config, num_labels, rng, self.random, dtype)
+
+    def _logits(self, input_ids, token_type_ids, attention_mask, head_mask):
+        first = self._first_token_states(input_ids, token_type_ids, attention_mask, head_mask)   # (B, H)
+        return self.classifier.forward(first)                                                   # (B, C)
+
+    def _logits_backward(self, dlogits):
+        self.roberta.backward(self.classifier.backward(dlogits), None)   # into the <s> rows
+
+
+class RobertaForTokenClassification(_RobertaEncoder, BertForTokenClassification):
+    """One label per token: BERT's ``dropout`` -> ``classifier`` on RoBERTa's sequence output.
+    A word split into several BPE pieces is labelled on its first piece."""
+
+
+class RobertaForQuestionAnswering(_RobertaEncoder, BertForQuestionAnswering):
+    """Extractive question answering: BERT's ``qa_outputs`` (start, end logits) on RoBERTa's
+    sequence output, with the same loss."""

@@ -102,6 +102,14 @@ def test_tanh(rng):
     check_op(ops.tanh_forward, ops.tanh_backward, [rng.standard_normal((3, 5))], samples=None).raise_if_failed()
 
 
+def test_relu(rng):
+    x = rng.standard_normal((4, 7))
+    x[np.abs(x) < 1e-3] = 0.5                                            # away from the kink at 0
+    check_op(ops.relu_forward, ops.relu_backward, [x], samples=None).raise_if_failed()
+    y, cache = ops.relu_forward(np.array([-1.0, 0.0, 2.0]))
+    assert y.tolist() == [0, 0, 2] and ops.relu_backward(np.ones(3), cache).tolist() == [0, 0, 1]   # 0 at 0
+
+
 def test_softmax(rng):
     check_op(ops.softmax_forward, ops.softmax_backward, [rng.standard_normal((2, 3, 7)) * 4]).raise_if_failed()
 

@@ -296,7 +296,8 @@ def encode_classification(data: ClassificationData, tokenizer, max_length: int =
         encoded = tokenizer(data.texts[start:stop], pairs, max_length=max_length, truncation=True,
                             padding="max_length")
         for key in SEQUENCE_KEYS:
-            arrays[key][start:stop] = encoded[key][:, :max_length]
+            if key in encoded:           # token_type_ids: absent from RoBERTa's tokenizer (all zeros)
+                arrays[key][start:stop] = encoded[key][:, :max_length]
     dtype = np.float64 if data.label_names is None else np.int64
     arrays["labels"] = np.asarray(data.labels, dtype=dtype)
     return EncodedDataset(arrays)
@@ -449,7 +450,9 @@ def encode_token_classification(data: TokenData, tokenizer, max_length: int = 12
             previous = word
         if encoded["attention_mask"][i].sum() == max_length and previous is not None:
             truncated += len(tags) - 1 - previous      # the words after the last one kept
-    arrays = {"input_ids": input_ids, "token_type_ids": encoded["token_type_ids"].astype(np.int32),
+    token_types = encoded.get("token_type_ids")                        # RoBERTa's tokenizer: none, all 0
+    token_types = np.zeros_like(input_ids) if token_types is None else token_types.astype(np.int32)
+    arrays = {"input_ids": input_ids, "token_type_ids": token_types,
               "attention_mask": encoded["attention_mask"].astype(np.int32), "labels": labels}
     return TokenDataset(arrays, word_rows, truncated)
 

@@ -12,6 +12,8 @@ from .activations import (
     gelu_forward,
     gelu_tanh_backward,
     gelu_tanh_forward,
+    relu_backward,
+    relu_forward,
     tanh_backward,
     tanh_forward,
 )

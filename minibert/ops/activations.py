@@ -11,6 +11,9 @@ GELU, tanh approximation ("gelu_new"):
     Cache: x and tanh(u).
 
 tanh (the pooler):  y = tanh(x),  dy/dx = 1 - y^2.   Cache: y.
+
+ReLU (DistilBERT's classifier):  y = max(x, 0),  dy/dx = 1 where x > 0, else 0 (0 at x = 0,
+    as PyTorch).   Cache: the boolean mask x > 0.
 """
 
 import math
@@ -63,6 +66,16 @@ def tanh_forward(x):
 def tanh_backward(dy, cache):
     y = cache
     return dy * (1.0 - y * y)
+
+
+def relu_forward(x):
+    positive = x > 0
+    return x * positive, positive
+
+
+def relu_backward(dy, cache):
+    positive = cache
+    return dy * positive
 
 
 # hidden_act name (as in config.json) -> (forward, backward)

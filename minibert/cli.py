@@ -5,6 +5,7 @@
     minibert tokenize / train-vocab    the WordPiece tokenizer
     minibert embed                     sentence embeddings with a pretrained checkpoint
     minibert finetune                  fine-tune a checkpoint for text classification
+    minibert distill                   distil a trained BERT into a smaller student
     minibert sweep / lr-find           training experiments: knobs swept, the learning-rate range test
 
 Each family of commands lives beside the code it drives (``cli_*.py``) and registers itself
@@ -30,6 +31,7 @@ COMMAND_MODULES = {
     "minibert.cli_pretrain": "add_pretrain_commands",
     "minibert.cli_embed": "add_embed_commands",
     "minibert.cli_finetune": "add_finetune_commands",
+    "minibert.cli_distill": "add_distill_commands",
     "minibert.cli_sweep": "add_sweep_commands",
 }
 

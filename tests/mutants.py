@@ -437,6 +437,16 @@ MUTANTS = [
     Mutant('FM6', 'minibert/cli_finetune_tasks.py', '    basic = getattr(tokenizer, "basic", None)\n', '    basic = tokenizer.basic\n', ['tests/test_roberta.py'], "the bag-of-words baseline needs the WordPiece tokenizer's basic splitter (RoBERTa has none)"),
     Mutant('DF1', 'minibert/data/finetuning.py', '            if key in encoded:           # token_type_ids: absent', '            if True:           # token_type_ids: absent', ['tests/test_roberta.py'], 'encode_classification needs token_type_ids from the tokenizer (RoBERTa gives none)'),
     Mutant('DF2', 'minibert/data/finetuning.py', '    token_types = np.zeros_like(input_ids) if token_types is None else token_types.astype(np.int32)', '    token_types = token_types.astype(np.int32)', ['tests/test_roberta.py'], 'encode_token_classification needs token_type_ids from the tokenizer (RoBERTa gives none)'),
+    Mutant('DS1', 'minibert/ops/cosine_embedding.py', 'return dcos * (-dloss * weights / count)[:, None]', 'return dcos * (dloss * weights / count)[:, None]', ['tests/test_distill.py'], 'cosine_embedding_backward: gradient of the wrong sign'),
+    Mutant('DS2', 'minibert/ops/cosine_embedding.py', '- (cos / student_norm ** 2)[:, None] * student', '- (cos / student_norm)[:, None] * student', ['tests/test_distill.py'], 'cosine_embedding_backward: |s| instead of |s|^2 in the length term'),
+    Mutant('DS3', 'minibert/ops/cosine_embedding.py', 'loss = float((weights * (1.0 - cos)).sum()) / count', 'loss = float((1.0 - cos).sum()) / count', ['tests/test_distill.py'], 'cosine_embedding_forward: padded rows counted in the loss'),
+    Mutant('DS4', 'minibert/distill.py', 'rest = f"encoder.layer.{layers[int(index)]}.{tail}"', 'rest = f"encoder.layer.{int(index)}.{tail}"', ['tests/test_distill.py'], 'student_from_teacher: copies the first layers instead of the chosen ones'),
+    Mutant('DS5', 'minibert/distill.py', 'value += to_numpy(token_types.data)[0]', 'pass', ['tests/test_distill.py'], 'student_from_teacher: the token-type-0 embedding not folded into the positions'),
+    Mutant('DS6', 'minibert/distill.py', 'return [i * teacher_layers // student_layers for i in range(student_layers)]', 'return [2 * i for i in range(student_layers)]', ['tests/test_distill.py'], 'evenly_spaced_layers: always every other layer, whatever --layers says'),
+    Mutant('DS7', 'minibert/distill.py', 'dflat[positions] += dmasked', 'dflat[positions] = dmasked', ['tests/test_distill.py'], 'DistillationTask: the head gradient overwrites the cosine gradient at masked positions'),
+    Mutant('DS8', 'minibert/distill.py', 'dflat = backward(self.alphas["cos"] * weights["cos_loss"], cache)', 'dflat = backward(weights["cos_loss"], cache)', ['tests/test_distill.py'], 'DistillationTask: the cosine loss backpropagated without its weight a_cos'),
+    Mutant('DS9', 'minibert/distill.py', 'self.teacher = teacher.eval()', 'self.teacher = teacher', ['tests/test_distill.py'], 'DistillationTask: the teacher keeps dropout on, its targets are noisy'),
+    Mutant('DS10', 'minibert/cli_distill.py', 'alpha_mlm = distill.DEFAULT_ALPHAS["mlm"] if has_head else 0.0', 'alpha_mlm = distill.DEFAULT_ALPHAS["mlm"]', ['tests/test_distill.py'], 'minibert distill: a headless teacher trains the new masked-LM head by default'),
 ]
 
 

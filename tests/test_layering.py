@@ -38,7 +38,7 @@ LAYERS = [
     ("applications and the training loop", [
         "minibert.training", "minibert.finetune", "minibert.prune", "minibert.attention_maps",
         "minibert.sentence_embeddings", "minibert.fill_mask", "minibert.plots", "minibert.sweep",
-        "minibert.noise_scale"]),
+        "minibert.noise_scale", "minibert.distill"]),
     ("model, heads, optimizer, data, checkpoints, tokenizer", [
         "minibert.modeling", "minibert.heads", "minibert.optim", "minibert.data", "minibert.data.*",
         "minibert.checkpoint", "minibert.safetensors", "minibert.tokenization", "minibert.bpe",

@@ -19,6 +19,7 @@ from .activations import (
 )
 from .adamw import adamw_update
 from .attention import attention_backward, attention_forward
+from .cosine_embedding import cosine_embedding_backward, cosine_embedding_forward
 from .cross_entropy import IGNORE_INDEX, cross_entropy_backward, cross_entropy_forward
 from .distillation import distillation_backward, distillation_forward
 from .dropout import dropout_backward, dropout_forward

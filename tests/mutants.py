@@ -276,7 +276,7 @@ MUTANTS = [
     Mutant('CP7', CP, '    if not 0.0 < args.validation_fraction < 1.0:\n', '    if not 0.0 <= args.validation_fraction < 1.0:\n', TRAINING, '--validation-fraction 0 accepted (nothing held out)'),
     Mutant('CP8', CP, '    if others:\n', '    if False:\n', TRAINING, 'a folder holding files that are not a run\'s is emptied'),
     Mutant('CP9', CP, '        if state["step"] >= args.steps:', '        if False:', TRAINING, 'resuming a finished run trains and rewrites its results'),
-    Mutant('CP10', CP, '    saved = BertForPreTraining.from_pretrained(summary["model_dir"], device=args.device)\n', '    saved = model\n', TRAINING, 'the fill-mask demo queries the last step, not the saved model'),
+    Mutant('CP10', CP, '    saved = model_class.from_pretrained(summary["model_dir"], device=args.device)\n', '    saved = model\n', TRAINING, 'the fill-mask demo queries the last step, not the saved model'),
     Mutant('TR11', TR, '                self._rewrite_metrics()\n', '                pass\n', TRAINING, 'a resumed run logs the steps it redoes twice'),
     # training.py: the pretraining loop
     Mutant('TR1', TR, 'shares = {name: count[name] / max(totals[name], 1) for name in totals}', 'shares = {name: 1.0 / len(batches) for name in totals}', TRAINING, 'accumulation: micro-batch MLM losses averaged equally, not by masked tokens'),
@@ -459,6 +459,19 @@ MUTANTS = [
     Mutant('CS2', 'minibert/cli_sweep.py', '    if settings["warmup"] >= 1:', '    if settings["warmup"] > 1.5:', ['tests/test_sweep.py'], 'a warm-up share of 1 or more reaches the fine-tuning runs'),
     Mutant('CS3', 'minibert/sweep.py', '    if not text.strip():\n', '    if False:\n', ['tests/test_sweep.py'], 'an empty knob list is not named'),
     Mutant('CS4', 'minibert/cli_sweep.py', '        if given:\n            raise', '        if False:\n            raise', ['tests/test_sweep.py'], 'a pretraining sweep silently ignores --task'),
+    Mutant('RR1', 'minibert/data/pretraining.py', 'separator = [separator_id] if s == 0 and current else []', 'separator = [separator_id] if s == 0 else []', ['tests/test_roberta_recipe.py'], 'a document that starts a sequence gets a separator after [CLS]'),
+    Mutant('RR2', 'minibert/data/pretraining.py', 'separator = [separator_id] if s == 0 and current else []', 'separator = []', ['tests/test_roberta_recipe.py'], 'documents run together with no separator between them'),
+    Mutant('RR3', 'minibert/data/pretraining.py', 'if len(current) + len(separator) + len(sentence) <= capacity:', 'if len(current) + len(separator) + len(sentence) < capacity:', ['tests/test_roberta_recipe.py'], 'a sentence that exactly fills the sequence is pushed to the next one'),
+    Mutant('RR4', 'minibert/data/pretraining.py', '                sentence = sentence[capacity:]', '                sentence = sentence[capacity + 1:]', ['tests/test_roberta_recipe.py'], 'a sentence longer than a sequence loses a token at each cut'),
+    Mutant('RR5', 'minibert/data/pretraining.py', '    capacity = int(max_seq_length) - 2\n', '    capacity = int(max_seq_length) - 3\n', ['tests/test_roberta_recipe.py'], 'one position of every packed sequence is wasted'),
+    Mutant('RR6', 'minibert/training.py', '        return {"mlm_loss": int((batch["labels"] != -100).sum())}', '        return {"mlm_loss": len(batch["input_ids"])}', ['tests/test_roberta_recipe.py'], 'micro-batches weighted by sequences instead of masked tokens: accumulation no longer equals one batch'),
+    Mutant('RR7', 'minibert/training.py', '            masked += count\n            correct += int((to_numpy(logits)', '            masked += len(batch["input_ids"])\n            correct += int((to_numpy(logits)', ['tests/test_roberta_recipe.py', 'tests/test_training.py'], 'the masked-LM accuracy and loss divided by the sequences, not the masked tokens'),
+    Mutant('RR8', 'minibert/pretrain.py', 'dupe_factor=None, adam_betas=(0.9, 0.98)', 'dupe_factor=None, adam_betas=(0.9, 0.999)', ['tests/test_roberta_recipe.py'], "the roberta recipe keeps BERT's beta2"),
+    Mutant('RR9', 'minibert/pretrain.py', '        train = examples_to_arrays(create_packed_examples(train_ids, vocab, max_seq_length))', '        train = examples_to_arrays(create_packed_examples(train_ids, vocab, max_seq_length, masker=masker))', ['tests/test_roberta_recipe.py'], 'the packed training set masked once ahead of time (static masks)'),
+    Mutant('RR10', 'minibert/cli_pretrain.py', '    if recipe == "roberta" and getattr(args, "dupe_factor", None) is not None:', '    if recipe == "roberta" and getattr(args, "dupe_factor", None) is None:', ['tests/test_roberta_recipe.py'], '--dupe-factor accepted with --recipe roberta'),
+    Mutant('RR11', 'minibert/cli_pretrain.py', '        if getattr(args, option, None) is None:\n            setattr(args, option, job.RECIPES[recipe][key])', '        setattr(args, option, job.RECIPES[recipe][key])', ['tests/test_roberta_recipe.py'], "the recipe overwrites the user's --batch-size / --lr"),
+    Mutant('RR12', 'minibert/cli_pretrain.py', '    model_class = BertForMaskedLM if args.recipe == "roberta" else BertForPreTraining', '    model_class = BertForPreTraining', ['tests/test_roberta_recipe.py'], 'the roberta recipe trains a model with an NSP head'),
+    Mutant('RR13', 'minibert/data/pretraining.py', '    return {"input_ids": input_ids, "token_type_ids": np.zeros(max_seq_length, dtype=ID_DTYPE),', '    return {"input_ids": input_ids, "token_type_ids": attention_mask.copy(),', ['tests/test_roberta_recipe.py'], 'packed sequences marked as segment B'),
 ]
 
 

@@ -1,4 +1,5 @@
-"""Pretraining examples: sentence pairs for NSP, masked tokens for MLM, shards on disk.
+"""Pretraining examples: sentence pairs for NSP, packed sequences, masked tokens for MLM,
+shards on disk.
 
 This follows the recipe of the original BERT data generator (``create_pretraining_data.py``
 in google-research/bert), with each constant named below. The pipeline::
@@ -8,6 +9,10 @@ in google-research/bert), with each constant named below. The pipeline::
       --encode_pair-->         {input_ids, token_type_ids, attention_mask, next_sentence_label}
       --Masker-->              input_ids with some tokens corrupted, + labels
       --write_shards / examples_to_arrays--> ShardDataset / ArrayDataset --> batches
+
+RoBERTa's recipe has no NSP: :func:`create_packed_examples` packs whole sentences,
+read contiguously across document boundaries (a ``[SEP]`` between documents), into
+``[CLS] s1 s2 [SEP] s3 ... [SEP] [PAD] ...`` with one token type and no NSP label.
 
 Static masking (the original) masks every example once, ahead of time, making
 ``dupe_factor`` copies of the corpus with different masks. Dynamic masking (RoBERTa)
@@ -245,6 +250,80 @@ def encode_pair(pair: SentencePair, max_seq_length: int, vocab: VocabularyInfo) 
     attention_mask[:n] = 1
     return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask,
             "next_sentence_label": np.array(int(pair.is_random_next), dtype=ID_DTYPE)}
+
+
+# ----------------------------------------------------------------------------- packed sequences
+def pack_sentences(documents, max_seq_length: int, separator_id: int) -> list[list[int]]:
+    """The bodies of RoBERTa's "full sentences" inputs: whole sentences read contiguously
+    through the documents, packed into sequences of up to ``max_seq_length - 2`` tokens.
+
+    The documents are read in order, each sentence whole; a sentence goes into the current
+    sequence if it fits, otherwise it starts the next sequence. Inside a sequence, the
+    sentences of a new document follow a ``separator_id`` token (``[SEP]``); a document that
+    begins a sequence needs none. A sentence longer than a whole sequence is cut into full
+    pieces, its last piece beginning the next sequence. So every token of the corpus is in
+    exactly one sequence, in corpus order, and a sequence ends only where the next sentence
+    (with its separator) would not fit. ``[CLS]`` and the closing ``[SEP]`` are added by
+    :func:`encode_packed`, hence the 2 tokens of room.
+    """
+    capacity = int(max_seq_length) - 2
+    if capacity < 2:
+        raise ValueError(f"max_seq_length must be at least 4 ([CLS], two tokens, [SEP]), got {max_seq_length!r}")
+    sequences, current = [], []
+    for document in documents:
+        for s, sentence in enumerate(document):
+            sentence = list(sentence)
+            if not sentence:
+                continue
+            separator = [separator_id] if s == 0 and current else []      # a new document inside a sequence
+            if len(current) + len(separator) + len(sentence) <= capacity:
+                current += separator + sentence
+                continue
+            if current:
+                sequences.append(current)
+            while len(sentence) > capacity:                             # longer than a whole sequence
+                sequences.append(sentence[:capacity])
+                sentence = sentence[capacity:]
+            current = sentence
+    if current:
+        sequences.append(current)
+    return sequences
+
+
+def encode_packed(body: list, max_seq_length: int, vocab: VocabularyInfo) -> dict:
+    """``[CLS] body [SEP]`` padded to ``max_seq_length``: one unmasked example (arrays (T,)),
+    a single segment (token type 0 everywhere) and no next-sentence label."""
+    ids = [vocab.cls_id, *body, vocab.sep_id]
+    n = len(ids)
+    if n > max_seq_length:
+        raise ValueError(f"the sequence holds {n} tokens with [CLS]/[SEP], more than max_seq_length={max_seq_length}")
+    input_ids = np.full(max_seq_length, vocab.pad_id, dtype=ID_DTYPE)           # (T,)
+    input_ids[:n] = ids
+    attention_mask = np.zeros(max_seq_length, dtype=ID_DTYPE)                     # (T,)
+    attention_mask[:n] = 1
+    return {"input_ids": input_ids, "token_type_ids": np.zeros(max_seq_length, dtype=ID_DTYPE),
+            "attention_mask": attention_mask}
+
+
+def create_packed_examples(documents, vocab: VocabularyInfo, max_seq_length: int = 128, *,
+                           masker: Masker | None = None, seed: int = 0) -> list[dict]:
+    """RoBERTa's pretraining examples: :func:`pack_sentences` then :func:`encode_packed`.
+
+    With a ``masker`` each example is masked once, from ``seed`` (a validation set that is
+    the same at every evaluation); without one they stay unmasked for :class:`DynamicMasking`.
+    """
+    if documents and documents[0] and isinstance(documents[0][0], str):
+        raise TypeError("create_packed_examples needs token ids: pass the documents through "
+                        "tokenize_documents first")
+    examples = [encode_packed(body, max_seq_length, vocab)
+                for body in pack_sentences(documents, max_seq_length, vocab.sep_id)]
+    if not examples:
+        raise CorpusError("the corpus holds no tokens to pack into sequences")
+    if masker is None:
+        return examples
+    rng = np.random.default_rng(seed)
+    return [masked for start in range(0, len(examples), _MASKING_BLOCK)
+            for masked in _mask_block(examples[start: start + _MASKING_BLOCK], masker, rng)]
 
 
 # ----------------------------------------------------------------------------- masking

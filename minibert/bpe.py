@@ -33,7 +33,7 @@ import regex
 
 from .backend import is_int_at_least
 from .tokenization import (ADDED_TOKENS_NAME, SPECIAL_TOKEN_NAMES, TOKENIZER_CONFIG_NAME, PreTrainedTokenizer,
-                           VocabularyNotFoundError, _check_side, _check_text, _read_added_tokens, _Sequence)
+                           VocabularyNotFoundError, _check_side, _check_text, _Sequence)
 
 # GPT-2's pre-tokenization pattern (\p{L}: any letter, \p{N}: any digit, in every script)
 PIECES = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
@@ -441,17 +441,7 @@ class RobertaTokenizer(PreTrainedTokenizer):
         if isinstance(specials, str):
             raise TypeError(f"additional_special_tokens must be a list of tokens, got the string {specials!r}")
         tokenizer = cls(os.path.join(directory, VOCAB_JSON_NAME), os.path.join(directory, MERGES_NAME), **settings)
-        added = _read_added_tokens(directory, config, tokenizer.base_vocab_size)
-        for token, _ in sorted(added.items(), key=lambda item: item[1]):
-            if token not in tokenizer.vocab:
-                tokenizer.add_tokens([token], special_tokens=token in specials)
-        wrong = {t: i for t, i in added.items() if tokenizer.vocab.get(t) != i}
-        if wrong:
-            raise ValueError(f"{directory}: added tokens must take the ids after the vocabulary's "
-                             f"{tokenizer.base_vocab_size} in order, got {wrong}")
-        rest = [t for t in specials if t not in tokenizer.additional_special_tokens]
-        if rest:
-            tokenizer.add_special_tokens({"additional_special_tokens": rest})
+        tokenizer._restore_added_tokens(directory, config, specials)
         return tokenizer
 
     def save_pretrained(self, directory) -> str:

@@ -660,6 +660,23 @@ class PreTrainedTokenizer:
             return ids[segment.lower()]
         return next(i for token, i in ids.items() if re.fullmatch(f"(?i:{re.escape(token)})", segment))
 
+    def _restore_added_tokens(self, directory, config: dict, specials) -> None:
+        """What a saved folder added to the vocabulary, back in place (``from_pretrained``): its
+        added tokens in the order of their ids, each taking the next id after the vocabulary
+        (a token already there, such as a special one the constructor added, is kept), then
+        the ``specials`` that had no id saved."""
+        added = _read_added_tokens(directory, config, self.base_vocab_size)
+        for token, _ in sorted(added.items(), key=lambda item: item[1]):
+            if token not in self.vocab:
+                self.add_tokens([token], special_tokens=token in specials)
+        wrong = {t: i for t, i in added.items() if self.vocab.get(t) != i}
+        if wrong:
+            raise ValueError(f"{directory}: added tokens must take the ids after the vocabulary's "
+                             f"{self.base_vocab_size} in order, got {wrong}")
+        rest = [t for t in specials if t not in self.additional_special_tokens]
+        if rest:
+            self.add_special_tokens({"additional_special_tokens": rest})
+
     def _align_words(self, words) -> "_Sequence":
         """Ids of pre-split words, each token numbered with its word's position in the list
         and its offsets counted within that word (as transformers does)."""
@@ -1209,17 +1226,7 @@ class BertTokenizer(PreTrainedTokenizer):
         if isinstance(specials, str):
             raise TypeError(f"additional_special_tokens must be a list of tokens, got the string {specials!r}")
         tokenizer = cls(vocab_path, **settings)
-        # the added tokens in the order of their ids, then the special ones that had none saved
-        added = _read_added_tokens(directory, config if os.path.isfile(config_path) else {}, tokenizer.base_vocab_size)
-        for token, _ in sorted(added.items(), key=lambda item: item[1]):
-            tokenizer.add_tokens([token], special_tokens=token in specials)
-        wrong = {t: i for t, i in added.items() if tokenizer.vocab.get(t) != i}
-        if wrong:
-            raise ValueError(f"{directory}: added tokens must take the ids after the vocabulary's "
-                             f"{tokenizer.base_vocab_size} in order, got {wrong}")
-        rest = [t for t in specials if t not in tokenizer.additional_special_tokens]
-        if rest:
-            tokenizer.add_special_tokens({"additional_special_tokens": rest})
+        tokenizer._restore_added_tokens(directory, config if os.path.isfile(config_path) else {}, specials)
         return tokenizer
 
     def save_vocabulary(self, directory, filename_prefix: str | None = None) -> tuple[str]:

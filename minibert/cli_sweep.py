@@ -134,9 +134,9 @@ def _finetune_baseline(args) -> tuple[list[str], dict, str | None]:
         raise ValueError(f"--job finetune needs --task: one of {', '.join(TASKS)}")
     if args.task not in TASKS:
         raise ValueError(f"--task {args.task!r} is unknown; the tasks are {', '.join(TASKS)}")
-    task_path(args.task)                                  # installed, or how to install it
     if args.model is None:
         raise ValueError("--job finetune needs --model DIR, the checkpoint folder to fine-tune")
+    task_path(args.task)                                  # installed, or how to install it
     if not os.path.isfile(os.path.join(args.model, "vocab.txt")):
         raise FileNotFoundError(f"--model {args.model}: no vocab.txt there (a checkpoint folder with its "
                                 "vocabulary is needed)")

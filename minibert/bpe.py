@@ -33,7 +33,8 @@ import regex
 
 from .backend import is_int_at_least
 from .tokenization import (ADDED_TOKENS_NAME, SPECIAL_TOKEN_NAMES, TOKENIZER_CONFIG_NAME, PreTrainedTokenizer,
-                           VocabularyNotFoundError, _check_side, _check_text, _Sequence)
+                           VocabularyNotFoundError, _check_side, _check_text, _Sequence, read_json_object,
+                           split_at_matches)
 
 # GPT-2's pre-tokenization pattern (\p{L}: any letter, \p{N}: any digit, in every script)
 PIECES = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
@@ -420,7 +421,7 @@ class RobertaTokenizer(PreTrainedTokenizer):
             file = os.path.join(directory, name)
             if not os.path.isfile(file):
                 continue
-            values = _read_json_object(file)
+            values = read_json_object(file)
             if name == TOKENIZER_CONFIG_NAME:
                 config = values
             for key in (*_CONFIG_KEYS, "additional_special_tokens"):
@@ -478,10 +479,7 @@ class RobertaTokenizer(PreTrainedTokenizer):
 
     def _split(self, text: str) -> list[tuple[bool, str]]:
         """[(is a special or added token, segment), ...] in order; empty segments left out."""
-        if self._special_re is None or not self._special_re.search(text):
-            return [(False, text)] if text else []
-        parts = self._special_re.split(text)            # odd positions hold the matches
-        return [(i % 2 == 1, part) for i, part in enumerate(parts) if part]
+        return split_at_matches(self._special_re, text)
 
     def tokenize_to_ids(self, text: str) -> list[int]:
         """The ids of ``text`` (no ``<s>`` / ``</s>`` added)."""
@@ -608,23 +606,12 @@ class RobertaTokenizer(PreTrainedTokenizer):
                 f"model_max_length={self.model_max_length})")
 
 
-def _read_json_object(path: str) -> dict:
-    with open(path, encoding="utf-8") as f:
-        try:
-            values = json.load(f)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(values, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(values).__name__}")
-    return values
-
-
 def _read_vocab_json(path: str) -> dict:
     """``vocab.json``: a JSON object of token -> integer id."""
     if not os.path.isfile(path):
         raise VocabularyNotFoundError(f"vocabulary file not found: {path}")
     try:
-        vocab = _read_json_object(path)
+        vocab = read_json_object(path)
     except ValueError as exc:
         raise ValueError(f"{exc} (vocab.json maps each token to its id)") from None
     bad = next((t for t, i in vocab.items() if isinstance(i, bool) or not isinstance(i, int)), None)

@@ -296,10 +296,7 @@ class BasicTokenizer:
 
     def split_special(self, text: str) -> list[tuple[bool, str]]:
         """[(is_special, segment), ...] in order; empty segments are left out."""
-        if self._special_re is None or not self._special_re.search(text):
-            return [(False, text)] if text else []
-        parts = self._special_re.split(text)       # odd positions hold the matches
-        return [(i % 2 == 1, part) for i, part in enumerate(parts) if part]
+        return split_at_matches(self._special_re, text)
 
     def words(self, text: str) -> list[str]:
         """Normalized words of a text that holds no special token."""
@@ -1191,13 +1188,7 @@ class BertTokenizer(PreTrainedTokenizer):
         settings = {}
         config_path = os.path.join(directory, TOKENIZER_CONFIG_NAME)
         if os.path.isfile(config_path):
-            with open(config_path, encoding="utf-8") as f:
-                try:
-                    config = json.load(f)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{config_path} is not valid JSON: {exc}") from None
-            if not isinstance(config, dict):
-                raise ValueError(f"{config_path} must hold a JSON object, got {type(config).__name__}")
+            config = read_json_object(config_path)
             for key in ("do_lower_case", "strip_accents", "tokenize_chinese_chars", "never_split",
                         "model_max_length", "max_input_chars_per_word", "do_basic_tokenize",
                         "remove_control_chars", "clean_up_tokenization_spaces", "padding_side", "truncation_side",
@@ -1580,6 +1571,27 @@ def _as_batch(text, text_pair, is_split_into_words: bool):
     if len(pairs) != len(texts):
         raise ValueError(f"got {len(texts)} texts but {len(pairs)} text pairs")
     return texts, pairs
+
+
+def split_at_matches(pattern, text: str) -> list[tuple[bool, str]]:
+    """[(is a match of ``pattern``, segment), ...] in order, empty segments left out; the
+    whole text as one segment when ``pattern`` is None (``pattern`` has one capturing group)."""
+    if pattern is None or not pattern.search(text):
+        return [(False, text)] if text else []
+    parts = pattern.split(text)                # odd positions hold the matches
+    return [(i % 2 == 1, part) for i, part in enumerate(parts) if part]
+
+
+def read_json_object(path: str) -> dict:
+    """The JSON object in the file ``path``; a clear error when it is not valid JSON or not an object."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            values = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(values).__name__}")
+    return values
 
 
 def _read_added_tokens(directory: str, config: dict, base_size: int) -> dict:

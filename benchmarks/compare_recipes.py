@@ -1,14 +1,18 @@
-"""The two pretraining recipes side by side: held-out masked-LM loss and accuracy of the models
-trained by ``minibert pretrain`` (``--recipe bert``) and ``minibert pretrain --recipe roberta``.
+"""Pretraining runs side by side: held-out masked-LM loss and accuracy of the models trained by
+``minibert pretrain`` (``--recipe bert``), ``minibert pretrain --recipe roberta``, or runs of a
+sweep, scored on the same held-out sequences.
 
     python benchmarks/compare_recipes.py runs/bert runs/roberta [more run folders ...]
+    python benchmarks/compare_recipes.py --max-seq-length 128 runs/sweep/*/     # runs of any length
 
 Each recipe validates on its own kind of sequence (bert: sentence pairs, half of them with a
 random B; roberta: full sentences packed across documents), so their own figures answer
 slightly different questions. This script scores both models (at their last step) on both held-out sets,
 made from the same held-out documents (both runs split the corpus with the same seed) with
 the same vocabulary and masks as the runs made them, and prints a Markdown table. The runs
-must share the corpus, --validation-fraction, --max-seq-length, --seed and vocabulary.
+must share the corpus, --validation-fraction, --seed and vocabulary. The held-out sequences
+are --max-seq-length tokens long (default: the first run's), so runs trained on sequences of
+other lengths are scored on the same ones.
 """
 
 from __future__ import annotations
@@ -56,12 +60,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="run folders of minibert pretrain (either recipe)")
     parser.add_argument("--eval-batches", type=int, default=None, help="batches of each held-out set (default: all)")
+    parser.add_argument("--max-seq-length", type=int, default=None,
+                        help="tokens per held-out sequence (default: the first run's --max-seq-length)")
     args = parser.parse_args(argv)
 
     runs = [read_run(folder) for folder in args.runs]
     first = runs[0]
     for run in runs[1:]:
-        for key in ("corpus", "corpus_format", "validation_fraction", "max_seq_length", "seed", "vocab_size"):
+        for key in ("corpus", "corpus_format", "validation_fraction", "seed", "vocab_size"):
             if first["shape"].get(key) != run["shape"].get(key):
                 raise SystemExit(f"{first['folder']} and {run['folder']} differ in {key} ({first['shape'].get(key)!r} "
                                  f"and {run['shape'].get(key)!r}): they cannot share held-out sets")
@@ -76,21 +82,27 @@ def main(argv=None) -> int:
     vocab = VocabularyInfo.from_tokenizer(tokenizer)
     masker = Masker(vocab, whole_word_masking=shape["whole_word_masking"])
     ids = tokenize_documents(validation_docs, tokenizer)
-    seed, length = shape["seed"] + 1, shape["max_seq_length"]        # the runs' validation seed
+    seed, length = shape["seed"] + 1, args.max_seq_length or shape["max_seq_length"]   # the runs' validation seed
+    for run in runs:
+        if run["model"].config.max_position_embeddings < length:
+            raise SystemExit(f"{run['folder']}: its model has {run['model'].config.max_position_embeddings} "
+                             f"positions, fewer than --max-seq-length {length}")
     held_out = {   # each masked as its run masked it (pretrain.build_datasets, packed or not)
         "sentence pairs (bert's)": create_examples(ids, vocab, length, masker=masker, seed=seed),
         "packed sentences (roberta's)": create_packed_examples(ids, vocab, length, masker=masker, seed=seed),
     }
     held_out = {name: ArrayDataset(examples_to_arrays(examples), 32, shuffle=False)
                 for name, examples in held_out.items()}
-    print("| run | recipe | steps x batch, peak lr | sequences seen | "
+    print(f"Held-out sequences of {length} tokens.\n")
+    print("| run | recipe | steps x batch x length, peak lr | tokens seen | "
           + " | ".join(f"held-out {name}: MLM loss / accuracy" for name in held_out) + " |")
     print("|---|---|---|---|" + "---|" * len(held_out))
     for run in runs:
         scores = [evaluate_pretraining(run["model"], dataset, args.eval_batches, nsp=False) for dataset in held_out.values()]
         steps, batch = run["results"]["steps"], run["shape"]["batch_size"] * run["shape"]["accumulation"]
+        trained_length = run["shape"]["max_seq_length"]
         print(f"| {os.path.basename(os.path.normpath(run['folder']))} | {run['shape'].get('recipe', 'bert')} | "
-              f"{steps} x {batch}, {run['learning_rate']:g} | {steps * batch:,} | "
+              f"{steps} x {batch} x {trained_length}, {run['learning_rate']:g} | {steps * batch * trained_length:,} | "
               + " | ".join(f"{s['mlm_loss']:.3f} / {s['mlm_accuracy']:.3f} ({s['masked_tokens']:,} tokens)"
                            for s in scores) + " |")
     return 0

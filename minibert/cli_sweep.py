@@ -24,7 +24,7 @@ PER_RUN_OPTIONS = ("name", "output_root", "resume", "no_progress")     # set by 
 # the options of minibert finetune that minibert pretrain lacks, accepted by the sweep for --job finetune
 FINETUNE_PASS_THROUGH = {"--epochs": int, "--limit": int, "--max-length": int, "--metric": str}
 SWEEP_OPTIONS = {"--job": 1, "--task": 1, "--model": 1, "--grid": 0, "--output": 1, "--jobs": 1, "--max-runs": 1,
-                 "--yes": 0}                                  # the sweep's own options, with their value counts
+                 "--yes": 0, "--same-compute": 0}                                  # the sweep's own options, with their value counts
 
 
 def add_sweep_commands(subparsers) -> None:
@@ -55,6 +55,10 @@ def add_sweep_commands(subparsers) -> None:
         finetune.add_argument(flag, type=kind, default=None, help=f"as {flag} of minibert finetune")
     sweep = p.add_argument_group("sweep")
     sweep.add_argument("--grid", action="store_true", help="every combination of the knobs' values")
+    sweep.add_argument("--same-compute", action="store_true",
+                       help="give every pretraining run as many tokens as the baseline (steps x batch size x "
+                            "sequence length): --batch-size 64 against 32 runs half the --steps, and "
+                            "--eval-every scales with them")
     sweep.add_argument("--output", default="runs/sweep", help="the sweep's folder: one sub-folder per run")
     sweep.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                        help="runs at the same time, one BLAS thread each")
@@ -86,7 +90,8 @@ def _baseline(args) -> tuple[list[str], dict]:
     from .sweep import KNOBS
 
     defaults = {"lr": DEFAULTS["learning_rate"], "batch_size": DEFAULTS["batch_size"],
-                "warmup": DEFAULTS["warmup_fraction"], "weight_decay": DEFAULTS["weight_decay"]}
+                "warmup": DEFAULTS["warmup_fraction"], "weight_decay": DEFAULTS["weight_decay"],
+                "max_seq_length": DEFAULTS["max_seq_length"]}
     arguments = []
     for action in _pretrain_parser()._actions:
         name = action.dest
@@ -185,6 +190,8 @@ def run_sweep_command(args) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
     finetuning = args.job == "finetune"
     metric = None
+    if finetuning and args.same_compute:
+        raise ValueError("--same-compute evens out the tokens of pretraining runs; fine-tuning runs go by --epochs")
     if finetuning:
         arguments, baseline, metric = _finetune_baseline(args)
     else:
@@ -219,12 +226,19 @@ def run_sweep_command(args) -> int:
     if len(plan) > args.max_runs and not args.yes:
         raise ValueError(f"this sweep would launch {len(plan)} runs (more than --max-runs {args.max_runs}): "
                          "pass --yes to run them all, or fewer values")
+    derived = None
+    if args.same_compute:
+        def derived(overrides):
+            return sweep.same_compute(baseline, overrides, args.steps, args.eval_every)
     description = {"baseline": arguments, "knobs": knobs, "grid": args.grid}
+    if args.same_compute:
+        description["same_compute"] = True
     sweep.check_sweep_folder(args.output, {"job": "finetune", **description} if finetuning else description)
     print(f"{len(plan)} runs of minibert {args.job} in {args.output}, {min(args.jobs, len(plan))} at a time: "
-          + ", ".join(sweep.run_name(o) for o in plan))
+          + ", ".join(sweep.run_name(o) + (" ({})".format(" ".join(f"{k} {v}" for k, v in derived(o).items()))
+                                             if derived else "") for o in plan))
     command = [sys.executable, "-m", "minibert.cli", args.job, *arguments]
-    runs = sweep.run_sweep(plan, baseline, command, args.output, jobs=args.jobs, job=args.job)
+    runs = sweep.run_sweep(plan, baseline, command, args.output, jobs=args.jobs, job=args.job, derived=derived)
     report, results = sweep.write_report(runs, baseline, args.output, metric=metric, option_names=option_names)
     for row in results:
         score = f"  best validation {metric} {row[f'best_validation_{metric}']:.4f}" if (

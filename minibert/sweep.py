@@ -40,14 +40,16 @@ import numpy as np
 from .optim import clip_grad_norm
 from .plots import pyplot
 
-KNOBS = {"lr": float, "batch_size": int, "warmup": float, "weight_decay": float}   # what a sweep may vary
+KNOBS = {"lr": float, "batch_size": int, "warmup": float, "weight_decay": float,     # what a sweep may vary
+         "max_seq_length": int}
 JOBS = ("pretrain", "finetune")                 # the command each run of a sweep is
 # each knob's option in the commands: the warm-up is a fraction or a number of steps in
 # pretraining, and always a share of the steps in fine-tuning
 OPTION_NAMES = {
-    "pretrain": {"lr": "--lr", "batch_size": "--batch-size", "warmup": "--warmup", "weight_decay": "--weight-decay"},
+    "pretrain": {"lr": "--lr", "batch_size": "--batch-size", "warmup": "--warmup", "weight_decay": "--weight-decay",
+                 "max_seq_length": "--max-seq-length"},
     "finetune": {"lr": "--lr", "batch_size": "--batch-size", "warmup": "--warmup-ratio",
-                 "weight_decay": "--weight-decay"},
+                 "weight_decay": "--weight-decay", "max_seq_length": "--max-length"},
 }
 SWEEP_FILE = "sweep.json"
 
@@ -197,6 +199,19 @@ def plan_runs(baseline: dict, knobs: dict, grid: bool = False) -> list[dict]:
     return unique
 
 
+def same_compute(baseline: dict, overrides: dict, steps: int, eval_every: int) -> dict:
+    """The options that give a pretraining run as many tokens as the baseline's ``steps``
+    (tokens = steps × batch size × sequence length, padding included: the compute): twice the
+    batch or the sequence length, half the steps. The evaluation interval, and a warm-up given
+    in steps, scale with them; a warm-up given as a fraction of the steps needs nothing."""
+    run = {**baseline, **overrides}
+    ratio = (baseline["batch_size"] * baseline["max_seq_length"]) / (run["batch_size"] * run["max_seq_length"])
+    options = {"--steps": max(1, round(steps * ratio)), "--eval-every": max(1, round(eval_every * ratio))}
+    if run["warmup"] >= 1:
+        options["--warmup"] = max(1, round(run["warmup"] * ratio))
+    return options
+
+
 # ---------------------------------------------------------------------------- running a sweep
 @dataclass
 class Run:
@@ -204,6 +219,7 @@ class Run:
     overrides: dict
     settings: dict                     # the baseline with the overrides applied
     folder: str
+    derived: dict = field(default_factory=dict)   # options that follow from the knobs: {"--steps": 1000}
     status: str = "pending"            # pending | finished | failed
     message: str = ""
     history: list = field(default_factory=list)
@@ -227,17 +243,19 @@ def run_arguments(job: str, output: str, name: str) -> list[str]:
 
 
 def run_sweep(plan: list[dict], baseline: dict, command: list[str], output: str, jobs: int = 1,
-              option_names: dict | None = None, log=print, job: str = "pretrain") -> list[Run]:
+              option_names: dict | None = None, log=print, job: str = "pretrain", derived=None) -> list[Run]:
     """Run ``command`` (``[python, -m, minibert.cli, pretrain, ...baseline options]``, or
     ``finetune`` with ``job="finetune"``) once per plan entry, ``jobs`` at a time, each with
     one BLAS thread, into ``output/<run name>/``.
 
     A finished run (``results.json``) is skipped; an interrupted one is resumed (see
     :func:`run_arguments`). A run that fails (divergence included) is recorded as failed with
-    its last error line; the sweep goes on.
+    its last error line; the sweep goes on. ``derived(overrides)``, if given, returns more
+    options for each run (:func:`same_compute`).
     """
     option_names = option_names or OPTION_NAMES[job]
-    runs = [Run(run_name(o), o, {**baseline, **o}, os.path.join(output, run_name(o))) for o in plan]
+    runs = [Run(run_name(o), o, {**baseline, **o}, os.path.join(output, run_name(o)),
+                derived=derived(o) if derived else {}) for o in plan]
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     waiting = [r for r in runs if not os.path.isfile(os.path.join(r.folder, "results.json"))]
     for r in runs:
@@ -251,6 +269,8 @@ def run_sweep(plan: list[dict], baseline: dict, command: list[str], output: str,
             arguments = [*command, *run_arguments(job, output, r.name)]
             for name, value in r.overrides.items():
                 arguments += [option_names[name], repr(value) if isinstance(value, float) else str(value)]
+            for flag, value in r.derived.items():
+                arguments += [flag, str(value)]
             os.makedirs(output, exist_ok=True)
             logfile = open(os.path.join(output, f"{r.name}.log"), "w", encoding="utf-8")
             active.append((r, subprocess.Popen(arguments, stdout=logfile, stderr=subprocess.STDOUT, env=env),
@@ -374,7 +394,7 @@ def write_report(runs: list[Run], baseline: dict, output: str, metric: str | Non
     results = []
     for r in runs:
         label, why = label_run(r.history, r.message)
-        results.append({"name": r.name, "settings": r.settings, "label": label, "why": why,
+        results.append({"name": r.name, "settings": r.settings, "label": label, "why": why, "derived": r.derived,
                         "best_validation_loss": best_validation(r.history)})
         if metric:
             results[-1][f"best_validation_{metric}"] = best_score(r.history, metric)
@@ -383,7 +403,11 @@ def write_report(runs: list[Run], baseline: dict, output: str, metric: str | Non
         value = row[f"best_validation_{metric}"]
         return " — |" if value is None else f" {value:.4f} |"
 
-    rows = [f"| {row['name']} | {', '.join(f'{k} {v:g}' for k, v in sorted(row['settings'].items()) if k in KNOBS)} | "
+    def knobs(row) -> str:
+        return ", ".join([f"{k} {v:g}" for k, v in sorted(row["settings"].items()) if k in KNOBS]
+                         + [f"{flag[2:]} {value}" for flag, value in row["derived"].items()])
+
+    rows = [f"| {row['name']} | {knobs(row)} | "
             f"{row['best_validation_loss']:.4f} |" + (score(row) if metric else "")
             + f" **{row['label']}** | {row['why']} |" for row in results]
     scored = [row for row in results if metric and row[f"best_validation_{metric}"] is not None]
@@ -401,6 +425,10 @@ def write_report(runs: list[Run], baseline: dict, output: str, metric: str | Non
                  f"loss {best['best_validation_loss']:.4f}).", ""]
     elif best is not None and math.isfinite(best["best_validation_loss"]):
         text += [f"Best: **{best['name']}** (validation loss {best['best_validation_loss']:.4f}).", ""]
+    if len({r.settings.get("max_seq_length") for r in runs}) > 1:
+        text += ["Runs of different sequence lengths validate on different held-out sequences, so their "
+                 "losses differ in kind: score them on one held-out set with "
+                 "`python benchmarks/compare_recipes.py --max-seq-length N RUN...`.", ""]
     text += ["Learning rate against batch size:", "", *scaling_check(runs), ""]
     text += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots if p]
     path = os.path.join(output, "sweep_report.md")

@@ -286,3 +286,32 @@ def test_the_comparison_scores_both_models_on_both_held_out_sets(corpus, tmp_pat
         loss, accuracy = row.split("|")[column].split("(")[0].split("/")
         assert float(loss) == pytest.approx(own["mlm_loss"], abs=6e-4)
         assert float(accuracy) == pytest.approx(own["mlm_accuracy"], abs=6e-4)
+
+
+def test_runs_of_other_lengths_are_scored_on_the_same_held_out_sequences(corpus, tmp_path, capsys):  # noqa: F811
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_recipes.py"
+    spec = importlib.util.spec_from_file_location("compare_recipes", path)
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    runs = {}
+    for length in (24, 48):
+        runs[length] = tmp_path / f"length{length}"
+        assert _pretrain(corpus, tmp_path, "--name", runs[length].name, "--max-seq-length", str(length),
+                         "--steps", "2", "--eval-every", "2", "--eval-batches", "100") == 0
+    for length in (24, 48):                      # both runs on one length: that run's own validation
+        capsys.readouterr()
+        assert compare.main(["--max-seq-length", str(length), str(runs[24]), str(runs[48])]) == 0
+        out = capsys.readouterr().out
+        assert f"Held-out sequences of {length} tokens." in out
+        row = next(line for line in out.splitlines() if line.startswith(f"| length{length} "))
+        own = json.loads((runs[length] / "results.json").read_text())["validation"]
+        loss, accuracy = row.split("|")[5].split("(")[0].split("/")
+        assert float(loss) == pytest.approx(own["mlm_loss"], abs=6e-4)
+        assert float(accuracy) == pytest.approx(own["mlm_accuracy"], abs=6e-4)
+        other = next(line for line in out.splitlines() if line.startswith("| length") and line != row)
+        assert other.split("|")[5] != row.split("|")[5]
+    with pytest.raises(SystemExit, match="fewer than --max-seq-length 4096"):
+        compare.main(["--max-seq-length", "4096", str(runs[24])])

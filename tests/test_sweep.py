@@ -118,6 +118,35 @@ def test_a_tiny_sweep_end_to_end_and_resumed(corpus, tmp_path, capsys):
     assert "holds another sweep" in capsys.readouterr().err
 
 
+def test_same_compute_gives_every_run_the_baselines_tokens():
+    baseline = {"lr": 1e-3, "batch_size": 32, "warmup": 0.06, "weight_decay": 0.01, "max_seq_length": 128}
+    assert sweep.same_compute(baseline, {}, 2000, 250) == {"--steps": 2000, "--eval-every": 250}
+    assert sweep.same_compute(baseline, {"batch_size": 64}, 2000, 250) == {"--steps": 1000, "--eval-every": 125}
+    assert sweep.same_compute(baseline, {"batch_size": 16, "max_seq_length": 64}, 2000, 250) == {
+        "--steps": 8000, "--eval-every": 1000}
+    assert sweep.same_compute(baseline, {"max_seq_length": 256, "warmup": 100}, 2000, 250) == {
+        "--steps": 1000, "--eval-every": 125, "--warmup": 50}                 # a warm-up in steps scales too
+    assert sweep.same_compute({**baseline, "warmup": 40}, {"batch_size": 128}, 6, 1) == {
+        "--steps": 2, "--eval-every": 1, "--warmup": 10}
+
+
+def test_a_same_compute_sweep_over_batch_size_and_sequence_length(corpus, tmp_path, capsys):
+    output = str(tmp_path / "sweep")                      # the baseline: the defaults, 32 x 128
+    assert main(["sweep", "--corpus", corpus, *SMALL, "--steps", "2", "--eval-every", "2", "--batch-size", "8,32",
+                 "--max-seq-length", "32,128", "--same-compute", "--output", output, "--jobs", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "batch_size=8 (--steps 8 --eval-every 8)" in printed
+    rows = {r["name"]: r for r in json.loads(open(os.path.join(output, "sweep_results.json")).read())}
+    steps = {name: json.loads(open(os.path.join(output, name, "results.json")).read())["steps"] for name in rows}
+    assert steps == {"baseline": 2, "batch_size=8": 8, "max_seq_length=32": 8}
+    shapes = {name: json.loads(open(os.path.join(output, name, "run_shape.json")).read()) for name in rows}
+    assert shapes["max_seq_length=32"]["max_seq_length"] == 32 and shapes["batch_size=8"]["batch_size"] == 8
+    report = open(os.path.join(output, "sweep_report.md")).read()
+    assert "batch_size 8, lr 0.001, max_seq_length 128, warmup 0.06, weight_decay 0.01, steps 8, eval-every 8" in report
+    assert "different held-out sequences" in report
+    assert json.load(open(os.path.join(output, "sweep.json")))["same_compute"] is True
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--lr", "1e-3"], "nothing to sweep"),
     (["--lr", "1e-4,2e-4,3e-4", "--batch-size", "2,4,8", "--grid", "--max-runs", "4"],
@@ -242,7 +271,8 @@ def test_a_tiny_finetuning_sweep_end_to_end(tiny_checkpoint, tmp_path, capsys):
     assert rows["lr=1e+30"]["label"] == "diverged"                     # recorded; the sweep went on
     assert 0.0 <= rows["baseline"]["best_validation_accuracy"] <= 1.0
     assert math.isfinite(rows["baseline"]["best_validation_loss"])
-    assert rows["baseline"]["settings"] == {"lr": 5e-5, "batch_size": 4, "warmup": 0.1, "weight_decay": 0.01}
+    assert rows["baseline"]["settings"] == {"lr": 5e-5, "batch_size": 4, "warmup": 0.1, "weight_decay": 0.01,
+                                            "max_seq_length": 16}
     logged = [json.loads(line) for line in open(os.path.join(output, "baseline", "metrics.jsonl"))]
     assert [r["step"] for r in logged if r["split"] == "eval"] == [1, 2, 3, 4]
     report = open(os.path.join(output, "sweep_report.md")).read()
@@ -263,6 +293,7 @@ def test_a_tiny_finetuning_sweep_end_to_end(tiny_checkpoint, tmp_path, capsys):
     (["--lr", "1e-4,1e-3", "--steps", "4"], "--job finetune: --steps is not an option of minibert finetune"),
     (["--lr", "1e-4,1e-3", "--warmup", "0,1.5"], "--warmup: 1.5 must be below 1 for fine-tuning"),
     (["--lr", "1e-4,1e-3", "--metric", "bleu"], "--job finetune: argument --metric: invalid choice"),
+    (["--lr", "1e-4,1e-3", "--same-compute"], "--same-compute evens out the tokens of pretraining runs"),
 ])
 def test_bad_finetuning_sweeps_are_one_line(tiny_checkpoint, tmp_path, capsys, extra, message):
     argv = ["sweep", *FINETUNE, "--model", tiny_checkpoint, "--output", str(tmp_path / "s"), *extra]

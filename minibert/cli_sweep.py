@@ -23,8 +23,9 @@ from .cli_pretrain import add_pretrain_options
 PER_RUN_OPTIONS = ("name", "output_root", "resume", "no_progress")     # set by the sweep for each run
 # the options of minibert finetune that minibert pretrain lacks, accepted by the sweep for --job finetune
 FINETUNE_PASS_THROUGH = {"--epochs": int, "--limit": int, "--max-length": int, "--metric": str}
+# the sweep's own options, with their value counts
 SWEEP_OPTIONS = {"--job": 1, "--task": 1, "--model": 1, "--grid": 0, "--output": 1, "--jobs": 1, "--max-runs": 1,
-                 "--yes": 0, "--same-compute": 0}                                  # the sweep's own options, with their value counts
+                 "--yes": 0, "--same-compute": 0}
 
 
 def add_sweep_commands(subparsers) -> None:

@@ -18,7 +18,8 @@ fine-tuning, which keeps no checkpoints, from the start).
 
 **The report** (:func:`label_run`, :func:`write_report`): each run is *diverged* (a
 non-finite loss, or a training loss that ends above where it began), *stagnant* (the
-training loss fell by less than 5%), *overfitting* (the validation loss rose by more than 2%
+training loss fell by less than 5%, or a pretraining run's masked-LM accuracy ended at the
+level of always guessing the most frequent token), *overfitting* (the validation loss rose by more than 2%
 after its lowest point while the training loss kept falling) or *healthy*; the best run is
 the one with the lowest validation loss; and the best learning rate of each batch size is
 compared with the linear and the square-root scaling rules.
@@ -321,13 +322,19 @@ def check_sweep_folder(output: str, description: dict) -> None:
 
 
 # ---------------------------------------------------------------------------- reading a sweep
-def label_run(history: list, failed_message: str = "") -> tuple[str, str]:
-    """``(label, why)`` for one run's metrics records (see the module docstring)."""
+def label_run(history: list, failed_message: str = "", unigram_accuracy: float | None = None) -> tuple[str, str]:
+    """``(label, why)`` for one run's metrics records (see the module docstring). A pretraining
+    run whose last held-out masked-LM accuracy is within 10% of ``unigram_accuracy`` (always
+    guessing the most frequent token) is stagnant however far its loss fell."""
     train = [r["loss"] for r in history if r.get("split") == "train"]
     evals = [(r["step"], r["loss"]) for r in history if r.get("split") == "eval"]
     if "diverged" in failed_message or "not finite" in failed_message or any(
             not math.isfinite(x) for x in train + [loss for _, loss in evals]):
         return "diverged", failed_message or "a non-finite loss"
+    accuracies = [r["mlm_accuracy"] for r in history if r.get("split") == "eval" and "mlm_accuracy" in r]
+    if unigram_accuracy and accuracies and accuracies[-1] <= 1.1 * unigram_accuracy:
+        return "stagnant", (f"its held-out masked-LM accuracy ended at {accuracies[-1]:.3f}, the level of always "
+                            f"guessing the most frequent token ({unigram_accuracy:.3f})")
     if len(train) < 3:                       # a short run: judge by its validations instead
         train = [loss for _, loss in evals]
     if len(train) < 2:
@@ -348,6 +355,16 @@ def label_run(history: list, failed_message: str = "") -> tuple[str, str]:
     if failed_message:
         return "failed", failed_message
     return "healthy", f"the training loss fell from {first:.3f} to {last:.3f}"
+
+
+def unigram_accuracy(folder: str) -> float | None:
+    """The accuracy of always guessing the most frequent token, as a finished pretraining run
+    reports it in ``results.json`` (None for other runs)."""
+    path = os.path.join(folder, "results.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f).get("unigram_baseline_accuracy")
 
 
 def best_validation(history: list) -> float:
@@ -393,7 +410,7 @@ def write_report(runs: list[Run], baseline: dict, output: str, metric: str | Non
     option_names = option_names or OPTION_NAMES["pretrain"]
     results = []
     for r in runs:
-        label, why = label_run(r.history, r.message)
+        label, why = label_run(r.history, r.message, unigram_accuracy(r.folder))
         results.append({"name": r.name, "settings": r.settings, "label": label, "why": why, "derived": r.derived,
                         "best_validation_loss": best_validation(r.history)})
         if metric:

@@ -69,6 +69,15 @@ def test_runs_are_labelled_from_their_curves():
     assert sweep.label_run([], "step 2: loss nan / gradient norm nan is not finite")[0] == "diverged"
     label, why = sweep.label_run(_history(falling, [(50, 6.0), (100, 5.0), (150, 5.3), (200, 5.6)]))
     assert label == "overfitting" and "after step 100" in why
+    # a pretraining run stuck at the unigram level is stagnant however far its loss fell
+    stuck = _history(falling, [(100, 6.3), (200, 6.2)])
+    for record, accuracy in zip([r for r in stuck if r["split"] == "eval"], (0.059, 0.0584)):
+        record["mlm_accuracy"] = accuracy
+    label, why = sweep.label_run(stuck, unigram_accuracy=0.058)
+    assert label == "stagnant" and "ended at 0.058" in why and "most frequent token (0.058)" in why
+    stuck[-1]["mlm_accuracy"] = 0.15
+    assert sweep.label_run(stuck, unigram_accuracy=0.058)[0] == "healthy"
+    assert sweep.label_run(stuck)[0] == "healthy"
 
 
 # ---------------------------------------------------------------------------- the range test

@@ -263,7 +263,8 @@ def test_options_without_meaning_in_the_recipe_are_refused(corpus, tmp_path, cap
     assert "invalid choice: 'xlnet'" in capsys.readouterr().err
 
 
-def test_the_comparison_scores_both_models_on_both_held_out_sets(corpus, tmp_path, capsys):  # noqa: F811
+def _compare_recipes():
+    """benchmarks/compare_recipes.py as a module."""
     import importlib.util
     from pathlib import Path
 
@@ -271,6 +272,11 @@ def test_the_comparison_scores_both_models_on_both_held_out_sets(corpus, tmp_pat
     spec = importlib.util.spec_from_file_location("compare_recipes", path)
     compare = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(compare)
+    return compare
+
+
+def test_the_comparison_scores_both_models_on_both_held_out_sets(corpus, tmp_path, capsys):  # noqa: F811
+    compare = _compare_recipes()
     for recipe in ("bert", "roberta"):
         assert _pretrain(corpus, tmp_path, "--recipe", recipe, "--name", recipe, "--steps", "2",
                          "--eval-every", "2", "--eval-batches", "100") == 0
@@ -289,13 +295,7 @@ def test_the_comparison_scores_both_models_on_both_held_out_sets(corpus, tmp_pat
 
 
 def test_runs_of_other_lengths_are_scored_on_the_same_held_out_sequences(corpus, tmp_path, capsys):  # noqa: F811
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_recipes.py"
-    spec = importlib.util.spec_from_file_location("compare_recipes", path)
-    compare = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compare)
+    compare = _compare_recipes()
     runs = {}
     for length in (24, 48):
         runs[length] = tmp_path / f"length{length}"

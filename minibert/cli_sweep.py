@@ -235,9 +235,12 @@ def run_sweep_command(args) -> int:
     if args.same_compute:
         description["same_compute"] = True
     sweep.check_sweep_folder(args.output, {"job": "finetune", **description} if finetuning else description)
+    def describe(overrides) -> str:
+        options = " ".join(f"{flag} {value}" for flag, value in derived(overrides).items()) if derived else ""
+        return sweep.run_name(overrides) + (f" ({options})" if options else "")
+
     print(f"{len(plan)} runs of minibert {args.job} in {args.output}, {min(args.jobs, len(plan))} at a time: "
-          + ", ".join(sweep.run_name(o) + (" ({})".format(" ".join(f"{k} {v}" for k, v in derived(o).items()))
-                                             if derived else "") for o in plan))
+          + ", ".join(describe(o) for o in plan))
     command = [sys.executable, "-m", "minibert.cli", args.job, *arguments]
     runs = sweep.run_sweep(plan, baseline, command, args.output, jobs=args.jobs, job=args.job, derived=derived)
     report, results = sweep.write_report(runs, baseline, args.output, metric=metric, option_names=option_names)

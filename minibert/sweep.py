@@ -14,15 +14,17 @@ knob changes at a time around the baseline ("one parameter change per test"); ``
 runs every combination. Each run is a separate process with one BLAS thread, as many at once
 as there are cores, and keeps its own ``metrics.jsonl``; a sweep started again skips the
 finished runs and resumes the interrupted ones (pretraining from its last checkpoint;
-fine-tuning, which keeps no checkpoints, from the start).
+fine-tuning, which keeps no checkpoints, from the start). With :func:`same_compute`
+(``--same-compute``) every pretraining run gets the baseline's tokens: a larger batch or a
+longer sequence runs fewer steps.
 
 **The report** (:func:`label_run`, :func:`write_report`): each run is *diverged* (a
 non-finite loss, or a training loss that ends above where it began), *stagnant* (the
 training loss fell by less than 5%, or a pretraining run's masked-LM accuracy ended at the
-level of always guessing the most frequent token), *overfitting* (the validation loss rose by more than 2%
-after its lowest point while the training loss kept falling) or *healthy*; the best run is
-the one with the lowest validation loss; and the best learning rate of each batch size is
-compared with the linear and the square-root scaling rules.
+level of always guessing the most frequent token), *overfitting* (the validation loss rose
+by more than 2% after its lowest point while the training loss kept falling) or *healthy*;
+the best run is the one with the lowest validation loss; and the best learning rate of each
+batch size is compared with the linear and the square-root scaling rules.
 """
 
 from __future__ import annotations

@@ -236,18 +236,26 @@ def pairs_from_document(documents, index: int, max_seq_length: int, rng,
         i += 1
 
 
+def pad_to_length(ids: list, max_seq_length: int, vocab: VocabularyInfo, what: str) -> tuple:
+    """``(input_ids, attention_mask)``, arrays (T,): ``ids`` then [PAD]s up to ``max_seq_length``,
+    the mask 1 on ``ids``. ``what`` names the sequence in the error when it does not fit."""
+    n = len(ids)
+    if n > max_seq_length:
+        raise ValueError(f"{what} holds {n} tokens with [CLS]/[SEP], more than max_seq_length={max_seq_length}")
+    input_ids = np.full(max_seq_length, vocab.pad_id, dtype=ID_DTYPE)           # (T,)
+    input_ids[:n] = ids
+    attention_mask = np.zeros(max_seq_length, dtype=ID_DTYPE)                     # (T,)
+    attention_mask[:n] = 1
+    return input_ids, attention_mask
+
+
 def encode_pair(pair: SentencePair, max_seq_length: int, vocab: VocabularyInfo) -> dict:
     """``[CLS] A [SEP] B [SEP]`` padded to ``max_seq_length``: one unmasked example (arrays (T,))."""
     ids = [vocab.cls_id, *pair.tokens_a, vocab.sep_id, *pair.tokens_b, vocab.sep_id]
+    input_ids, attention_mask = pad_to_length(ids, max_seq_length, vocab, "the pair")
     n = len(ids)
-    if n > max_seq_length:
-        raise ValueError(f"the pair holds {n} tokens with [CLS]/[SEP], more than max_seq_length={max_seq_length}")
-    input_ids = np.full(max_seq_length, vocab.pad_id, dtype=ID_DTYPE)           # (T,)
-    input_ids[:n] = ids
     token_type_ids = np.zeros(max_seq_length, dtype=ID_DTYPE)                     # (T,)
     token_type_ids[len(pair.tokens_a) + 2: n] = 1                                 # B and its [SEP]
-    attention_mask = np.zeros(max_seq_length, dtype=ID_DTYPE)                     # (T,)
-    attention_mask[:n] = 1
     return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask,
             "next_sentence_label": np.array(int(pair.is_random_next), dtype=ID_DTYPE)}
 
@@ -293,14 +301,8 @@ def pack_sentences(documents, max_seq_length: int, separator_id: int) -> list[li
 def encode_packed(body: list, max_seq_length: int, vocab: VocabularyInfo) -> dict:
     """``[CLS] body [SEP]`` padded to ``max_seq_length``: one unmasked example (arrays (T,)),
     a single segment (token type 0 everywhere) and no next-sentence label."""
-    ids = [vocab.cls_id, *body, vocab.sep_id]
-    n = len(ids)
-    if n > max_seq_length:
-        raise ValueError(f"the sequence holds {n} tokens with [CLS]/[SEP], more than max_seq_length={max_seq_length}")
-    input_ids = np.full(max_seq_length, vocab.pad_id, dtype=ID_DTYPE)           # (T,)
-    input_ids[:n] = ids
-    attention_mask = np.zeros(max_seq_length, dtype=ID_DTYPE)                     # (T,)
-    attention_mask[:n] = 1
+    input_ids, attention_mask = pad_to_length([vocab.cls_id, *body, vocab.sep_id], max_seq_length, vocab,
+                                              "the sequence")
     return {"input_ids": input_ids, "token_type_ids": np.zeros(max_seq_length, dtype=ID_DTYPE),
             "attention_mask": attention_mask}
 

@@ -26,15 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from minibert import pretrain as job  # noqa: E402
 from minibert.data.corpus import split_documents  # noqa: E402
-from minibert.data.pretraining import (  # noqa: E402
-    ArrayDataset,
-    Masker,
-    VocabularyInfo,
-    create_examples,
-    create_packed_examples,
-    examples_to_arrays,
-    tokenize_documents,
-)
+from minibert.data.pretraining import ArrayDataset, Masker, VocabularyInfo, tokenize_documents  # noqa: E402
 from minibert.heads import BertForMaskedLM  # noqa: E402
 from minibert.modeling import BertForPreTraining  # noqa: E402
 from minibert.tokenization import BertTokenizer  # noqa: E402
@@ -82,23 +74,22 @@ def main(argv=None) -> int:
     vocab = VocabularyInfo.from_tokenizer(tokenizer)
     masker = Masker(vocab, whole_word_masking=shape["whole_word_masking"])
     ids = tokenize_documents(validation_docs, tokenizer)
-    seed, length = shape["seed"] + 1, args.max_seq_length or shape["max_seq_length"]   # the runs' validation seed
+    length = args.max_seq_length or shape["max_seq_length"]
     for run in runs:
         if run["model"].config.max_position_embeddings < length:
             raise SystemExit(f"{run['folder']}: its model has {run['model'].config.max_position_embeddings} "
                              f"positions, fewer than --max-seq-length {length}")
-    held_out = {   # each masked as its run masked it (pretrain.build_datasets, packed or not)
-        "sentence pairs (bert's)": create_examples(ids, vocab, length, masker=masker, seed=seed),
-        "packed sentences (roberta's)": create_packed_examples(ids, vocab, length, masker=masker, seed=seed),
+    held_out = {   # each masked as its run masked it
+        name: ArrayDataset(job.validation_arrays(ids, vocab, masker, length, shape["seed"], packed), 32, shuffle=False)
+        for name, packed in (("sentence pairs (bert's)", False), ("packed sentences (roberta's)", True))
     }
-    held_out = {name: ArrayDataset(examples_to_arrays(examples), 32, shuffle=False)
-                for name, examples in held_out.items()}
     print(f"Held-out sequences of {length} tokens.\n")
     print("| run | recipe | steps x batch x length, peak lr | tokens seen | "
           + " | ".join(f"held-out {name}: MLM loss / accuracy" for name in held_out) + " |")
     print("|---|---|---|---|" + "---|" * len(held_out))
     for run in runs:
-        scores = [evaluate_pretraining(run["model"], dataset, args.eval_batches, nsp=False) for dataset in held_out.values()]
+        scores = [evaluate_pretraining(run["model"], dataset, args.eval_batches, nsp=False)
+                  for dataset in held_out.values()]
         steps, batch = run["results"]["steps"], run["shape"]["batch_size"] * run["shape"]["accumulation"]
         trained_length = run["shape"]["max_seq_length"]
         print(f"| {os.path.basename(os.path.normpath(run['folder']))} | {run['shape'].get('recipe', 'bert')} | "

@@ -115,13 +115,10 @@ def build_datasets(train_documents, validation_documents, tokenizer, max_seq_len
     validation_ids = tokenize_documents(validation_documents, tokenizer)
     if packed:
         train = examples_to_arrays(create_packed_examples(train_ids, vocab, max_seq_length))
-        validation = examples_to_arrays(create_packed_examples(validation_ids, vocab, max_seq_length,
-                                                               masker=masker, seed=seed + 1))
     else:
         train = examples_to_arrays(create_examples(train_ids, vocab, max_seq_length, dupe_factor=dupe_factor,
                                                    seed=seed))
-        validation = examples_to_arrays(create_examples(validation_ids, vocab, max_seq_length, masker=masker,
-                                                        seed=seed + 1))
+    validation = validation_arrays(validation_ids, vocab, masker, max_seq_length, seed, packed)
     counts = Counter()
     for document in train_ids:
         for sentence in document:
@@ -131,6 +128,13 @@ def build_datasets(train_documents, validation_documents, tokenizer, max_seq_len
         validation=ArrayDataset(validation, batch_size, shuffle=False),
         masking=DynamicMasking(masker, seed=seed),
         vocab=vocab, token_counts=counts, seconds=time.perf_counter() - start)
+
+
+def validation_arrays(validation_ids, vocab, masker, max_seq_length, seed, packed=False) -> dict:
+    """The held-out examples of a run with ``seed``: sentence pairs (or, ``packed``, packed
+    sentences) masked once, from ``seed + 1``, so every evaluation scores the same masks."""
+    make = create_packed_examples if packed else create_examples
+    return examples_to_arrays(make(validation_ids, vocab, max_seq_length, masker=masker, seed=seed + 1))
 
 
 def unigram_baseline(data: PretrainingData, max_batches=None) -> float:

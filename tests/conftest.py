@@ -1,3 +1,6 @@
+import importlib.util
+import os
+
 import numpy as np
 import pytest
 
@@ -16,3 +19,12 @@ def tiny_config(**overrides):
                   hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     values.update(overrides)
     return BertConfig(**values)
+
+
+def load_script(*parts):
+    """A script of the repository as a module: ``load_script("benchmarks", "attention.py")``."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), *parts)
+    spec = importlib.util.spec_from_file_location(os.path.splitext(parts[-1])[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -17,12 +17,10 @@ its reference op.
 """
 
 import argparse
-import importlib.util
 import inspect
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,6 +33,8 @@ from minibert.modeling import BertConfig, BertModel
 from minibert.ops import adamw_update, cross_entropy_backward, cross_entropy_forward, gelu_backward, gelu_forward
 from minibert.ops import layer_norm_backward, layer_norm_forward
 from minibert.ops.flash_attention import flash_attention_backward, flash_attention_forward
+
+from conftest import load_script
 
 NVCC = shutil.which("nvcc")
 
@@ -679,21 +679,13 @@ def test_the_models_attention_runs_version_2_through_the_registry(device, case, 
         np.testing.assert_allclose(a, e, rtol=1e-2, atol=1e-2 * np.abs(e).max(), err_msg=name)
 
 
-def _attention_benchmark():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "attention.py"
-    spec = importlib.util.spec_from_file_location("attention_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("device, case", on_devices(gpu_cases=(), emulated_cases=(None,)))
 def test_the_attention_benchmark_checks_and_times_both_versions(device, case, monkeypatch, capsys):
     """The GPU path of benchmarks/attention.py on a tiny shape: its agreement check passes for
     every kernel and it times versions 1 and 2 and the naive op (the emulator has no clock
     worth reading: every run counts one second)."""
     cp = device_module(device, monkeypatch)
-    benchmark = _attention_benchmark()
+    benchmark = load_script("benchmarks", "attention.py")
     args = argparse.Namespace(batch=1, heads=1, head_size=64, lengths=[20], repeats=1)
     rows = benchmark.run_cuda(args, cp=cp, timer=lambda fn, repeats: (fn(), 1.0)[1], device_name="the emulator",
                               check_length=20)

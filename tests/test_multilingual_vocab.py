@@ -9,9 +9,7 @@ and ids with the same vocabulary and options, over generated text and hand-writt
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import unicodedata
 
 import pytest
@@ -20,6 +18,8 @@ from minibert.cli_tokenizer import main as cli_main
 from minibert.data.multilingual import LANGUAGES, iter_paragraphs, multilingual_lines, multilingual_text
 from minibert.tokenization import BertTokenizer
 from minibert.vocab_trainer import save_vocab, train_wordpiece
+
+from conftest import load_script
 
 CASED = dict(do_lower_case=False, strip_accents=False, tokenize_chinese_chars=True)
 UNCASED = dict(do_lower_case=True, strip_accents=None, tokenize_chinese_chars=True)
@@ -181,11 +181,7 @@ def test_cased_vocabulary_round_trips_through_save_and_from_pretrained(tmp_path,
 
 
 def test_example_script_trains_and_shows_every_setting(tmp_path, capsys):
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples",
-                        "multilingual_vocab.py")
-    spec = importlib.util.spec_from_file_location("multilingual_vocab", path)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_script("examples", "multilingual_vocab.py")
     assert example.main(["--size", "30000", "--vocab-size", "2500", "--output", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     for name in example.SETTINGS:

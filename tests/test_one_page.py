@@ -6,8 +6,6 @@ library's AdamW update, to about 1e-10 relative in float64 with dropout 0: on a 
 model, and on the real all-MiniLM-L6-v2 encoder when its package is installed.
 """
 
-import importlib.util
-import os
 import warnings
 
 import numpy as np
@@ -16,18 +14,12 @@ import pytest
 from minibert.modeling import BertConfig, BertForPreTraining
 from minibert.optim import DEFAULT_NO_DECAY, AdamW
 
-PAGE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "examples", "bert_one_page.py")
+from conftest import load_script
+
 TOL = 1e-10
 
 
-def load_page():
-    spec = importlib.util.spec_from_file_location("bert_one_page", PAGE_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-page = load_page()
+page = load_script("examples", "bert_one_page.py")
 
 
 # --------------------------------------------------------------------------- helpers

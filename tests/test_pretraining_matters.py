@@ -1,7 +1,6 @@
 """examples/pretraining_matters.py on a tiny model and tiny data: both starts, the same budget,
 one plot per task."""
 
-import importlib.util
 import json
 import os
 
@@ -12,15 +11,13 @@ from minibert.data.finetuning import ClassificationData
 from minibert.modeling import BertConfig, BertForPreTraining
 from minibert.tokenization import BertTokenizer
 
-EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "pretraining_matters.py")
+from conftest import load_script
+
 WORDS = {"good": "good great fine nice happy", "bad": "bad awful sad poor ugly"}
 
 
 def _example():
-    spec = importlib.util.spec_from_file_location("pretraining_matters", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("examples", "pretraining_matters.py")
 
 
 def _data(n, seed):

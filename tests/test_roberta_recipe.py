@@ -25,6 +25,7 @@ from minibert.heads import BertForMaskedLM
 from minibert.modeling import BertForPreTraining
 from minibert.training import MaskedLMTask, Trainer, TrainingArguments, evaluate_pretraining
 
+from conftest import load_script
 from test_pretrain_command import _pretrain, corpus  # noqa: F401  (the tiny corpus fixture)
 
 PAD, UNK, CLS, SEP, MASK = range(5)
@@ -263,20 +264,8 @@ def test_options_without_meaning_in_the_recipe_are_refused(corpus, tmp_path, cap
     assert "invalid choice: 'xlnet'" in capsys.readouterr().err
 
 
-def _compare_recipes():
-    """benchmarks/compare_recipes.py as a module."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_recipes.py"
-    spec = importlib.util.spec_from_file_location("compare_recipes", path)
-    compare = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compare)
-    return compare
-
-
 def test_the_comparison_scores_both_models_on_both_held_out_sets(corpus, tmp_path, capsys):  # noqa: F811
-    compare = _compare_recipes()
+    compare = load_script("benchmarks", "compare_recipes.py")
     for recipe in ("bert", "roberta"):
         assert _pretrain(corpus, tmp_path, "--recipe", recipe, "--name", recipe, "--steps", "2",
                          "--eval-every", "2", "--eval-batches", "100") == 0
@@ -295,7 +284,7 @@ def test_the_comparison_scores_both_models_on_both_held_out_sets(corpus, tmp_pat
 
 
 def test_runs_of_other_lengths_are_scored_on_the_same_held_out_sequences(corpus, tmp_path, capsys):  # noqa: F811
-    compare = _compare_recipes()
+    compare = load_script("benchmarks", "compare_recipes.py")
     runs = {}
     for length in (24, 48):
         runs[length] = tmp_path / f"length{length}"
